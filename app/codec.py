@@ -3,15 +3,20 @@ r"""TF Serving's REST predict API: request bodies -> numpy tensors -> response b
 Data path: rest.py -> parse_predict_json() -> (service looks up the signature) ->
 decode_predict_inputs() -> service -> encode_predict_response() / encode_error() -> rest.py.
 Mirrors tensorflow_serving/util/json_tensor.cc (FillPredictRequestFromJson, MakeJsonFromTensors).
-The JSON tensor format spans four modules: codec_json_read.py (body -> JSON document),
-codec_tensor.py (JSON values -> a tensor of one dtype), this one (the predict body's keys, rows and
-columns, the choice of vectorised or exact conversion, the layout of responses) and
-codec_json_text.py (numbers and strings as rapidjson writes them); codec_example.py reuses them.
+The JSON tensor format spans five modules: codec_json_read.py (body -> JSON document),
+codec_tensor.py (JSON values -> a tensor of one dtype), codec_json_dense.py (large bodies of plain
+float arrays -> float64 buffers, skipping the JSON document), this one (the predict body's keys,
+rows and columns, the choice of dense, vectorised or exact conversion, the layout of responses)
+and codec_json_text.py (numbers and strings as rapidjson writes them); codec_example.py reuses
+them.
 Pure functions; thread-safe.
 
-Converting. Each tensor is first tried vectorised (np.array over the parsed lists, then checks
-that guarantee TF Serving would accept the same values) and otherwise walked exactly as
-FillTensorProto() does, so every error is TF Serving's first error, word for word.
+Converting. A body of at least DENSE_MIN_BODY_BYTES whose tensors are regular arrays of numbers
+is read by simdjson straight into float64 buffers; if the signature wants DT_FLOAT/DT_DOUBLE
+inputs they become the tensors and orjson never runs (codec_json_dense.py says why that is the
+same answer). Otherwise each tensor is first tried vectorised (np.array over the parsed lists,
+then checks that guarantee TF Serving would accept the same values) and otherwise walked exactly
+as FillTensorProto() does, so every error is TF Serving's first error, word for word.
 
 Writing. Every body is rapidjson PrettyWriter output: 4-space indent, '": "' after keys, and
 one element per line except where json_tensor.cc turns on kFormatSingleLineArray (each row of
@@ -43,13 +48,19 @@ from typing import Any
 
 import numpy as np
 
+from app.codec_json_dense import (
+    DENSE_MIN_BODY_BYTES,
+    DenseBody,
+    dense_float_tensor,
+    read_dense_body,
+)
 from app.codec_json_read import (
     _CarefulParser,  # noqa: F401  tests/unit/test_codec.py drives it as codec._CarefulParser
     load_json_object,
 )
 from app.codec_json_text import (
-    decimal_text_f32,
     decimal_text_f64,
+    float32_leaf_texts,
     float32_matrix,
     integer_matrix,
     json_quote_bytes,
@@ -104,13 +115,16 @@ class PredictJson:
     signature_name is "" when the body has none (TF Serving then uses serving_default).
     format is "row" when the body has "instances", else "columnar" (a body with neither key is
     rejected by decode_predict_inputs, after the signature lookup, as TF Serving does).
+    A large body of plain float arrays arrives as `_dense` (codec_json_dense.py) and is only
+    parsed by orjson if the signature wants something else; every other body as `_doc`.
     """
 
     signature_name: str
     format: RequestFormat
-    _doc: dict = dataclasses.field(repr=False)
+    _doc: dict | None = dataclasses.field(repr=False)
     _body: bytes = dataclasses.field(default=b"", repr=False)
     _bool_text: bool | None = dataclasses.field(default=None, repr=False)
+    _dense: DenseBody | None = dataclasses.field(default=None, repr=False)
 
     def _may_have_bools(self) -> bool:
         """Whether the body spells true/false anywhere (scanned once, only when asked)."""
@@ -118,10 +132,17 @@ class PredictJson:
             self._bool_text = b"true" in self._body or b"false" in self._body
         return self._bool_text
 
+    def document(self) -> dict:
+        if self._doc is None:
+            self._doc = load_json_object(self._body)
+        return self._doc
+
 
 def parse_predict_json(body: bytes) -> PredictJson:
     """Parses the body and reads signature_name; raises TF Serving's JSON errors."""
     data = bytes(body)
+    if len(data) >= DENSE_MIN_BODY_BYTES and (dense := read_dense_body(data)) is not None:
+        return PredictJson(dense.signature_name, dense.format, None, data, _dense=dense)
     doc = load_json_object(data)
     signature_name = read_signature_name(doc)
     fmt: RequestFormat = "row" if "instances" in doc else "columnar"
@@ -151,7 +172,9 @@ def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict
     if not signature.inputs:
         name = parsed.signature_name or "DEFAULT"
         raise invalid_argument(f"Failed to get input map for signature: {name}")
-    doc = parsed._doc
+    if parsed._dense is not None and (tensors := _dense_inputs(parsed._dense, signature)):
+        return tensors
+    doc = parsed.document()
     if "instances" in doc:
         if "inputs" in doc:
             raise format_error(doc, _BOTH_KEYS_TEXT)
@@ -164,6 +187,29 @@ def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict
     if "inputs" in doc:
         return _decode_columns(doc["inputs"], signature, parsed._may_have_bools)
     raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+def _dense_inputs(dense: DenseBody, signature: SignatureSpec) -> dict[str, np.ndarray] | None:
+    """The same tensors _decode_rows/_decode_columns would make, or None to let them decide."""
+    if None in dense.tensors:
+        if len(signature.inputs) != 1:
+            return None  # their error: a plain list for a multi-input signature
+        ((name, spec),) = signature.inputs.items()
+        flat, shape = dense.tensors[None]
+        tensor = dense_float_tensor(flat, shape, spec.dtype)
+        return None if tensor is None else {name: tensor}
+    result = {}
+    for name, spec in signature.inputs.items():
+        if name not in dense.tensors:
+            if name in signature.inputs_with_defaults:
+                continue
+            return None  # their error: a missing named input
+        flat, shape = dense.tensors[name]
+        tensor = dense_float_tensor(flat, shape, spec.dtype)
+        if tensor is None:
+            return None
+        result[name] = tensor
+    return result
 
 
 def _decode_rows(
@@ -274,7 +320,12 @@ _WRITABLE = frozenset(
     (DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT16, DT_INT8, DT_UINT8, DT_STRING, DT_INT64, DT_BOOL,
      DT_UINT32, DT_UINT64)
 )  # fmt: skip
-_VECTOR_MIN = 64  # below this many elements per-element Python formatting is cheaper
+# Below these many elements per-element Python formatting is cheaper than the vectorised
+# writers, whose dozens of numpy calls cost ~100-170 us however small the tensor (measured on
+# the whole response, (n, 1) tensors, this machine).
+_VECTOR_MIN = 64  # glue ids, bools
+_FLOAT32_MATRIX_MIN = 96
+_INTEGER_MATRIX_MIN = 128
 _BOOL_TEXT = np.array([b"false", b"true"]).view(np.uint8).reshape(2, 5)
 
 
@@ -407,7 +458,11 @@ def _glue_ids(shape: tuple[int, ...]) -> np.ndarray | list[int]:
     count = math.prod(shape)
     strides = list(itertools.accumulate(reversed(shape[1:]), operator.mul))
     if count <= _VECTOR_MIN:  # numpy's per-call cost dominates small tensors
-        return [sum(1 for stride in strides if i % stride == 0) for i in range(1, count)]
+        ids = [0] * (count - 1)
+        for stride in strides:
+            for pair in range(stride - 1, count - 1, stride):  # leaf pair+1 starts a new list
+                ids[pair] += 1
+        return ids
     after = np.arange(1, count)
     ids = np.zeros(count - 1, dtype=np.intp)
     for stride in strides:
@@ -437,9 +492,9 @@ def _leaf_texts(flat: np.ndarray, b64: bool, level: int) -> list[bytes] | np.nda
     dtype = tf_dtype_of(flat)
     large = flat.size >= _VECTOR_MIN
     if dtype == DT_FLOAT:
-        if large:
+        if flat.size >= _FLOAT32_MATRIX_MIN:
             return float32_matrix(flat)
-        return [decimal_text_f32(v).encode() for v in flat.tolist()]
+        return float32_leaf_texts(flat.tolist())
     if dtype == DT_DOUBLE:
         return [decimal_text_f64(v).encode() for v in flat.tolist()]
     if dtype == DT_BOOL:
@@ -454,7 +509,7 @@ def _leaf_texts(flat: np.ndarray, b64: bool, level: int) -> list[bytes] | np.nda
         return [
             head + binascii.b2a_base64(_as_bytes(v), newline=False) + tail for v in flat.tolist()
         ]
-    if large:
+    if flat.size >= _INTEGER_MATRIX_MIN:
         return integer_matrix(flat)
     return [str(v).encode() for v in flat.tolist()]
 
@@ -466,7 +521,7 @@ def _as_bytes(value: bytes | str) -> bytes:
 def float32_texts(values: np.ndarray) -> list[bytes]:
     """decimal_text_f32() of each element of a float32 array (vectorised when large)."""
     flat = np.asarray(values, dtype=np.float32).reshape(-1)
-    if flat.size < _VECTOR_MIN:
-        return [decimal_text_f32(v).encode() for v in flat.tolist()]
+    if flat.size < _FLOAT32_MATRIX_MIN:
+        return float32_leaf_texts(flat.tolist())
     glue = np.zeros(flat.size - 1, dtype=np.intp)
     return _join(float32_matrix(flat), glue, [b"\x01"]).split(b"\x01")

@@ -62,6 +62,29 @@ def decimal_text_f32(value: float) -> str:
     return text if ("." in text or "e" in text) else text + ".0"
 
 
+_F32_STRUCT = struct.Struct("f")
+
+
+def float32_leaf_texts(values: list[float]) -> list[bytes]:
+    """decimal_text_f32(v).encode() for each float32 value, with the per-call overhead inlined
+    (small tensors: a response's 10 class scores are written ~2x faster than call by call)."""
+    pack, unpack = _F32_STRUCT.pack, _F32_STRUCT.unpack
+    out = []
+    for value in values:
+        text = f"{value:.6g}"
+        if text[-1] in "fn":  # inf, -inf, nan
+            out.append(decimal_text_f32(value).encode())
+            continue
+        try:
+            exact = unpack(pack(float(text)))[0] == value
+        except OverflowError:
+            exact = False
+        if not exact:
+            text = f"{value:.9g}"
+        out.append((text if "." in text or "e" in text else text + ".0").encode())
+    return out
+
+
 def decimal_text_f64(value: float) -> str:
     """WriteDecimal<double>()."""
     if value != value:

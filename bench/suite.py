@@ -161,7 +161,7 @@ def plan_levels(options: SuiteOptions, names: list[str]) -> list[Level]:
                 for name, protocol in pairs:
                     plan.append((repeat, Workload(model), concurrency, name, protocol))
         for name, protocol in (("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest")):
-            if name in names:
+            if name in names and LARGE.model in options.models:
                 plan.append((repeat, LARGE, LARGE_CONCURRENCY, name, protocol))
     return plan
 

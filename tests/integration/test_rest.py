@@ -173,6 +173,36 @@ def test_predict_float32_formatting_is_tf_servings(http: httpx.Client) -> None:
     assert body == b'{\n    "predictions": [2.1, 0.0, 1e+07, 5000002.0\n    ]\n}'
 
 
+def test_large_float_bodies_answer_like_small_ones(http: httpx.Client) -> None:
+    """Bodies over 8 KiB take the simdjson lane (app/codec_json_dense.py): same answers, same
+    errors, and bodies it stands aside for (ragged, gzip, ints) still work."""
+    values = [i / 8 for i in range(1500)]  # exact in float32
+    body = json.dumps({"instances": values}).encode()
+    assert len(body) >= 8 * 1024
+    response = post(http, "/v1/models/half_plus_two:predict", body)
+    assert response.json() == {"predictions": [v * 0.5 + 2 for v in values]}
+    gzipped = http.post(
+        "/v1/models/half_plus_two:predict",
+        content=gzip.compress(body),
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert gzipped.content == response.content
+    ragged = {"instances": [[1.0, 2.0], [3.0, 4.0, 5.0], [6.0]] * 400}
+    response = post(http, "/v1/models/half_plus_two:predict", ragged)
+    assert response.status_code == 400
+    assert err(response) == (
+        "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT:"
+        " Expecting tensor size: 2 but got: 3"
+    )
+    # Plain number arrays, but int inputs: the lane reads them, then hands over to orjson.
+    ints = {"inputs": {"i32": list(range(1000)), "i64": list(range(1000))}}
+    response = post(http, "/v1/models/int_ops:predict", ints)
+    assert response.status_code == 200, response.text
+    small = post(http, "/v1/models/int_ops:predict", {"inputs": {"i32": [999], "i64": [999]}})
+    outputs = response.json()["outputs"]
+    assert {k: v[-1:] for k, v in outputs.items()} == small.json()["outputs"]
+
+
 def test_predict_nan_and_infinity_in_and_out(http: httpx.Client) -> None:
     response = post(
         http, "/v1/models/half_plus_two:predict", b'{"instances": [NaN, Infinity, -Infinity]}'

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from app import codec
+from app import codec, codec_json_text
 from app.errors import Code, ServingError
 from app.types import (
     DT_BOOL,
@@ -535,8 +535,9 @@ FLOAT32_TEXT = [
 
 @pytest.mark.parametrize(("value", "text"), FLOAT32_TEXT)
 def test_float32_text(value: float, text: str) -> None:
-    assert codec.decimal_text_f32(float(np.float32(value))) == text
-    assert codec.float32_texts(np.full(70, value, F32))[0] == text.encode()  # vectorised
+    assert codec_json_text.decimal_text_f32(float(np.float32(value))) == text
+    assert codec.float32_texts(np.full(200, value, F32))[0] == text.encode()  # vectorised
+    assert codec.float32_texts(np.full(3, value, F32))[0] == text.encode()  # inlined loop
 
 
 @pytest.mark.parametrize(
@@ -553,8 +554,18 @@ def test_vectorised_float32_matches_scalar_on_random_bit_patterns() -> None:
     bits = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32)
     values = np.concatenate([bits.view(F32), rng.standard_normal(20_000).astype(F32).round(3)])
     got = codec.float32_texts(values)
-    want = [codec.decimal_text_f32(v).encode() for v in values.tolist()]
+    want = [codec_json_text.decimal_text_f32(v).encode() for v in values.tolist()]
     assert got == want
+    assert codec_json_text.float32_leaf_texts(values.tolist()) == want
+
+
+@pytest.mark.parametrize("shape", [(1, 10), (3, 4), (2, 3, 4), (1, 1, 1), (4, 1, 2), (5,), (1,)])
+def test_small_glue_ids_match_the_vectorised_ones(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = list(codec._glue_ids(shape))
+    monkeypatch.setattr(codec, "_VECTOR_MIN", 0)
+    assert small == codec._glue_ids(shape).tolist()
 
 
 @pytest.mark.parametrize(
@@ -570,8 +581,12 @@ def test_vectorised_float32_matches_scalar_on_random_bit_patterns() -> None:
 def test_vectorised_leaves_match_per_element_leaves(
     array: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    thresholds = ("_VECTOR_MIN", "_FLOAT32_MATRIX_MIN", "_INTEGER_MATRIX_MIN")
+    for name in thresholds:
+        monkeypatch.setattr(codec, name, 2)
     vectorised = [codec.encode_predict_response({"y": array}, fmt) for fmt in ("row", "columnar")]
-    monkeypatch.setattr(codec, "_VECTOR_MIN", 10**9)
+    for name in thresholds:
+        monkeypatch.setattr(codec, name, 10**9)
     assert vectorised == [codec.encode_predict_response({"y": array}, f) for f in ("row", "columnar")]
 
 
