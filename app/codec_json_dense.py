@@ -32,16 +32,13 @@ import threading
 import numpy as np
 import simdjson
 
-from app.codec_tensor import MAX_TENSOR_RANK
-from app.types import DT_DOUBLE, DT_FLOAT, RequestFormat
+from app.codec_tensor import LOSSLESS_INT_MAX, MAX_TENSOR_RANK
+from app.types import NUMPY_DTYPE_BY_TF, RequestFormat
 
 DENSE_MIN_BODY_BYTES = 8 * 1024  # below this orjson + np.array is as fast (measured crossover)
 _REUSE_MAX_BYTES = 4 * 1024 * 1024
 _TOP_KEYS = frozenset(("instances", "inputs", "signature_name"))
 _NUMBER_AND_SPACE = b"0123456789.eE+- \t\n\r"
-# Largest magnitude whose JSON spelling cannot matter: above it an integer is lossy for the dtype
-# (IsLosslessDecimal) while a float of the same value is not. Above it the orjson path decides.
-_EXACT_LIMIT = {DT_FLOAT: float((1 << 24) - 1), DT_DOUBLE: float((1 << 53) - 1)}
 
 _local = threading.local()
 
@@ -74,11 +71,12 @@ def read_dense_body(body: bytes) -> DenseBody | None:
 
 def dense_float_tensor(flat: np.ndarray, shape: tuple[int, ...], dtype: int) -> np.ndarray | None:
     """The tensor in `dtype` (DT_FLOAT or DT_DOUBLE), or None if a magnitude needs the JSON text."""
-    limit = _EXACT_LIMIT.get(dtype)
+    # Above LOSSLESS_INT_MAX an integer is lossy for the dtype while a float of the same value
+    # is not, and the float64 buffer no longer says which it was: the orjson path decides.
+    limit = LOSSLESS_INT_MAX.get(dtype)
     if limit is None or float(np.abs(flat).max()) > limit:
         return None
-    target = np.float32 if dtype == DT_FLOAT else np.float64
-    return flat.astype(target).reshape(shape)
+    return flat.astype(NUMPY_DTYPE_BY_TF[dtype]).reshape(shape)
 
 
 def _parser_for(size_bytes: int) -> simdjson.Parser:

@@ -42,6 +42,9 @@ MAX_TENSOR_RANK = 64  # numpy's limit
 _FLT_MAX = float(np.finfo(np.float32).max)
 _FLOAT_MAX_INT = (1 << 24) - 1  # IsLosslessDecimal<float>: largest int accepted for DT_FLOAT
 _DOUBLE_MAX_INT = (1 << 53) - 1
+# Per float dtype, the largest integer magnitude IsLosslessDecimal accepts (codec_json_dense.py
+# also uses it: above it the JSON spelling, int or float, decides).
+LOSSLESS_INT_MAX = {DT_FLOAT: _FLOAT_MAX_INT, DT_DOUBLE: _DOUBLE_MAX_INT}
 _INT32_RANGE = (-(1 << 31), (1 << 31) - 1)
 _INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 # Which JSON integers each integer dtype accepts (IsInt/IsInt64/IsUint/IsUint64). INT8/INT16/UINT8
@@ -339,7 +342,7 @@ def hidden_bools(value: Any, array: np.ndarray, bools: Callable[[], bool]) -> bo
 
 
 def floats_fast(value: Any, array: np.ndarray, dtype: int) -> np.ndarray | None:
-    limit = _FLOAT_MAX_INT if dtype == DT_FLOAT else _DOUBLE_MAX_INT
+    limit = LOSSLESS_INT_MAX[dtype]
     magnitude = np.abs(array)
     big = magnitude > limit
     if array.dtype.kind == "f":
