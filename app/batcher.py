@@ -381,9 +381,10 @@ def batch_rows(inputs: dict[str, np.ndarray]) -> int | None:
 def _layout(inputs: dict[str, np.ndarray], pad_variable_length_inputs: bool) -> tuple:
     """What must agree for requests to share a batch: dtypes and inner shapes, or with
     padding only dtypes and ranks (inner dims are padded up to the batch's largest)."""
+    # dtype objects, not dtype.str: equal and hashable alike, and .str builds a string per call.
     if pad_variable_length_inputs:
-        return tuple((alias, a.dtype.str, a.ndim) for alias, a in sorted(inputs.items()))
-    return tuple((alias, a.dtype.str, a.shape[1:]) for alias, a in sorted(inputs.items()))
+        return tuple([(alias, a.dtype, a.ndim) for alias, a in sorted(inputs.items())])
+    return tuple([(alias, a.dtype, a.shape[1:]) for alias, a in sorted(inputs.items())])
 
 
 def padded_inner_shapes(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, tuple[int, ...]]:

@@ -213,6 +213,23 @@ async def test_mixed_signatures_and_dtypes_never_share_a_batch() -> None:
     await batcher.close()
 
 
+async def test_same_dtype_from_any_source_shares_a_batch_but_byte_orders_do_not() -> None:
+    # The queue key holds dtype objects: equal dtypes made different ways are one queue.
+    pool = RecordingPool(delay_seconds=0.02)
+    batcher = _batcher(pool, max_batch_size=64, batch_timeout_micros=30_000)
+    made = [
+        {"x": np.ones((1, 2), np.float32)},
+        {"x": np.frombuffer(np.ones(2, "<f4").tobytes(), "<f4").reshape(1, 2)},
+        {"x": np.ones((1, 2), np.dtype("float32"))},
+        {"x": np.ones((1, 2), ">f4")},
+    ]
+    results = await asyncio.gather(*(batcher.submit(SID, "s", x, ["y"], None) for x in made))
+    assert sorted(rows for rows, _ in pool.batches) == [[1], [1, 1, 1]]
+    for result in results:
+        np.testing.assert_array_equal(result["y"], [[2, 2]])
+    await batcher.close()
+
+
 async def test_allowed_batch_sizes_pad_and_padding_is_removed() -> None:
     pool = RecordingPool(delay_seconds=0.02)
     batcher = _batcher(
