@@ -149,9 +149,12 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         f"- Started {results.started}, took {results.seconds / 60:.1f} min.",
         f"- Machine: {_machine(results.machine)}",
         f"- BentoML: {results.bentoml or 'not requested'}",
-        f"- tfgate flags beyond the defaults: `--enable_batching "
-        f"--batching_parameters_file=bench/batching_parameters.pbtxt "
-        f"{' '.join(results.tfgate_args)}`",
+        "- tfgate flags beyond the defaults: `" + " ".join([
+            "--enable_batching", "--batching_parameters_file=bench/batching_parameters.pbtxt",
+            "--config=bench/tfgate.toml", *results.tfgate_args,
+        ]) + "`",
+        "- Batching: max_batch_size 256, batch_timeout_micros 0 for every model; cnn and tiny "
+        "(1-row workloads only) are capped at 32 rows by bench/tfgate.toml, which says why.",
         "- Load: bench/loadgen.py, closed loop (N requests always outstanding, one per "
         "keep-alive connection; gRPC: N concurrent unary calls), a warm-up, then windows "
         "until the last 3 agree within 10% on throughput and p99 (perf_analyzer's rule). "

@@ -26,6 +26,7 @@ from bench.workloads import MODELS, Workload
 
 ROOT = servers.ROOT
 BATCHING_FILE = ROOT / "bench" / "batching_parameters.pbtxt"
+CONFIG_FILE = ROOT / "bench" / "tfgate.toml"  # per-model batching overrides
 LARGE = Workload("dnn", 64)
 LARGE_CONCURRENCY = 8
 
@@ -121,7 +122,10 @@ def start_servers(
     options: SuiteOptions, model_root: pathlib.Path, work: pathlib.Path, results: SuiteResults
 ) -> dict[str, servers.RunningServer]:
     specs = [
-        servers.tfgate_spec(model_root, work, BATCHING_FILE, list(options.tfgate_args)),
+        servers.tfgate_spec(
+            model_root, work, BATCHING_FILE,
+            [f"--config={CONFIG_FILE}", *options.tfgate_args],
+        ),
         servers.fastapi_spec("naive", model_root),
         servers.fastapi_spec("constant", model_root),
     ]
