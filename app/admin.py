@@ -15,7 +15,6 @@ import hmac
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from app.discovery import Discovery
 from app.errors import Code, ServingError
 from app.manager import VersionManager
 from app.registry import ModelRecord, Registry
+from app.state_file import write_json_atomically
 from app.types import VersionState
 
 log = logging.getLogger("tfgate.admin")
@@ -98,19 +98,9 @@ class PinState:
     def save(self, pins: dict[str, int]) -> None:
         if not self.path:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tfgate-state.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"pins": pins}, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json_atomically(
+            self.path, {"pins": pins}, temp_prefix=".tfgate-state.", sort_keys=True
+        )
 
 
 class AdminApi:

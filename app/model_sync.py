@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -33,6 +32,7 @@ from app.manifest import (
     md5_file,
     parse_manifest,
 )
+from app.state_file import write_json_atomically
 from app.storage import (
     MANIFEST_NAME,
     Cancelled,
@@ -107,20 +107,10 @@ class SyncState:
             self.save()
 
     def save(self) -> None:
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                versions = {str(v): e for v, e in sorted(self.versions.items())}
-                json.dump({"source": self.source, "versions": versions}, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        versions = {str(v): e for v, e in sorted(self.versions.items())}
+        write_json_atomically(
+            self.path, {"source": self.source, "versions": versions}, temp_prefix=".state."
+        )
 
 
 # --- deciding what to do ---
