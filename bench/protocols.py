@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 from bench.loadgen import GrpcTarget, HttpTarget, LevelOptions, run_level
-from bench.servers import RunningServer, ServerSpec, free_port
+from bench.servers import RunningServer, tfgate_spec
 from bench.stats import Window, percentile_ns
 from bench.workloads import Workload
 
@@ -35,29 +35,8 @@ CONCURRENCY = (1, 64)
 
 
 def start_server(model_root: pathlib.Path, work: pathlib.Path) -> RunningServer:
-    config = work / "models.config"
-    config.write_text(
-        "model_config_list {\n"
-        + "".join(
-            f'  config {{ name: "{m}" base_path: "{model_root / m}" model_platform: "tensorflow" }}\n'
-            for m in MODELS
-        )
-        + "}\n"
-    )
-    rest, grpc_port = free_port(), free_port()
-    argv = [
-        str(pathlib.Path(sys.executable).parent / "tensorflow_model_server"),
-        f"--port={grpc_port}",
-        f"--rest_api_port={rest}",
-        "--rest_api_host=127.0.0.1",
-        "--grpc_host=127.0.0.1",
-        f"--model_config_file={config}",
-        "--file_system_poll_wait_seconds=0",
-        "--enable_batching",
-        f"--batching_parameters_file={ROOT / 'bench/batching_parameters.pbtxt'}",
-        "--tensorflow_model_server_log_level=warning",
-    ]
-    spec = ServerSpec("tfgate-protocols", argv, rest, "/v1/models/{model}:predict", grpc_port, True)
+    """tfgate serving every model exported under model_root (MODELS), batching as in the suite."""
+    spec = tfgate_spec(model_root, work, ROOT / "bench" / "batching_parameters.pbtxt", [])
     return RunningServer(spec, work)
 
 
