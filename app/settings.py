@@ -62,7 +62,12 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("model_name", str, "default", "Name of the model (ignored with --model_config_file)."),
     Flag("model_base_path", str, "", "Path to export (ignored with --model_config_file)."),
-    Flag("num_load_threads", int, 0, "Accepted; loads run concurrently per model."),
+    Flag(
+        "num_load_threads",
+        int,
+        0,
+        "Accepted; a worker loads one version at a time, on a thread beside serving.",
+    ),
     Flag("num_unload_threads", int, 0, "Accepted; unloads run concurrently per model."),
     Flag("max_num_load_retries", int, 5, "Retries of a failed load."),
     Flag("load_retry_interval_micros", int, 60_000_000, "Wait between load retries."),

@@ -6,7 +6,11 @@ not grow across load/unload cycles.
 Phase 1 (availability): a tfgate server serves the `dnn` model; a raw asyncio HTTP/1.1
 client keeps 16 requests in flight for `--seconds`; after a steady-state stretch, 10 new
 versions are published (copied aside, renamed into place) a few seconds apart, then the
-newest is deleted (rollback). Reports failed requests, p99 in steady state vs during swaps.
+newest is deleted (rollback). Every version carries `--warmup_records` warmup requests
+(assets.extra/tf_serving_warmup_requests), replayed `--warmup_iterations` times while it
+loads, so a load takes as long as a warmed-up production load does. Reports failed requests,
+p99 in steady state vs during swaps, and the slowest request during swaps (a load that
+blocked serving would show here).
 Phase 2 (memory): `--cycles` further versions are published one at a time (each load
 unloads the previous one); the RSS of the whole process tree (gateway + workers) after the
 first cycle is compared with the RSS after the last. Prints a JSON summary and writes it to
@@ -39,15 +43,40 @@ SECTION = pathlib.Path(__file__).resolve().parent / "hotswap_section.md"
 MODEL = "dnn"
 CONCURRENCY = 16
 WINDOW_SECONDS = 1.0
+# One PredictionLog per record, TF Serving's warmup file format; `x` is dnn's 256 floats.
+WRITE_WARMUP = """
+import sys
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+path, count = sys.argv[1], int(sys.argv[2])
+with tf.io.TFRecordWriter(path) as writer:
+    for i in range(count):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "dnn"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([[i / count] * 256], tf.float32))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())
+"""
 
 
-def export_model(base: pathlib.Path) -> pathlib.Path:
+def export_model(base: pathlib.Path, warmup_records: int) -> pathlib.Path:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     subprocess.run(
         [sys.executable, "-m", "workers.example_models", MODEL, str(base), "--version", "1"],
         check=True,
         cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        env=env,
     )
+    if warmup_records:
+        extra = base / "1" / "assets.extra"
+        extra.mkdir()
+        subprocess.run(
+            [sys.executable, "-c", WRITE_WARMUP, str(extra / "tf_serving_warmup_requests"),
+             str(warmup_records)],
+            check=True,
+            env=env,
+        )
     return base / "1"
 
 
@@ -125,6 +154,7 @@ async def availability_phase(
         "swap_p99_ms": _p99_ms(during),
         "swap_p99_over_steady": _p99_ms(during) / _p99_ms(steady),
         "worst_window_p99_ms": max(w.percentile_us(99) for w in during) / 1e3,
+        "slowest_swap_ms": max(max(w.latencies_ns, default=0) for w in during) / 1e6,
         "versions_published": 10,
         "rolled_back_to": 10,
         "serving_after": sorted(serving_version(server.spec.rest_port)),
@@ -174,6 +204,7 @@ def memory_phase(
 
 def render(summary: dict, seconds: float, cycles: int) -> str:
     a, m = summary["availability"], summary["memory"]
+    records, iterations = summary["warmup_records"], summary["warmup_iterations"]
     ok_fail = "met" if a["failed_requests"] == 0 else "**missed**"
     ok_p99 = "met" if a["swap_p99_over_steady"] <= 3 else "**missed**"
     ok_rss = "met" if m["rss_growth_fraction"] <= 0.10 else "**missed**"
@@ -181,10 +212,13 @@ def render(summary: dict, seconds: float, cycles: int) -> str:
         [
             "## Hot swap: versions arriving and rolling back under load",
             "",
-            f"Command: `.venv/bin/python -m bench.hotswap --seconds {seconds:g} --cycles {cycles}`. "
+            f"Command: `.venv/bin/python -m bench.hotswap --seconds {seconds:g} --cycles {cycles} "
+            f"--warmup_records {records} --warmup_iterations {iterations}`. "
             f"REST load at concurrency {CONCURRENCY} on `{MODEL}` for {seconds:g} s; after a steady "
             "stretch 10 new versions are published (copied aside, renamed into place) and the newest "
-            "is then deleted (rollback); then the memory phase publishes one version at a time.",
+            "is then deleted (rollback); then the memory phase publishes one version at a time. "
+            f"Each version carries {records} warmup records, replayed {iterations} times while it "
+            "loads (on the worker's loader thread, beside serving).",
             "",
             "| measure | value | target |",
             "|---|---|---|",
@@ -192,6 +226,7 @@ def render(summary: dict, seconds: float, cycles: int) -> str:
             f"| p99 steady / during swaps | {a['steady_p99_ms']:.1f} ms / {a['swap_p99_ms']:.1f} ms "
             f"({a['swap_p99_over_steady']:.2f}x) | within 3x: {ok_p99} |",
             f"| worst 1 s window p99 during swaps | {a['worst_window_p99_ms']:.1f} ms | |",
+            f"| slowest request during swaps | {a['slowest_swap_ms']:.1f} ms | |",
             f"| serving after rollback | {a['serving_after']} | version 10 |",
             f"| process-tree RSS after cycle 1 / {m['cycles']} | {m['rss_after_first_mb']:.0f} MiB / "
             f"{m['rss_after_last_mb']:.0f} MiB ({m['rss_growth_fraction']:+.1%}) | within 10%: {ok_rss} |",
@@ -201,7 +236,7 @@ def render(summary: dict, seconds: float, cycles: int) -> str:
     )
 
 
-def start_server(base: pathlib.Path, work: pathlib.Path) -> RunningServer:
+def start_server(base: pathlib.Path, work: pathlib.Path, warmup_iterations: int) -> RunningServer:
     rest, grpc_port = free_port(), free_port()
     argv = [
         str(pathlib.Path(sys.executable).parent / "tensorflow_model_server"),
@@ -213,6 +248,7 @@ def start_server(base: pathlib.Path, work: pathlib.Path) -> RunningServer:
         f"--model_base_path={base}",
         "--file_system_poll_wait_seconds=1",
         "--enable_batching",
+        f"--num_request_iterations_for_warmup={warmup_iterations}",
         "--tensorflow_model_server_log_level=warning",
     ]
     spec = ServerSpec("tfgate-hotswap", argv, rest, "/v1/models/{model}:predict", grpc_port, True)
@@ -223,14 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hotswap", description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--cycles", type=int, default=30)
+    parser.add_argument("--warmup_records", type=int, default=1000, help="0..1000 per version")
+    parser.add_argument("--warmup_iterations", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tfgate-hotswap-") as tmp:
         work = pathlib.Path(tmp)
         base = work / MODEL
-        source = export_model(work / "export")
+        source = export_model(work / "export", args.warmup_records)
         publish(source, base, 1)
-        server = start_server(base, work)
+        server = start_server(base, work, args.warmup_iterations)
         try:
             server.wait_ready(MODEL, request_body())
             availability = asyncio.run(availability_phase(server, base, source, args.seconds))
@@ -242,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "memory": memory,
         "model": MODEL,
         "concurrency": CONCURRENCY,
+        "warmup_records": args.warmup_records,
+        "warmup_iterations": args.warmup_iterations,
     }
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import math
 import mmap
 import os
 import struct
@@ -317,7 +318,7 @@ def _put_numeric(
     else:
         rows = sum(a.shape[0] for a in arrays) + pad_rows
         shape = (rows, *(first.shape[1:] if inner is None else inner))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
 
     def fill(view: memoryview) -> None:
         if not nbytes:
@@ -366,7 +367,7 @@ def _put_strings(
     else:
         rows = sum(a.shape[0] for a in arrays)
         inner = arrays[0].shape[1:]
-        per_row = int(np.prod(inner, dtype=np.int64))
+        per_row = math.prod(inner)
         if pad_rows and rows:
             flat.extend(flat[-per_row:] * pad_rows if per_row else [])
         shape = (rows + pad_rows, *inner)
@@ -406,7 +407,7 @@ def get_tensors(
 def _read(buf: memoryview, offset: int, ref: worker_pb2.TensorRef, *, copy: bool) -> np.ndarray:
     shape = tuple(ref.shape)
     if ref.dtype == DT_STRING:
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         lengths = np.frombuffer(buf, dtype="<u8", count=count, offset=offset)
         data = bytes(buf[offset + 8 * count : offset + ref.nbytes])
         result = np.empty(count, dtype=object)

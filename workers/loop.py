@@ -1,7 +1,10 @@
 """The worker process's main loop: receive -> load/unload/run -> reply.
 
-Single-threaded and synchronous: one request at a time, in the order the gateway sent them,
-so replies come back in order and the shared-memory regions free in FIFO order (ipc.py).
+Synchronous: runs, unloads and pings are handled one at a time in the order the gateway sent
+them, so run replies come back in order and the shared-memory regions free in FIFO order
+(ipc.py). Loads are the exception: workers/loader.py builds the runner on its own thread and
+this loop installs it when it is ready, so a version that takes minutes to load does not stall
+the servables already serving. Replies carry the request id; the gateway matches by id.
 Any failure is answered with a status; only the gateway closing the pipe ends the loop.
 """
 
@@ -15,10 +18,12 @@ import gc
 import logging
 import os
 import resource
+import select
 import time
 
 from proto import worker_pb2
 from workers import ipc
+from workers.loader import Load, Loader
 
 log = logging.getLogger("tfgate.worker")
 
@@ -52,64 +57,90 @@ class Worker:
         self.response_regions: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
         self.next_response_seq = 1
         self.runners: dict[tuple[str, int], object] = {}
+        self.loader = Loader(options.intra_op_threads, options.inter_op_threads)
+        # (model, version) -> loads handed to the loader and not installed yet
+        self.loading: collections.Counter[tuple[str, int]] = collections.Counter()
+        # unloads that arrived while their servable was still loading: run after the install
+        self.deferred_unloads: dict[tuple[str, int], list[worker_pb2.WorkerRequest]] = {}
 
-    def handle(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply:
+    def handle(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply | None:
+        """The reply to `request`, or None when it was handed to the loader (its reply comes
+        from install_finished_loads())."""
         kind = request.WhichOneof("kind")
         try:
             if kind == "run":
                 reply = self.run(request.run)
             elif kind == "load":
-                reply = self.load(request.load)
+                reply = self.load(request)
             elif kind == "unload":
-                reply = self.unload(request.unload)
+                reply = self.unload(request)
             else:
                 reply = worker_pb2.WorkerReply(rss_bytes=rss_bytes())
         except Exception as exc:  # answer every request; never die on a bad one
-            code = getattr(exc, "code", INTERNAL)
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            if not isinstance(code, int):
-                code = INTERNAL
-            if code == INTERNAL:
-                log.exception("request %s (%s) failed", request.id, kind)
-            reply = worker_pb2.WorkerReply(code=code, message=message)
-        reply.id = request.id
+            reply = error_reply(request, exc)
+        if reply is not None:
+            reply.id = request.id
         return reply
 
-    def load(self, load: worker_pb2.LoadRequest) -> worker_pb2.WorkerReply:
-        from workers.runner import SavedModelRunner  # TF import happens on first load
-
+    def load(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply | None:
+        load = request.load
         key = (load.model, load.version)
-        if key not in self.runners or load.replace:
-            started = time.monotonic()
-            runner = SavedModelRunner(
-                load.path,
-                list(load.tags) or ["serve"],
-                intra_op_threads=self.options.intra_op_threads,
-                inter_op_threads=self.options.inter_op_threads,
+        if key in self.runners and not load.replace and not self.loading[key]:
+            runner = self.runners[key]
+            return worker_pb2.WorkerReply(
+                signature_defs=runner.signature_defs_bytes(),  # type: ignore[attr-defined]
+                rss_bytes=rss_bytes(),
             )
-            if load.enable_warmup:
-                from workers.warmup import run_warmup
+        self.loading[key] += 1
+        self.loader.submit(request)
+        return None
 
-                run_warmup(runner, load.path, max(1, load.warmup_iterations))
+    def install_finished_loads(self) -> list[worker_pb2.WorkerReply]:
+        """Make every finished load visible to runs (closing a replaced runner) and return
+        the replies: each load's, then those of unloads that waited for it."""
+        replies = []
+        while self.loader.finished:
+            done = self.loader.finished.popleft()
+            replies.append(self._install(done))
+            if not self.loading[done.key]:
+                for request in self.deferred_unloads.pop(done.key, []):
+                    replies.append(self.handle(request))  # type: ignore[arg-type]
+        return replies
+
+    def _install(self, done: Load) -> worker_pb2.WorkerReply:
+        key = done.key
+        self.loading[key] -= 1
+        if not self.loading[key]:
+            del self.loading[key]
+        if done.error is not None:
+            reply = error_reply(done.request, done.error)
+        else:
             previous = self.runners.get(key)
-            self.runners[key] = runner
+            self.runners[key] = done.runner
             if previous is not None:
-                previous.close()
+                previous.close()  # type: ignore[attr-defined]
                 release_free_memory()
             log.info(
                 "loaded %s version %d from %s in %.2fs",
-                load.model,
-                load.version,
-                load.path,
-                time.monotonic() - started,
+                key[0],
+                key[1],
+                done.request.load.path,
+                done.seconds,
             )
-        runner = self.runners[key]
-        return worker_pb2.WorkerReply(
-            signature_defs=runner.signature_defs_bytes(), rss_bytes=rss_bytes()
-        )
+            reply = worker_pb2.WorkerReply(
+                signature_defs=done.signature_defs, rss_bytes=rss_bytes()
+            )
+        reply.id = done.request.id
+        return reply
 
-    def unload(self, unload: worker_pb2.UnloadRequest) -> worker_pb2.WorkerReply:
-        runner = self.runners.pop((unload.model, unload.version), None)
+    def unload(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply | None:
+        unload = request.unload
+        key = (unload.model, unload.version)
+        if self.loading[key]:
+            # Unloading now would leave the load in progress to install the servable again.
+            self.deferred_unloads.setdefault(key, []).append(request)
+            return None
+        runner = self.runners.pop(key, None)
         if runner is not None:
             runner.close()
             del runner
@@ -160,6 +191,24 @@ class Worker:
                 self.response_allocator.free(offset)
 
 
+def error_reply(request: worker_pb2.WorkerRequest, exc: BaseException) -> worker_pb2.WorkerReply:
+    """A failure as a status reply: TF's code and text when the error carries them."""
+    code = getattr(exc, "code", INTERNAL)
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    if not isinstance(code, int):
+        code = INTERNAL
+    if code == INTERNAL:
+        log.error(
+            "request %s (%s) failed",
+            request.id,
+            request.WhichOneof("kind"),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+    reply = worker_pb2.WorkerReply(code=code, message=message)
+    reply.id = request.id
+    return reply
+
+
 def rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -176,18 +225,38 @@ def release_free_memory() -> None:
 
 def serve(options: WorkerOptions) -> int:
     worker = Worker(options)
+    wake_fd = worker.loader.wake_fd
     log.info("worker %d ready (pid %d)", options.index, os.getpid())
-    while True:
-        # 1) Wait for the next request; end of stream means the gateway is gone or done.
-        payload = ipc.recv_frame(options.request_fd)
-        if payload is None:
-            break
-        # 2) Do it.
-        reply = worker.handle(worker_pb2.WorkerRequest.FromString(payload))
-        # 3) Answer; the gateway matches the reply to its request by id.
-        try:
-            ipc.send_frame(options.reply_fd, reply.SerializeToString())
-        except BrokenPipeError:
-            break
+    try:
+        while True:
+            # 1) Wait for the next request or a finished load.
+            readable, _, _ = select.select([options.request_fd, wake_fd], [], [])
+            replies: list[worker_pb2.WorkerReply] = []
+            # 2) Install finished loads first: a run that follows may be for one of them.
+            if wake_fd in readable:
+                worker.loader.drain_wakeups()
+                replies.extend(worker.install_finished_loads())
+            if options.request_fd in readable:
+                # End of stream means the gateway is gone or done.
+                payload = ipc.recv_frame(options.request_fd)
+                if payload is None:
+                    break
+                # 3) Do it (a load only starts here; its reply comes from step 2).
+                reply = worker.handle(worker_pb2.WorkerRequest.FromString(payload))
+                if reply is not None:
+                    replies.append(reply)
+            # 4) Answer; the gateway matches each reply to its request by id.
+            try:
+                for reply in replies:
+                    ipc.send_frame(options.reply_fd, reply.SerializeToString())
+            except BrokenPipeError:
+                break
+    finally:
+        worker.loader.stop()
     log.info("worker %d exiting", options.index)
+    if worker.loader.busy:
+        # A load is still inside TensorFlow on the loader thread; interpreter shutdown would
+        # tear TF down under it. Nobody waits for that load any more: leave at once.
+        logging.shutdown()
+        os._exit(0)
     return 0

@@ -254,3 +254,56 @@ def test_replaced_version_directory_is_reloaded(lifecycle_server, tmp_path) -> N
             timeout=30,
         )
         assert http.post("/v1/models/m:predict", json={"instances": [2.0]}).status_code == 200
+
+
+def test_a_slow_load_does_not_stall_serving(model_zoo, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
+    """A version whose load takes seconds loads on the worker's loader thread: while it is
+    LOADING, the other model in the same worker and the old version keep answering."""
+    import subprocess
+    import sys
+
+    from tests.integration.test_warmup import WRITE_WARMUP
+
+    slow = model_zoo.base_path("slow") / "1"  # 300 ms of spinning per call
+    base = tmp_path / "slowload"
+    base.mkdir()
+    copy_version(slow, base, 1)
+    (tmp_path / "models.config").write_text(
+        "model_config_list {\n"
+        f'config {{ name: "slowload" base_path: "{base}" model_platform: "tensorflow" }}\n'
+        f'config {{ name: "tiny" base_path: "{model_zoo.base_path("tiny")}" '
+        'model_platform: "tensorflow" }\n}\n'
+    )
+    server = ServerProcess(
+        [f"--model_config_file={tmp_path / 'models.config'}",
+         "--file_system_poll_wait_seconds=1"],
+        tmp_path / "server.log",
+    ).start()
+    try:
+        with server.client() as http:
+            # Version 2 replays 12 warmup records through the 300 ms model: >= 3.6 s of load.
+            staging = tmp_path / "staging-2"
+            shutil.copytree(slow, staging)
+            (staging / "assets.extra").mkdir()
+            subprocess.run(
+                [sys.executable, "-c", WRITE_WARMUP,
+                 str(staging / "assets.extra" / "tf_serving_warmup_requests"), "12"],
+                check=True,
+            )
+            staging.rename(base / "2")
+            wait_for(lambda: versions(http, "slowload").get("2") == "LOADING", timeout=30,
+                     interval=0.05)
+            time.sleep(0.5)  # the load request has reached the worker
+            tiny = http.post("/v1/models/tiny:predict", json={"instances": [[2.0]]})
+            old = http.post("/v1/models/slowload/versions/1:predict",
+                            json={"instances": [[2.0]]})
+            # Both answered while version 2 was still loading in the same worker.
+            assert versions(http, "slowload").get("2") == "LOADING"
+            assert tiny.json() == {"predictions": [[3.0]]}
+            assert old.json() == {"predictions": [[3.0]]}
+            wait_for(lambda: available(http, "slowload") == {2}, timeout=60)
+            assert http.post("/v1/models/slowload:predict",
+                             json={"instances": [[4.0]]}).json() == {"predictions": [[4.0]]}
+    finally:
+        server.stop()
+    assert "Number of warmup records read: 12." in server.log()

@@ -1,0 +1,111 @@
+"""Background loading inside a worker process: SavedModel load + warmup off the main loop.
+
+Data path position: workers.loop receives a LoadRequest -> (here, on the loader thread)
+SavedModelRunner(...) + warmup replay -> a finished Load waits in `finished` -> the main
+loop installs it between two runs and answers the gateway. Loading a version can take
+seconds to minutes (variables restored, warmup records replayed); TF Serving loads on its
+own threads while the versions already loaded keep serving, and so does this: the main
+loop goes on answering runs for every other servable in the meantime.
+
+Only construction happens here. The runner becomes visible to runs (and a replaced runner
+is closed) on the main thread, so close() never races with run() (runner.py's rule).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+
+from proto import worker_pb2
+
+log = logging.getLogger("tfgate.worker")
+
+
+@dataclasses.dataclass
+class Load:
+    """One LoadRequest and what became of it: a runner, or the exception that stopped it."""
+
+    request: worker_pb2.WorkerRequest
+    runner: object | None = None
+    signature_defs: bytes = b""
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.request.load.model, self.request.load.version)
+
+
+class Loader:
+    """One daemon thread that builds runners in request order.
+
+    The main loop waits on `wake_fd` (with its request pipe): one byte is written to it for
+    every finished Load, so the loop wakes without polling.
+    """
+
+    def __init__(self, intra_op_threads: int, inter_op_threads: int) -> None:
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.finished: collections.deque[Load] = collections.deque()
+        self.wake_fd, self._wake_write_fd = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        self._jobs: queue.SimpleQueue[Load | None] = queue.SimpleQueue()
+        self.busy = False  # a load is in progress on the thread
+        self._thread = threading.Thread(target=self._work, name="tfgate-loader", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: worker_pb2.WorkerRequest) -> None:
+        self._jobs.put(Load(request))
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        """Ask the thread to end after its current load; the process exit does the rest
+        (a load in progress is not waited for: the gateway has already gone)."""
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            load = self._jobs.get()
+            if load is None:
+                return
+            self.busy = True
+            started = time.monotonic()
+            try:
+                load.runner = self._build(load.request.load)
+                load.signature_defs = load.runner.signature_defs_bytes()  # type: ignore[attr-defined]
+            except BaseException as exc:  # answered to the gateway, never kills the thread
+                load.error = exc
+            load.seconds = time.monotonic() - started
+            self.finished.append(load)
+            self.busy = False
+            os.write(self._wake_write_fd, b"\0")
+
+    def _build(self, request: worker_pb2.LoadRequest) -> object:
+        from workers.runner import SavedModelRunner  # TF import happens on the first load
+
+        runner = SavedModelRunner(
+            request.path,
+            list(request.tags) or ["serve"],
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+        )
+        if request.enable_warmup:
+            from workers.warmup import run_warmup
+
+            try:
+                run_warmup(runner, request.path, max(1, request.warmup_iterations))
+            except BaseException:
+                runner.close()
+                raise
+        return runner
