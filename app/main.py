@@ -34,7 +34,8 @@ from app.discovery import Discovery
 from app.errors import Code, ServingError, StartupError
 from app.manager import LoadOptions, VersionManager, initial_load_error
 from app.metrics import Metrics
-from app.model_sync_loop import ModelSync, load_sync_configs
+from app.model_sync import SyncConfig
+from app.model_sync_loop import ModelSync, load_sync_configs, sync_table_models
 from app.registry import ModelConfig, Registry
 from app.service import ServingService
 from app.settings import Settings, SettingsError
@@ -127,11 +128,15 @@ class Server:
             await self._reload_model_config(configs)
 
     async def _reload_model_config(self, configs: list[ModelConfig]) -> None:
+        sync_configs = self._sync_configs_for(configs)  # a bad table rejects the whole reload
         before = set(self.registry.models) - self.registry.dropped
         dropped = self.registry.configure(configs)
         for name in dropped:
             self.discovery.forget(name)
             self.manager.reconcile(name)
+        if self.model_sync is not None and sync_configs is not None:
+            # before the scan: a newly added model's base path is created by its sync
+            await self.model_sync.update(sync_configs)
         self.discovery.scan([c.name for c in configs])
         for config in configs:
             self.manager.reconcile(config.name)  # labels or policy may have changed
@@ -146,6 +151,15 @@ class Server:
                 return
             self.discovery.scan(new)
             await asyncio.sleep(0.1)
+
+    def _sync_configs_for(self, configs: list[ModelConfig]) -> list[SyncConfig] | None:
+        """The model sync set for a new model config (None when sync is not configured)."""
+        if self.model_sync is None:
+            return None
+        try:
+            return load_sync_configs(self.settings.config, {c.name: c.base_path for c in configs})
+        except SettingsError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
     async def close(self) -> None:
         """Reverse order: stop listening, drain, stop background tasks, stop workers."""
@@ -226,7 +240,15 @@ async def build_server(settings: Settings) -> Server:
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
     sync_configs = load_sync_configs(settings.config, {c.name: c.base_path for c in configs})
-    if sync_configs:
+    waiting = sorted(set(sync_table_models(settings.config)) - {c.model for c in sync_configs})
+    for name in waiting:
+        log.warning(
+            "[models.%s.sync]: no model named %r is configured yet; its sync starts when a "
+            "model config reload adds it",
+            name,
+            name,
+        )
+    if sync_configs or waiting:
         server.model_sync = ModelSync(sync_configs, metrics)
         server.admin.add_describe_extras(server.model_sync.describe)
         if settings.file_system_poll_wait_seconds <= 0:

@@ -3,7 +3,8 @@
 jitter), and what the passes report: status for the admin listing, metrics, webhook.
 
 Lifecycle position: main.py starts ModelSync before the initial model wait (a model whose
-only source is remote becomes available) and closes it on shutdown. Passes run in daemon
+only source is remote becomes available), calls update() on every model config reload
+(before the reload waits for new models) and closes it on shutdown. Passes run in daemon
 threads; status and metrics are only touched on the event loop.
 """
 
@@ -66,14 +67,27 @@ _KIND_NAMES = {
 }
 
 
+def sync_table_models(config: Mapping[str, Any]) -> list[str]:
+    """The model names that have a `[models.NAME.sync]` table."""
+    return [
+        name
+        for name, section in config.get("models", {}).items()
+        if isinstance(section, dict) and "sync" in section
+    ]
+
+
 def load_sync_configs(config: Mapping[str, Any], base_paths: Mapping[str, str]) -> list[SyncConfig]:
-    """Every `[models.NAME.sync]` table, validated; SettingsError names the table at fault."""
+    """The `[models.NAME.sync]` tables of the models in `base_paths` (the model config now),
+    validated; SettingsError names the table at fault. Tables of models not configured yet are
+    validated too but give no SyncConfig: a model config reload that adds the model starts
+    its sync (ModelSync.update)."""
     configs = []
-    for name, section in config.get("models", {}).items():
-        if not isinstance(section, dict) or "sync" not in section:
-            continue
+    for name in sync_table_models(config):
         try:
-            configs.append(_sync_config(name, section["sync"], base_paths))
+            base_path = base_paths.get(name)
+            sync = _sync_config(name, config["models"][name]["sync"], base_path or "")
+            if base_path is not None:
+                configs.append(sync)
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"[models.{name}.sync]: {exc}") from None
     return configs
@@ -90,17 +104,15 @@ def _typed(section: Mapping[str, Any], key: str, default: Any) -> Any:
     return float(value) if kind is float else value
 
 
-def _sync_config(name: str, section: Any, base_paths: Mapping[str, str]) -> SyncConfig:
+def _sync_config(name: str, section: Any, base_path: str) -> SyncConfig:
     if not isinstance(section, dict):
         raise TypeError("must be a table")
     unknown = sorted(set(section) - set(_SYNC_KEYS))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
-    if name not in base_paths:
-        raise ValueError(f"no model named {name!r} is configured (model config or --model_name)")
-    if "://" in base_paths[name]:
+    if "://" in base_path:
         raise ValueError(
-            f"the model's base_path {base_paths[name]!r} must be a local directory: sync "
+            f"the model's base_path {base_path!r} must be a local directory: sync "
             "downloads from `source` into it"
         )
     if not section.get("source"):
@@ -122,7 +134,7 @@ def _sync_config(name: str, section: Any, base_paths: Mapping[str, str]) -> Sync
     poll = _typed(section, "poll_seconds", 30.0)
     config = SyncConfig(
         model=name,
-        base_path=base_paths[name],
+        base_path=base_path,
         source=options,
         poll_seconds=poll,
         bandwidth_bytes_per_second=_typed(section, "bandwidth_bytes_per_second", 0.0),
@@ -294,7 +306,7 @@ async def run_in_daemon_thread(fn: Callable[[], PassResult]) -> PassResult:
 
 
 class ModelSync:
-    """One sync loop per configured model. start() / close() from the event loop."""
+    """One sync loop per configured model. start() / update() / close() from the event loop."""
 
     def __init__(
         self,
@@ -304,32 +316,61 @@ class ModelSync:
     ) -> None:
         self.configs = {c.model: c for c in configs}
         self.status = {c.model: SyncStatus(c) for c in configs}
-        self.metrics = SyncMetrics(metrics) if metrics is not None and configs else None
+        self.metrics = SyncMetrics(metrics) if metrics is not None else None
         self._rng = rng or random.Random()
-        self._stop = threading.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        # per model: its loop task, and the event its passes poll to stop at the next chunk
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, threading.Event] = {}
         self._webhook = WebhookSender()
 
     def start(self) -> None:
+        self._started = True
         for config in self.configs.values():
-            # discovery would report a missing base path until the first pass made it
-            try:
-                os.makedirs(config.base_path, exist_ok=True)
-            except OSError as exc:  # the pass reports it (and retries) like any failure
-                log.error("Model %s: cannot create %s: %s", config.model, config.base_path, exc)
-            self._tasks.append(
-                asyncio.create_task(self._loop(config), name=f"model-sync-{config.model}")
-            )
+            self._start_loop(config)
+
+    async def update(self, configs: list[SyncConfig]) -> None:
+        """A model config reload: start the loops of models that are now configured, stop
+        those of models that are gone, restart those whose base_path or table changed."""
+        wanted = {c.model: c for c in configs}
+        gone = [name for name, config in self.configs.items() if wanted.get(name) != config]
+        await asyncio.gather(*(self._stop_loop(name) for name in gone))
+        for name in gone:
+            del self.configs[name], self.status[name]
+        for name, config in wanted.items():
+            if name in self.configs:
+                continue
+            log.info("Model %s: sync from %s starts", name, config.source.display_url())
+            self.configs[name] = config
+            self.status[name] = SyncStatus(config)
+            if self._started:
+                self._start_loop(config)
 
     async def close(self) -> None:
         """Stop every loop: in-flight transfers stop at their next chunk, and their
-        partial directories are removed by the pass itself (or by the next start)."""
-        self._stop.set()
-        for task in self._tasks:
+        partial directories are removed by the pass itself (or by the next start). The
+        status stays readable."""
+        await asyncio.gather(*(self._stop_loop(name) for name in list(self._tasks)))
+
+    def _start_loop(self, config: SyncConfig) -> None:
+        # discovery would report a missing base path until the first pass made it
+        try:
+            os.makedirs(config.base_path, exist_ok=True)
+        except OSError as exc:  # the pass reports it (and retries) like any failure
+            log.error("Model %s: cannot create %s: %s", config.model, config.base_path, exc)
+        self._stops[config.model] = threading.Event()
+        self._tasks[config.model] = asyncio.create_task(
+            self._loop(config), name=f"model-sync-{config.model}"
+        )
+
+    async def _stop_loop(self, name: str) -> None:
+        stop, task = self._stops.pop(name, None), self._tasks.pop(name, None)
+        if stop is not None:
+            stop.set()
+        if task is not None:
             task.cancel()
-        if self._tasks:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_SECONDS)
+                await asyncio.wait([task], timeout=CLOSE_WAIT_SECONDS)
 
     def describe(self, name: str) -> dict[str, Any]:
         """The admin listing's per-model extras: {'sync': {...}} for synced models."""
@@ -338,10 +379,11 @@ class ModelSync:
 
     async def run_pass(self, name: str) -> PassResult:
         config = self.configs[name]
+        stop = self._stops.setdefault(name, threading.Event())
 
         def one_pass() -> PassResult:
             try:
-                return sync_once(config, self._stop.is_set, self._rng)
+                return sync_once(config, stop.is_set, self._rng)
             except Exception as exc:  # a bug must not end the loop
                 log.exception("Model %s: sync pass crashed", name)
                 result = PassResult(name, config.source.display_url())
@@ -354,7 +396,9 @@ class ModelSync:
 
     def record(self, result: PassResult) -> None:
         """Fold one pass into status + metrics; fire the webhook. Event loop only."""
-        status, config = self.status[result.model], self.configs[result.model]
+        status, config = self.status.get(result.model), self.configs.get(result.model)
+        if status is None or config is None:  # the model left the config during the pass
+            return
         now = time.time()
         status.last_attempt_at = now
         if result.locked_out or result.cancelled:
@@ -387,7 +431,8 @@ class ModelSync:
         """Bounded and cancellable: one pass, then poll_seconds (or a backoff after a
         failure) of sleep; never ends on an error."""
         status = self.status[config.model]
-        while not self._stop.is_set():
+        stop = self._stops[config.model]
+        while not stop.is_set():
             result = await self.run_pass(config.model)
             if result.cancelled:
                 return

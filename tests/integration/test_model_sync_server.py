@@ -236,3 +236,40 @@ def test_bad_sync_config_stops_startup(
         assert first_line.startswith("[models.m.sync]: ") and message in first_line
     finally:
         server.stop()
+
+
+def test_model_added_by_config_reload_starts_syncing(model_zoo, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
+    """A `[models.late.sync]` table for a model the model config does not list yet: the server
+    starts (with a warning), and the config reload that adds `late` starts its sync, so the
+    model's only copy (remote) is downloaded, verified and served."""
+    source = SourceOptions(f"file://{tmp_path / 'remote' / 'late'}")
+    publish(str(model_zoo.base_path("half_plus_two") / "1"), f"{source.url}/1", source)
+    config = tmp_path / "tfgate.toml"
+    config.write_text(f'[models.late.sync]\nsource = "{source.url}"\npoll_seconds = 1\n')
+    models = tmp_path / "models.config"
+    first = model_zoo.base_path("tiny")
+    models.write_text(
+        "model_config_list {\n"
+        f'config {{ name: "first" base_path: "{first}" model_platform: "tensorflow" }}\n}}\n'
+    )
+    server = ServerProcess(
+        [f"--model_config_file={models}", f"--config={config}",
+         "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1"],
+        tmp_path / "server.log",
+    ).start()
+    try:
+        assert "no model named 'late' is configured yet" in server.log()
+        late = tmp_path / "late"
+        models.write_text(
+            "model_config_list {\n"
+            f'config {{ name: "first" base_path: "{first}" model_platform: "tensorflow" }}\n'
+            f'config {{ name: "late" base_path: "{late}" model_platform: "tensorflow" }}\n}}\n'
+        )
+        with httpx.Client(base_url=server.rest_url, timeout=30) as http:
+            wait_for(lambda: http.get("/v1/models/late").status_code == 200
+                     and "AVAILABLE" in http.get("/v1/models/late").text, timeout=60)
+            response = http.post("/v1/models/late:predict", json={"instances": [1.0, 2.0]})
+            assert response.json() == {"predictions": [2.5, 3.0]}
+        assert (late / "1" / "saved_model.pb").is_file()  # synced into the new base path
+    finally:
+        server.stop()

@@ -3,12 +3,23 @@ validation, status/admin fields."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import pathlib
+
 import pytest
 
-from app.manifest import ManifestError, format_manifest, parse_manifest, split_version_url
-from app.model_sync import PassResult, VersionFailure, plan_sync
+from app.manifest import (
+    ManifestError,
+    format_manifest,
+    parse_manifest,
+    publish,
+    split_version_url,
+)
+from app.model_sync import PassResult, SyncConfig, VersionFailure, plan_sync
 from app.model_sync_loop import ModelSync, backoff_seconds, load_sync_configs
 from app.settings import SettingsError
+from app.storage import SourceOptions
 
 A = "0123456789abcdef0123456789abcdef"
 B = "fedcba9876543210fedcba9876543210"
@@ -160,9 +171,46 @@ def test_sync_config_rejects(sync: dict, message: str) -> None:
         load_sync_configs({"models": {"m": {"sync": sync}}}, BASE)
 
 
-def test_sync_config_for_unknown_model() -> None:
-    with pytest.raises(SettingsError, match="no model named 'other' is configured"):
-        load_sync_configs({"models": {"other": {"sync": {"source": "s3://b/m"}}}}, BASE)
+def test_sync_table_of_a_model_not_configured_yet() -> None:
+    """Kept for a config reload that adds the model: no SyncConfig now, but validated."""
+    assert load_sync_configs({"models": {"other": {"sync": {"source": "s3://b/m"}}}}, BASE) == []
+    with pytest.raises(SettingsError, match=r"\[models\.other\.sync\]: unknown setting"):
+        load_sync_configs({"models": {"other": {"sync": {"source": "s3://b/m", "x": 1}}}}, BASE)
+
+
+async def wait_for_path(path: pathlib.Path) -> None:
+    for _ in range(200):
+        if path.exists():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} did not appear in 10 s")
+
+
+async def test_update_starts_restarts_and_stops_loops(tmp_path: pathlib.Path) -> None:
+    """What a model config reload does to sync: a model that is now configured starts
+    syncing, a changed base_path restarts its loop there, a model that left stops."""
+    version = tmp_path / "export"
+    version.mkdir()
+    (version / "saved_model.pb").write_bytes(b"graph")
+    source = SourceOptions(f"file://{tmp_path / 'remote' / 'm'}")
+    publish(str(version), f"{source.url}/1", source)
+    syncer = ModelSync([])
+    syncer.start()
+    try:
+        config = SyncConfig("m", str(tmp_path / "base"), source, poll_seconds=60.0)
+        await syncer.update([config])
+        await wait_for_path(tmp_path / "base" / "1" / "saved_model.pb")
+        assert syncer.describe("m")["sync"]["source"] == source.url
+        status = syncer.status["m"]
+        await syncer.update([config])  # unchanged: the same loop goes on
+        assert syncer.status["m"] is status
+        moved = dataclasses.replace(config, base_path=str(tmp_path / "moved"))
+        await syncer.update([moved])
+        await wait_for_path(tmp_path / "moved" / "1" / "saved_model.pb")
+        await syncer.update([])
+        assert syncer.describe("m") == {} and not syncer.configs
+    finally:
+        await syncer.close()
 
 
 def test_sync_config_needs_a_local_base_path() -> None:
