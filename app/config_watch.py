@@ -62,7 +62,8 @@ class ConfigWatcher:
         return True
 
     async def _poll(self) -> None:
-        """Bounded and cancellable; failures are logged and the next interval tries again."""
+        """Bounded and cancellable; a failure is logged, and the file is applied again once
+        its text changes (re-applying the same text would fail the same way)."""
         while True:
             await asyncio.sleep(self.poll_wait_seconds)
             try:
@@ -70,4 +71,6 @@ class ConfigWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("Applying the model config file failed; will retry")
+                log.exception(
+                    "Applying the model config file failed; it is applied again when it changes"
+                )

@@ -305,6 +305,12 @@ async def run_in_daemon_thread(fn: Callable[[], PassResult]) -> PassResult:
     return await future
 
 
+async def _wait_stopped(tasks: list[asyncio.Task[None] | None]) -> None:
+    pending = [t for t in tasks if t is not None]
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_WAIT_SECONDS)
+
+
 class ModelSync:
     """One sync loop per configured model. start() / update() / close() from the event loop."""
 
@@ -319,6 +325,7 @@ class ModelSync:
         self.metrics = SyncMetrics(metrics) if metrics is not None else None
         self._rng = rng or random.Random()
         self._started = False
+        self._closed = False
         # per model: its loop task, and the event its passes poll to stop at the next chunk
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, threading.Event] = {}
@@ -331,10 +338,15 @@ class ModelSync:
 
     async def update(self, configs: list[SyncConfig]) -> None:
         """A model config reload: start the loops of models that are now configured, stop
-        those of models that are gone, restart those whose base_path or table changed."""
+        those of models that are gone, restart those whose base_path or table changed.
+
+        All bookkeeping happens before the first await, so a reload cancelled while it waits
+        for the old loops still leaves every configured model with a running loop."""
+        if self._closed:
+            return
         wanted = {c.model: c for c in configs}
         gone = [name for name, config in self.configs.items() if wanted.get(name) != config]
-        await asyncio.gather(*(self._stop_loop(name) for name in gone))
+        stopping = [self._signal_stop(name) for name in gone]
         for name in gone:
             del self.configs[name], self.status[name]
         for name, config in wanted.items():
@@ -345,12 +357,15 @@ class ModelSync:
             self.status[name] = SyncStatus(config)
             if self._started:
                 self._start_loop(config)
+        await _wait_stopped(stopping)
 
     async def close(self) -> None:
-        """Stop every loop: in-flight transfers stop at their next chunk, and their
-        partial directories are removed by the pass itself (or by the next start). The
-        status stays readable."""
-        await asyncio.gather(*(self._stop_loop(name) for name in list(self._tasks)))
+        """Stop every loop and every pass in flight: transfers stop at their next chunk, and
+        their partial directories are removed by the pass itself (or by the next start).
+        The status stays readable; update() does nothing afterwards."""
+        self._closed = True
+        stopping = [self._signal_stop(name) for name in list(self._stops)]
+        await _wait_stopped(stopping)
 
     def _start_loop(self, config: SyncConfig) -> None:
         # discovery would report a missing base path until the first pass made it
@@ -363,14 +378,15 @@ class ModelSync:
             self._loop(config), name=f"model-sync-{config.model}"
         )
 
-    async def _stop_loop(self, name: str) -> None:
+    def _signal_stop(self, name: str) -> asyncio.Task[None] | None:
+        """Tell the model's pass to stop at its next chunk and cancel its loop; returns the
+        loop task to wait for."""
         stop, task = self._stops.pop(name, None), self._tasks.pop(name, None)
         if stop is not None:
             stop.set()
         if task is not None:
             task.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait([task], timeout=CLOSE_WAIT_SECONDS)
+        return task
 
     def describe(self, name: str) -> dict[str, Any]:
         """The admin listing's per-model extras: {'sync': {...}} for synced models."""

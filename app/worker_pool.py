@@ -86,6 +86,7 @@ class WorkerPool:
 
     async def load(self, servable: ServableId, spec: LoadSpec) -> bytes:
         """Load on every live worker; returns the serialized signature_defs MetaGraphDef."""
+        previous_spec = self._load_specs.get(servable)
         self._load_specs[servable] = spec
         live = [w for w in self.workers if w.alive]
         if not live:
@@ -95,6 +96,11 @@ class WorkerPool:
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            if spec.replace and previous_spec is not None:
+                # A failed reload: a worker keeps its loaded copy when the new one fails, so
+                # the servable still serves everywhere; unloading it would take it down.
+                self._load_specs[servable] = previous_spec
+                raise errors[0]
             self._load_specs.pop(servable, None)
             await self.unload(servable)
             raise errors[0]

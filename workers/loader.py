@@ -74,6 +74,18 @@ class Loader:
         (a load in progress is not waited for: the gateway has already gone)."""
         self._jobs.put(None)
 
+    def close(self, timeout_seconds: float) -> bool:
+        """stop(), wait for the thread, then close the wake pipe (for tests and tools that
+        make many Loaders in one process). False if the thread is still busy: the pipe is then
+        left open, so its last write cannot land in a reused descriptor."""
+        self.stop()
+        self._thread.join(timeout_seconds)
+        if self._thread.is_alive():
+            return False
+        os.close(self.wake_fd)
+        os.close(self._wake_write_fd)
+        return True
+
     def _work(self) -> None:
         while True:
             load = self._jobs.get()
@@ -86,6 +98,9 @@ class Loader:
                 load.signature_defs = load.runner.signature_defs_bytes()  # type: ignore[attr-defined]
             except BaseException as exc:  # answered to the gateway, never kills the thread
                 load.error = exc
+                if load.runner is not None:
+                    load.runner.close()  # type: ignore[attr-defined]
+                    load.runner = None
             load.seconds = time.monotonic() - started
             self.finished.append(load)
             self.busy = False

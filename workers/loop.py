@@ -60,8 +60,10 @@ class Worker:
         self.loader = Loader(options.intra_op_threads, options.inter_op_threads)
         # (model, version) -> loads handed to the loader and not installed yet
         self.loading: collections.Counter[tuple[str, int]] = collections.Counter()
-        # unloads that arrived while their servable was still loading: run after the install
-        self.deferred_unloads: dict[tuple[str, int], list[worker_pb2.WorkerRequest]] = {}
+        # An unload that arrives while its servable is still loading waits for that load, and
+        # so does every load or unload of the same servable after it: handled in arrival
+        # order once the loads in progress are installed.
+        self.deferred: dict[tuple[str, int], list[worker_pb2.WorkerRequest]] = {}
 
     def handle(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply | None:
         """The reply to `request`, or None when it was handed to the loader (its reply comes
@@ -85,6 +87,9 @@ class Worker:
     def load(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply | None:
         load = request.load
         key = (load.model, load.version)
+        if key in self.deferred:
+            self.deferred[key].append(request)
+            return None
         if key in self.runners and not load.replace and not self.loading[key]:
             runner = self.runners[key]
             return worker_pb2.WorkerReply(
@@ -101,16 +106,21 @@ class Worker:
         replies = []
         while self.loader.finished:
             done = self.loader.finished.popleft()
-            replies.append(self._install(done))
+            try:
+                replies.append(self._install(done))
+            except Exception as exc:  # answer it; never die on a bad one
+                replies.append(error_reply(done.request, exc))
             if not self.loading[done.key]:
-                for request in self.deferred_unloads.pop(done.key, []):
-                    replies.append(self.handle(request))  # type: ignore[arg-type]
+                for request in self.deferred.pop(done.key, []):
+                    reply = self.handle(request)
+                    if reply is not None:
+                        replies.append(reply)
         return replies
 
     def _install(self, done: Load) -> worker_pb2.WorkerReply:
         key = done.key
         self.loading[key] -= 1
-        if not self.loading[key]:
+        if self.loading[key] <= 0:
             del self.loading[key]
         if done.error is not None:
             reply = error_reply(done.request, done.error)
@@ -136,9 +146,9 @@ class Worker:
     def unload(self, request: worker_pb2.WorkerRequest) -> worker_pb2.WorkerReply | None:
         unload = request.unload
         key = (unload.model, unload.version)
-        if self.loading[key]:
+        if self.loading[key] or key in self.deferred:
             # Unloading now would leave the load in progress to install the servable again.
-            self.deferred_unloads.setdefault(key, []).append(request)
+            self.deferred.setdefault(key, []).append(request)
             return None
         runner = self.runners.pop(key, None)
         if runner is not None:
@@ -225,38 +235,45 @@ def release_free_memory() -> None:
 
 def serve(options: WorkerOptions) -> int:
     worker = Worker(options)
-    wake_fd = worker.loader.wake_fd
     log.info("worker %d ready (pid %d)", options.index, os.getpid())
     try:
-        while True:
-            # 1) Wait for the next request or a finished load.
-            readable, _, _ = select.select([options.request_fd, wake_fd], [], [])
-            replies: list[worker_pb2.WorkerReply] = []
-            # 2) Install finished loads first: a run that follows may be for one of them.
-            if wake_fd in readable:
-                worker.loader.drain_wakeups()
-                replies.extend(worker.install_finished_loads())
-            if options.request_fd in readable:
-                # End of stream means the gateway is gone or done.
-                payload = ipc.recv_frame(options.request_fd)
-                if payload is None:
-                    break
-                # 3) Do it (a load only starts here; its reply comes from step 2).
-                reply = worker.handle(worker_pb2.WorkerRequest.FromString(payload))
-                if reply is not None:
-                    replies.append(reply)
-            # 4) Answer; the gateway matches each reply to its request by id.
-            try:
-                for reply in replies:
-                    ipc.send_frame(options.reply_fd, reply.SerializeToString())
-            except BrokenPipeError:
-                break
-    finally:
-        worker.loader.stop()
+        _serve_forever(worker, options)
+        exit_code = 0
+    except Exception:
+        log.exception("worker %d: main loop failed", options.index)
+        exit_code = 1
+    worker.loader.stop()
     log.info("worker %d exiting", options.index)
-    if worker.loader.busy:
-        # A load is still inside TensorFlow on the loader thread; interpreter shutdown would
-        # tear TF down under it. Nobody waits for that load any more: leave at once.
+    if worker.loading or worker.loader.busy:
+        # A load is queued or still inside TensorFlow on the loader thread; interpreter
+        # shutdown would tear TF down under it. Nobody waits for it any more: leave at once.
         logging.shutdown()
-        os._exit(0)
-    return 0
+        os._exit(exit_code)
+    return exit_code
+
+
+def _serve_forever(worker: Worker, options: WorkerOptions) -> None:
+    wake_fd = worker.loader.wake_fd
+    while True:
+        # 1) Wait for the next request or a finished load.
+        readable, _, _ = select.select([options.request_fd, wake_fd], [], [])
+        replies: list[worker_pb2.WorkerReply] = []
+        # 2) Install finished loads first: a run that follows may be for one of them.
+        if wake_fd in readable:
+            worker.loader.drain_wakeups()
+            replies.extend(worker.install_finished_loads())
+        if options.request_fd in readable:
+            # End of stream means the gateway is gone or done.
+            payload = ipc.recv_frame(options.request_fd)
+            if payload is None:
+                return
+            # 3) Do it (a load only starts here; its reply comes from step 2).
+            reply = worker.handle(worker_pb2.WorkerRequest.FromString(payload))
+            if reply is not None:
+                replies.append(reply)
+        # 4) Answer; the gateway matches each reply to its request by id.
+        try:
+            for reply in replies:
+                ipc.send_frame(options.reply_fd, reply.SerializeToString())
+        except BrokenPipeError:
+            return

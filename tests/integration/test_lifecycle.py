@@ -256,6 +256,23 @@ def test_replaced_version_directory_is_reloaded(lifecycle_server, tmp_path) -> N
         assert http.post("/v1/models/m:predict", json={"instances": [2.0]}).status_code == 200
 
 
+def test_failed_reload_of_a_replaced_directory_keeps_serving(lifecycle_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A version dir swapped in place for a broken one: the reload fails, and the copy that
+    was loaded keeps answering (it is not unloaded from the workers)."""
+    base = lifecycle_server.base
+    with lifecycle_server.client() as http:
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+        shutil.rmtree(base / "1")
+        broken.rename(base / "1")
+        wait_for(lambda: "the loaded copy keeps serving" in lifecycle_server.log(), timeout=30)
+        assert available(http, "m") == {1}
+        response = http.post("/v1/models/m:predict", json={"instances": [2.0]})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": [3.0]}
+
+
 def test_a_slow_load_does_not_stall_serving(model_zoo, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
     """A version whose load takes seconds loads on the worker's loader thread: while it is
     LOADING, the other model in the same worker and the old version keep answering."""

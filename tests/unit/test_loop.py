@@ -27,7 +27,7 @@ def worker() -> Iterator[Worker]:
     )
     worker = Worker(options)
     yield worker
-    worker.loader.stop()
+    assert worker.loader.close(60)
     for runner in worker.runners.values():
         runner.close()  # type: ignore[attr-defined]
     for arena in (worker.request_arena, worker.response_arena, *arenas):
@@ -87,6 +87,21 @@ def test_unload_that_overtakes_its_load_runs_after_the_install(worker, tiny_vers
     assert [r.id for r in replies] == [1, 2]
     assert [r.code for r in replies] == [0, 0]
     assert worker.runners == {}  # not left installed by the late load
+
+
+def test_load_after_a_waiting_unload_waits_its_turn(worker, tiny_version) -> None:  # type: ignore[no-untyped-def]
+    """load, unload, load of one servable: the second load must not be undone by the
+    unload that was sent before it."""
+    assert worker.handle(load_request(1, tiny_version)) is None
+    unload = worker_pb2.WorkerRequest(
+        id=2, unload=worker_pb2.UnloadRequest(model="tiny", version=1)
+    )
+    assert worker.handle(unload) is None
+    assert worker.handle(load_request(3, tiny_version)) is None
+    replies = finished_replies(worker, 3)
+    assert [r.id for r in replies] == [1, 2, 3]
+    assert [r.code for r in replies] == [0, 0, 0]
+    assert ("tiny", 1) in worker.runners and not worker.loading and not worker.deferred
 
 
 def test_failed_load_is_answered_with_its_error(worker, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -211,6 +211,9 @@ async def test_update_starts_restarts_and_stops_loops(tmp_path: pathlib.Path) ->
         assert syncer.describe("m") == {} and not syncer.configs
     finally:
         await syncer.close()
+    # After close() (server shutdown), a late reload starts nothing.
+    await syncer.update([config])
+    assert syncer.describe("m") == {}
 
 
 def test_sync_config_needs_a_local_base_path() -> None:
