@@ -100,9 +100,9 @@ class WorkerPool:
                 # A failed reload: a worker keeps its loaded copy when the new one fails, so
                 # the servable still serves everywhere; unloading it would take it down.
                 self._load_specs[servable] = previous_spec
-                raise errors[0]
-            self._load_specs.pop(servable, None)
-            await self.unload(servable)
+            else:
+                self._load_specs.pop(servable, None)
+                await self.unload(servable)
             raise errors[0]
         return results[0]  # type: ignore[return-value]
 

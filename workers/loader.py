@@ -55,7 +55,6 @@ class Loader:
         self.wake_fd, self._wake_write_fd = os.pipe()
         os.set_blocking(self.wake_fd, False)
         self._jobs: queue.SimpleQueue[Load | None] = queue.SimpleQueue()
-        self.busy = False  # a load is in progress on the thread
         self._thread = threading.Thread(target=self._work, name="tfgate-loader", daemon=True)
         self._thread.start()
 
@@ -91,7 +90,6 @@ class Loader:
             load = self._jobs.get()
             if load is None:
                 return
-            self.busy = True
             started = time.monotonic()
             try:
                 load.runner = self._build(load.request.load)
@@ -103,7 +101,6 @@ class Loader:
                     load.runner = None
             load.seconds = time.monotonic() - started
             self.finished.append(load)
-            self.busy = False
             os.write(self._wake_write_fd, b"\0")
 
     def _build(self, request: worker_pb2.LoadRequest) -> object:

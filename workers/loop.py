@@ -102,7 +102,7 @@ class Worker:
 
     def install_finished_loads(self) -> list[worker_pb2.WorkerReply]:
         """Make every finished load visible to runs (closing a replaced runner) and return
-        the replies: each load's, then those of unloads that waited for it."""
+        the replies: each load's, then those of the requests deferred behind it."""
         replies = []
         while self.loader.finished:
             done = self.loader.finished.popleft()
@@ -244,9 +244,10 @@ def serve(options: WorkerOptions) -> int:
         exit_code = 1
     worker.loader.stop()
     log.info("worker %d exiting", options.index)
-    if worker.loading or worker.loader.busy:
-        # A load is queued or still inside TensorFlow on the loader thread; interpreter
-        # shutdown would tear TF down under it. Nobody waits for it any more: leave at once.
+    if worker.loading:
+        # A load is queued or still inside TensorFlow on the loader thread (`loading` counts
+        # every load from submit to install); interpreter shutdown would tear TF down under
+        # it. Nobody waits for it any more: leave at once.
         logging.shutdown()
         os._exit(exit_code)
     return exit_code

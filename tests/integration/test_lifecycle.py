@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import subprocess
+import sys
 import time
 
 import grpc
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from proto import admin_pb2, admin_pb2_grpc
+from tests.integration.test_warmup import WRITE_WARMUP
 from tests.serverproc import ServerProcess
 
 TOKEN = "s3cret-admin-token"
@@ -276,11 +279,6 @@ def test_failed_reload_of_a_replaced_directory_keeps_serving(lifecycle_server, t
 def test_a_slow_load_does_not_stall_serving(model_zoo, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
     """A version whose load takes seconds loads on the worker's loader thread: while it is
     LOADING, the other model in the same worker and the old version keep answering."""
-    import subprocess
-    import sys
-
-    from tests.integration.test_warmup import WRITE_WARMUP
-
     slow = model_zoo.base_path("slow") / "1"  # 300 ms of spinning per call
     base = tmp_path / "slowload"
     base.mkdir()
