@@ -92,8 +92,10 @@ def tensor_proto_to_ndarray(tp: tensor_pb2.TensorProto, *, alias: str | None = N
     shape = _shape_of(tp, alias)
     count = math.prod(shape)
     dtype = tp.dtype
+    # Each read of tensor_content copies the bytes out of the proto: read it once.
+    content = tp.tensor_content
     if dtype == DT_STRING:
-        if tp.tensor_content and count:
+        if content and count:
             raise _parse_error(alias, "DT_STRING tensors must use string_val, not tensor_content")
         values = np.array(tp.string_val, dtype=object) if tp.string_val else np.empty(0, object)
         return _broadcast(values, count, b"").reshape(shape)
@@ -104,8 +106,7 @@ def tensor_proto_to_ndarray(tp: tensor_pb2.TensorProto, *, alias: str | None = N
         )
     if count == 0:
         return np.empty(shape, dtype=target)  # TF ignores the values of an empty tensor
-    if tp.tensor_content:
-        content = tp.tensor_content
+    if content:
         if len(content) != count * target.itemsize:
             raise _parse_error(
                 alias,

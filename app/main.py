@@ -74,6 +74,7 @@ def pool_options(settings: Settings) -> PoolOptions:
         arena_bytes=settings.worker_arena_bytes,
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        load_threads=max(1, settings.num_load_threads),
         watchdog_seconds=settings.worker_watchdog_seconds,
         log_level=settings.tensorflow_model_server_log_level.upper(),
     )

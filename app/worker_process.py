@@ -38,6 +38,7 @@ class PoolOptions:
     arena_bytes: int = 64 << 20
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    load_threads: int = 1  # --num_load_threads, per worker
     watchdog_seconds: float = 120.0
     restart_backoff_seconds: float = 1.0
     log_level: str = "INFO"
@@ -116,6 +117,8 @@ class WorkerProcess:
             str(self.options.intra_op_threads),
             "--inter-op-threads",
             str(self.options.inter_op_threads),
+            "--load-threads",
+            str(self.options.load_threads),
             "--log-level",
             self.options.log_level,
         ]

@@ -28,10 +28,10 @@ SECTIONS = [
     for name in ("protocols_section.md", "cache_section.md", "hotswap_section.md")
 ]
 SERVERS = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("bentoml", "rest"),
-           ("constant", "rest")]
+           ("constant", "rest"), ("constant", "grpc")]
 LABELS = {("tfgate", "rest"): "tfgate REST", ("tfgate", "grpc"): "tfgate gRPC",
           ("naive", "rest"): "naive", ("bentoml", "rest"): "BentoML",
-          ("constant", "rest"): "constant"}
+          ("constant", "rest"): "constant REST", ("constant", "grpc"): "constant gRPC"}
 
 
 def inprocess_by_size(results: SuiteResults, model: str) -> dict[int, float]:
@@ -74,10 +74,11 @@ def workload_table(results: SuiteResults, table: dict[Key, Median], model: str,
                    concurrencies: list[int]) -> list[str]:
     inproc = inprocess_by_size(results, model)
     lines = [
-        "| c | tfgate REST | tfgate gRPC | naive | BentoML | constant | REST/naive "
-        "| REST/BentoML | REST/constant | in-process (batch=c) | p99 ms REST / gRPC / naive "
-        "/ BentoML | mean batch | gateway CPU us/req |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| c | tfgate REST | tfgate gRPC | naive | BentoML | constant REST | constant gRPC "
+        "| REST/naive | REST/BentoML | REST/constant REST | gRPC/constant gRPC "
+        "| in-process (batch=c) | p99 ms REST / gRPC / naive / BentoML | mean batch "
+        "| gateway CPU us/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lv = results.levels
     for c in concurrencies:
@@ -87,6 +88,8 @@ def workload_table(results: SuiteResults, table: dict[Key, Median], model: str,
             cells.append(_fmt(m.throughput) if m else "-")
         for other in (("naive", "rest"), ("bentoml", "rest"), ("constant", "rest")):
             cells.append(_x(ratio(lv, ("tfgate", "rest"), other, model, c, throughput)))
+        cells.append(_x(ratio(lv, ("tfgate", "grpc"), ("constant", "grpc"), model, c,
+                              throughput)))
         cells.append(_fmt(inproc.get(c, math.nan)))
         p99s = []
         for server in SERVERS[:4]:
@@ -109,20 +112,26 @@ def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[s
     lines = [
         f"| server | rows/s | requests/s | p99 ms | mean batch | vs in-process at {LARGE.rows}"
         f" rows ({_fmt(limit)} rows/s) | vs in-process at {LARGE.rows * LARGE_CONCURRENCY} "
-        f"rows ({_fmt(limit_max)} rows/s) |",
-        "|---|---|---|---|---|---|---|",
+        f"rows ({_fmt(limit_max)} rows/s) | CPU us/request: front process / all server "
+        "processes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     ratios = {}
-    for server in (("tfgate", "grpc"), ("tfgate", "rest"), ("naive", "rest")):
+    for server in (("tfgate", "grpc"), ("constant", "grpc"), ("tfgate", "rest"),
+                   ("constant", "rest"), ("naive", "rest")):
         m = table.get((*server, LARGE.name, LARGE_CONCURRENCY))
         if m is None:
             continue
         rows = m.throughput * m.rows_per_request
         ratios[server] = rows / limit if limit else math.nan
+        label = LABELS[server] + (" (no model)" if server[0] == "constant" else "")
+        # only tfgate exports its batch sizes
+        batch = _fmt(m.values["batch_size_mean"], 1) if server[0] == "tfgate" else "-"
         lines.append(
-            f"| {LABELS[server]} | {_fmt(rows)} | {_fmt(m.throughput)} | "
-            f"{_fmt(m.p99_us / 1e3, 1)} | {_fmt(m.values['batch_size_mean'], 1)} | "
-            f"{ratios[server]:.0%} | {rows / limit_max:.0%} |"
+            f"| {label} | {_fmt(rows)} | {_fmt(m.throughput)} | "
+            f"{_fmt(m.p99_us / 1e3, 1)} | {batch} | {ratios[server]:.0%} | {rows / limit_max:.0%} | "
+            f"{_fmt(m.values['gateway_cpu_us_per_request'])} / "
+            f"{_fmt(m.values['server_cpu_us_per_request'])} |"
         )
     return lines, ratios
 
@@ -155,6 +164,9 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         ]) + "`",
         "- Batching: max_batch_size 256, batch_timeout_micros 0 for every model; cnn and tiny "
         "(1-row workloads only) are capped at 32 rows by bench/tfgate.toml, which says why.",
+        "- Ceilings: `constant REST` and `constant gRPC` are one uvicorn + grpc.aio process "
+        "(bench/baselines/fastapi_servers.py) that reads each request and sends a fixed reply "
+        "without running a model: the most a Python HTTP or gRPC front does on these cores.",
         "- Load: bench/loadgen.py, closed loop (N requests always outstanding, one per "
         "keep-alive connection; gRPC: N concurrent unary calls), a warm-up, then windows "
         "until the last 3 agree within 10% on throughput and p99 (perf_analyzer's rule). "

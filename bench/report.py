@@ -132,7 +132,8 @@ SERIES_STYLE = {
     ("tfgate", "grpc"): ("tfgate gRPC", "tab:cyan", "s-"),
     ("naive", "rest"): ("naive FastAPI", "tab:red", "v-"),
     ("bentoml", "rest"): ("BentoML adaptive", "tab:purple", "^-"),
-    ("constant", "rest"): ("constant reply (ceiling)", "tab:gray", "x--"),
+    ("constant", "rest"): ("constant reply (REST ceiling)", "tab:gray", "x--"),
+    ("constant", "grpc"): ("constant reply (gRPC ceiling)", "tab:olive", "+--"),
 }
 
 

@@ -127,10 +127,14 @@ def tfgate_spec(
 
 
 def fastapi_spec(mode: str, model_root: pathlib.Path) -> ServerSpec:
+    """The naive server, or the constant-reply server with its gRPC ceiling beside it."""
     port = free_port()
     argv = [sys.executable, "-m", "bench.baselines.fastapi_servers", mode, f"--port={port}",
             f"--model_root={model_root}"]
-    return ServerSpec(mode, argv, port, "/v1/models/{model}:predict")
+    grpc_port = free_port() if mode == "constant" else None
+    if grpc_port is not None:
+        argv.append(f"--grpc_port={grpc_port}")
+    return ServerSpec(mode, argv, port, "/v1/models/{model}:predict", grpc_port)
 
 
 def bentoml_available() -> str | None:

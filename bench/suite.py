@@ -1,10 +1,11 @@
 """The whole benchmark in one command: `tfgate bench suite [--quick]`.
 
 Order: export the SavedModels -> codec and IPC micro-benchmarks -> in-process limits ->
-start tfgate, the naive server, the constant-reply server and BentoML side by side ->
-for each repeat, workload and concurrency, run every server back to back (so ratios come
-from the same minutes of the same machine) -> large requests -> stop everything -> write
-bench/results/ (perf_analyzer CSVs, raw CSV, results.json, PNG plots) and docs/benchmarks.md.
+start tfgate, the naive server, the constant-reply server (REST and gRPC ceilings) and
+BentoML side by side -> for each repeat, workload and concurrency, run every server back to
+back (so ratios come from the same minutes of the same machine) -> large requests -> stop
+everything -> write bench/results/ (perf_analyzer CSVs, raw CSV, results.json, PNG plots)
+and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -156,15 +157,18 @@ Level = tuple[int, Workload, int, str, str]
 def plan_levels(options: SuiteOptions, names: list[str]) -> list[Level]:
     """(repeat, workload, concurrency, server, protocol), interleaving servers per level."""
     pairs = [(n, "rest") for n in names]
-    if "tfgate" in names:
-        pairs.insert(1, ("tfgate", "grpc"))
+    for name in ("tfgate", "constant"):  # the servers with a gRPC port
+        if name in names:
+            pairs.insert(pairs.index((name, "rest")) + 1, (name, "grpc"))
+    large = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("constant", "rest"),
+             ("constant", "grpc")]
     plan = []
     for repeat in range(options.repeats):
         for model in options.models:
             for concurrency in options.concurrencies:
                 for name, protocol in pairs:
                     plan.append((repeat, Workload(model), concurrency, name, protocol))
-        for name, protocol in (("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest")):
+        for name, protocol in large:
             if name in names and LARGE.model in options.models:
                 plan.append((repeat, LARGE, LARGE_CONCURRENCY, name, protocol))
     return plan

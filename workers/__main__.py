@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-arena", required=True)
     parser.add_argument("--intra-op-threads", type=int, default=0)
     parser.add_argument("--inter-op-threads", type=int, default=0)
+    parser.add_argument("--load-threads", type=int, default=1)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             response_arena=args.response_arena,
             intra_op_threads=args.intra_op_threads,
             inter_op_threads=args.inter_op_threads,
+            load_threads=args.load_threads,
         )
     )
 

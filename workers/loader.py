@@ -9,6 +9,8 @@ loop goes on answering runs for every other servable in the meantime.
 
 Only construction happens here. The runner becomes visible to runs (and a replaced runner
 is closed) on the main thread, so close() never races with run() (runner.py's rule).
+--num_load_threads sets how many loads one worker runs at once (TF Serving's load thread
+pool); workers.loop never hands the loader two loads of the same servable at a time.
 """
 
 from __future__ import annotations
@@ -42,21 +44,26 @@ class Load:
 
 
 class Loader:
-    """One daemon thread that builds runners in request order.
+    """`threads` daemon threads that build runners, starting them in request order.
 
     The main loop waits on `wake_fd` (with its request pipe): one byte is written to it for
-    every finished Load, so the loop wakes without polling.
+    every finished Load, so the loop wakes without polling. With more than one thread,
+    loads of different servables finish in any order.
     """
 
-    def __init__(self, intra_op_threads: int, inter_op_threads: int) -> None:
+    def __init__(self, intra_op_threads: int, inter_op_threads: int, threads: int = 1) -> None:
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         self.finished: collections.deque[Load] = collections.deque()
         self.wake_fd, self._wake_write_fd = os.pipe()
         os.set_blocking(self.wake_fd, False)
         self._jobs: queue.SimpleQueue[Load | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="tfgate-loader", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"tfgate-loader-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, request: worker_pb2.WorkerRequest) -> None:
         self._jobs.put(Load(request))
@@ -69,17 +76,20 @@ class Loader:
             pass
 
     def stop(self) -> None:
-        """Ask the thread to end after its current load; the process exit does the rest
+        """Ask the threads to end after their current loads; the process exit does the rest
         (a load in progress is not waited for: the gateway has already gone)."""
-        self._jobs.put(None)
+        for _ in self._threads:
+            self._jobs.put(None)
 
     def close(self, timeout_seconds: float) -> bool:
-        """stop(), wait for the thread, then close the wake pipe (for tests and tools that
-        make many Loaders in one process). False if the thread is still busy: the pipe is then
+        """stop(), wait for the threads, then close the wake pipe (for tests and tools that
+        make many Loaders in one process). False if a thread is still busy: the pipe is then
         left open, so its last write cannot land in a reused descriptor."""
         self.stop()
-        self._thread.join(timeout_seconds)
-        if self._thread.is_alive():
+        deadline = time.monotonic() + timeout_seconds
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
             return False
         os.close(self.wake_fd)
         os.close(self._wake_write_fd)

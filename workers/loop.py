@@ -41,6 +41,7 @@ class WorkerOptions:
     response_arena: str
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    load_threads: int = 1
 
 
 class Worker:
@@ -57,7 +58,9 @@ class Worker:
         self.response_regions: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
         self.next_response_seq = 1
         self.runners: dict[tuple[str, int], object] = {}
-        self.loader = Loader(options.intra_op_threads, options.inter_op_threads)
+        self.loader = Loader(
+            options.intra_op_threads, options.inter_op_threads, options.load_threads
+        )
         # (model, version) -> loads handed to the loader and not installed yet
         self.loading: collections.Counter[tuple[str, int]] = collections.Counter()
         # An unload that arrives while its servable is still loading waits for that load, and
@@ -90,7 +93,12 @@ class Worker:
         if key in self.deferred:
             self.deferred[key].append(request)
             return None
-        if key in self.runners and not load.replace and not self.loading[key]:
+        if self.loading[key]:
+            # One load of a servable at a time: with several loader threads a second load
+            # (a replaced directory) could otherwise finish first and be installed over.
+            self.deferred[key] = [request]
+            return None
+        if key in self.runners and not load.replace:
             runner = self.runners[key]
             return worker_pb2.WorkerReply(
                 signature_defs=runner.signature_defs_bytes(),  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 """Worker supervision end to end: kill -9 mid-load, the hang watchdog, two CPU workers,
-and TF thread flags reaching the workers, against a real server."""
+and TF thread and load thread flags reaching the workers, against a real server."""
 
 from __future__ import annotations
 
@@ -133,6 +133,7 @@ def test_tensorflow_thread_flags_reach_the_workers(model_zoo, tmp_path) -> None:
     proc = _start([
         "--model_name=tiny", f"--model_base_path={model_zoo.base_path('tiny')}",
         "--tensorflow_intra_op_parallelism=3", "--tensorflow_inter_op_parallelism=2",
+        "--num_load_threads=2",
     ], tmp_path, "threads")
     try:
         (worker,) = proc.child_pids()
@@ -140,6 +141,7 @@ def test_tensorflow_thread_flags_reach_the_workers(model_zoo, tmp_path) -> None:
             argv = f.read().split(b"\0")
         assert argv[argv.index(b"--intra-op-threads") + 1] == b"3"
         assert argv[argv.index(b"--inter-op-threads") + 1] == b"2"
+        assert argv[argv.index(b"--load-threads") + 1] == b"2"
         assert predict(proc.rest_url, "tiny", 2.0).json() == {"predictions": [[3.0]]}
     finally:
         proc.stop()

@@ -1,10 +1,12 @@
 """workers.loop + workers.loader: loads finish on the loader thread and are installed by the
-main loop; runs are answered meanwhile; an unload that overtakes its load waits for it."""
+main loop; runs are answered meanwhile; an unload that overtakes its load waits for it;
+with --num_load_threads=2 two servables load at once, one servable never twice at once."""
 
 from __future__ import annotations
 
 import os
 import select
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -110,3 +112,79 @@ def test_failed_load_is_answered_with_its_error(worker, tmp_path) -> None:  # ty
     assert reply.id == 7 and reply.code not in (0, INTERNAL)
     assert str(tmp_path / "missing") in reply.message
     assert worker.runners == {} and not worker.loading
+
+
+class FakeRunner:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.closed = False
+
+    def signature_defs_bytes(self) -> bytes:
+        return self.path.encode()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def two_thread_worker() -> Iterator[Worker]:
+    arenas = [
+        ipc.Arena.create(ipc.segment_name(os.getpid(), f"looptest2-{kind}"), 1 << 20)
+        for kind in ("req", "resp")
+    ]
+    worker = Worker(WorkerOptions(
+        index=0, owner_pid=os.getpid(), request_fd=-1, reply_fd=-1,
+        request_arena=arenas[0].name, response_arena=arenas[1].name, load_threads=2,
+    ))
+    yield worker
+    assert worker.loader.close(60)
+    for arena in (worker.request_arena, worker.response_arena, *arenas):
+        arena.close()
+    for arena in arenas:
+        arena.unlink()
+
+
+def test_load_threads_load_two_servables_at_once(two_thread_worker) -> None:  # type: ignore[no-untyped-def]
+    """--num_load_threads=2: each fake load waits for the other to start, which only
+    succeeds when both run at the same time (one thread would break the barrier)."""
+    both_started = threading.Barrier(2, timeout=30)
+
+    def build(request: worker_pb2.LoadRequest) -> FakeRunner:
+        both_started.wait()
+        return FakeRunner(request.path)
+
+    two_thread_worker.loader._build = build
+    first = load_request(1, "/a", version=1)
+    second = load_request(2, "/b", version=2)
+    assert two_thread_worker.handle(first) is None and two_thread_worker.handle(second) is None
+    replies = finished_replies(two_thread_worker, 2)
+    assert sorted(r.id for r in replies) == [1, 2]
+    assert [r.code for r in replies] == [0, 0]
+    assert set(two_thread_worker.runners) == {("tiny", 1), ("tiny", 2)}
+
+
+def test_second_load_of_one_servable_waits_for_the_first(two_thread_worker) -> None:  # type: ignore[no-untyped-def]
+    """A directory replaced while its first load runs: the second load starts only after
+    the first is installed, so the newer runner is the one left serving."""
+    release_first = threading.Event()
+    started: list[str] = []
+
+    def build(request: worker_pb2.LoadRequest) -> FakeRunner:
+        started.append(request.path)
+        if request.path == "/old":
+            assert release_first.wait(30)
+        return FakeRunner(request.path)
+
+    two_thread_worker.loader._build = build
+    assert two_thread_worker.handle(load_request(1, "/old")) is None
+    replace = load_request(2, "/new")
+    replace.load.replace = True
+    assert two_thread_worker.handle(replace) is None
+    assert two_thread_worker.deferred[("tiny", 1)] == [replace]  # not handed to a thread
+    release_first.set()
+    replies = finished_replies(two_thread_worker, 2)
+    assert [r.id for r in replies] == [1, 2]
+    assert started == ["/old", "/new"]
+    runner = two_thread_worker.runners[("tiny", 1)]
+    assert runner.path == "/new"  # type: ignore[attr-defined]
+    assert not two_thread_worker.loading and not two_thread_worker.deferred
