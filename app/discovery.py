@@ -74,9 +74,12 @@ class Discovery:
         self._warned: set[str] = set()
 
     def scan(self, names: Iterable[str] | None = None) -> None:
-        for name in list(names or self.registry.models):
+        """Scan `names` (None: every configured model). A model dropped from the config is
+        never scanned: that would remember its directories, and re-adding it later would
+        then look like nothing changed on disk and load nothing."""
+        for name in list(self.registry.models if names is None else names):
             model = self.registry.models.get(name)
-            if model is None:
+            if model is None or name in self.registry.dropped:
                 continue
             base_path = model.config.base_path
             found = list_versions(base_path)

@@ -167,7 +167,12 @@ async def start(server: Server) -> grpc.aio.Server:
         grpc_server,
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(server.service, server.reload_model_config, server.inference_auth),
+        ModelServicer(
+            server.service,
+            server.reload_model_config,
+            server.inference_auth,
+            server.metrics.counter_total,
+        ),
         grpc_server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(

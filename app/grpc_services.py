@@ -392,10 +392,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         service: ServingService,
         reload_model_config: ReloadConfig,
         auth: InferenceAuth | None = None,
+        counter_total: Callable[[str], int] = lambda _name: 0,
     ) -> None:
         self.service = service
         self.reload_model_config = reload_model_config
         self.auth = auth or InferenceAuth.disabled()
+        self.counter_total = counter_total  # Metrics.counter_total, for metric_names
 
     @translated
     async def GetModelStatus(
@@ -439,6 +441,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 config.base_path,
                 config.platform,
             )
+        # model_service_impl.cc: each requested counter's increase over the reload (0 for a
+        # name that is not a counter here), reported once per name.
+        names = list(dict.fromkeys(request.metric_names))
+        before = {name: self.counter_total(name) for name in names}
         # Server.reload_model_config serializes reloads (gRPC, config file polling, admin).
         try:
             await self.reload_model_config(configs)
@@ -447,4 +453,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             raise
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = int(Code.OK)
+        for name in names:
+            metric = response.metric.add(name=name)
+            metric.int64_value_increase = self.counter_total(name) - before[name]
         return response

@@ -82,7 +82,9 @@ def pool_options(settings: Settings) -> PoolOptions:
 
 def model_configs(settings: Settings) -> list[ModelConfig]:
     if settings.model_config_file:
-        return model_config.load_model_server_config(settings.model_config_file)
+        configs = model_config.load_model_server_config(settings.model_config_file)
+        model_config.check_platforms(configs)
+        return configs
     return [model_config.single_model_config(settings.model_name, settings.model_base_path)]
 
 
@@ -129,7 +131,11 @@ class Server:
             await self._reload_model_config(configs)
 
     async def _reload_model_config(self, configs: list[ModelConfig]) -> None:
+        self._check_platforms(configs)
         sync_configs = self._sync_configs_for(configs)  # a bad table rejects the whole reload
+        label_error = self.registry.reload_label_error(configs)
+        if label_error is not None:  # TF Serving rejects it before any model changes
+            raise ServingError(Code.FAILED_PRECONDITION, label_error)
         before = set(self.registry.models) - self.registry.dropped
         dropped = self.registry.configure(configs)
         for name in dropped:
@@ -152,6 +158,24 @@ class Server:
                 return
             self.discovery.scan(new)
             await asyncio.sleep(0.1)
+
+    def _check_platforms(self, configs: list[ModelConfig]) -> None:
+        """ServerCore::ValidateNoModelsChangePlatforms, then the platforms tfgate serves."""
+        for config in configs:
+            current = self.registry.models.get(config.name)
+            if current is None or config.name in self.registry.dropped:
+                continue
+            if config.platform != current.config.platform:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Illegal to change a model's platform. For model {config.name} platform "
+                    f"was {current.config.platform} and new platform requested is "
+                    f"{config.platform}",
+                )
+        try:
+            model_config.check_platforms(configs)
+        except model_config.ConfigError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
     def _sync_configs_for(self, configs: list[ModelConfig]) -> list[SyncConfig] | None:
         """The model sync set for a new model config (None when sync is not configured)."""

@@ -253,6 +253,14 @@ class Metrics:
     def add(self, metric: _Metric) -> None:
         self._metrics.append(metric)
 
+    def counter_total(self, name: str) -> int:
+        """A counter's value summed over its label sets, 0 if there is no such counter: what
+        HandleReloadConfigRequest reports increases of for its `metric_names`."""
+        for metric in self._metrics:
+            if metric.name == name and isinstance(metric, Counter):
+                return int(sum(metric.values.values()))
+        return 0
+
     def render(self) -> bytes:
         lines: list[str] = []
         for metric in self._metrics:

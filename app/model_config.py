@@ -42,39 +42,64 @@ def parse_model_server_config(text: str) -> list[ModelConfig]:
         ) from None
     if config.WhichOneof("config") == "custom_model_config":
         raise ConfigError("ModelServer does not yet support custom model config.")
-    models = []
+    entries = config.model_config_list.config
     seen: set[str] = set()
-    for entry in config.model_config_list.config:
+    for entry in entries:  # ServerCore's ValidateModelConfigList: the whole list first
         if entry.name in seen:
             raise ConfigError(f"Illegal to list model {entry.name} multiple times in config list")
         seen.add(entry.name)
-        models.append(_model_config(entry))
-    return models
+        if not (os.path.isabs(entry.base_path) or "://" in entry.base_path):
+            raise ConfigError(
+                f"Expected model {entry.name} to have an absolute path or URI; "
+                f"got base_path()={entry.base_path}"
+            )
+    return [_model_config(entry) for entry in entries]
 
 
 def _model_config(entry: model_server_config_pb2.ModelConfig) -> ModelConfig:
     if not entry.name:
         raise ConfigError("ModelConfig has no name")
     base_path = entry.base_path
-    if not (os.path.isabs(base_path) or "://" in base_path):
-        raise ConfigError(
-            f"Expected model {entry.name} to have an absolute path or URI; "
-            f"got base_path()={base_path}"
-        )
     if "://" in base_path and not base_path.startswith("file://"):
         raise ConfigError(
             f"Model {entry.name}: base_path {base_path} is remote; tfgate serves local "
             "directories: configure a sync source for it in the tfgate TOML config instead"
         )
     base_path = base_path.removeprefix("file://")
-    platform = entry.model_platform or "tensorflow"
-    if platform != "tensorflow":
-        raise ConfigError(
-            f"Model {entry.name}: model_platform {platform!r} is not supported (only tensorflow)"
-        )
     policy = _policy(entry)
     labels = tuple(sorted(entry.version_labels.items()))
-    return ModelConfig(entry.name, base_path, policy, labels, platform)
+    return ModelConfig(entry.name, base_path, policy, labels, _platform(entry))
+
+
+def _platform(entry: model_server_config_pb2.ModelConfig) -> str:
+    """ServerCore's GetPlatform: model_platform, or the deprecated model_type, not both."""
+    if entry.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
+        if entry.model_platform:
+            raise ConfigError(
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                "ModelServerConfig::model_platform."
+            )
+        if entry.model_type != model_server_config_pb2.TENSORFLOW:
+            raise ConfigError(
+                f"ModelServerConfig::model_type choice {entry.model_type} not supported."
+            )
+        return "tensorflow"
+    if not entry.model_platform:
+        raise ConfigError(
+            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+            "ModelServerConfig::model_platform."
+        )
+    return entry.model_platform
+
+
+def check_platforms(configs: list[ModelConfig]) -> None:
+    """tfgate serves SavedModels only (TF Serving's default platform_config_map)."""
+    for config in configs:
+        if config.platform != "tensorflow":
+            raise ConfigError(
+                f"Model {config.name}: model_platform {config.platform!r} is not supported "
+                "(only tensorflow)"
+            )
 
 
 def _policy(entry: model_server_config_pb2.ModelConfig) -> VersionPolicy:

@@ -212,16 +212,29 @@ class Registry:
                 labels[label] = model.labels[label]
         model.labels = labels
 
-    def label_errors(self, name: str) -> list[str]:
-        model = self.models[name]
-        errors = []
-        for label, version in model.config.labels:
-            if model.labels.get(label) != version:
-                errors.append(
-                    f"Request to assign label to version {version} of model {name}, "
+    def reload_label_error(self, configs: Iterable[ModelConfig]) -> str | None:
+        """ServerCore::UpdateModelVersionLabelMap on a reload: every label of the new config
+        must point at a version AVAILABLE now. With --allow_version_labels_for_unavailable_
+        models a new label may point anywhere, but an existing label may not move to a
+        version that is not AVAILABLE. TF Serving's text for the first violation, or None.
+        (At startup tfgate does not check: labels apply once their versions are AVAILABLE.)"""
+        for config in configs:
+            model = self.models.get(config.name)
+            if model is not None and config.name in self.dropped:
+                model = None  # dropped earlier: nothing of it counts as available
+            for label, version in config.labels:
+                record = model.versions.get(version) if model is not None else None
+                if record is not None and record.state is VersionState.AVAILABLE:
+                    continue
+                current = model.labels.get(label) if model is not None else None
+                moves = current is not None and current != version
+                if self.allow_labels_for_unavailable and not moves:
+                    continue
+                return (
+                    f"Request to assign label to version {version} of model {config.name}, "
                     "which is not currently available for inference"
                 )
-        return errors
+        return None
 
     # --- resolution (hot path) ---
 

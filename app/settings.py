@@ -66,7 +66,7 @@ FLAGS: tuple[Flag, ...] = (
         "num_load_threads",
         int,
         0,
-        "Versions one worker loads at once, on threads beside serving; 0 means 1.",
+        "Loads of different models one worker runs at once, beside serving; 0 means 1.",
     ),
     Flag("num_unload_threads", int, 0, "Accepted; unloads run concurrently per model."),
     Flag("max_num_load_retries", int, 5, "Retries of a failed load."),

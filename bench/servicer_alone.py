@@ -26,7 +26,7 @@ import numpy as np
 import uvloop
 
 from app.grpc_services import PredictionServicer
-from app.main import build_server, wait_for_initial_models
+from app.main import build_server, tune_garbage_collector, wait_for_initial_models
 from app.protos import predict_pb2
 from app.service import Entrypoint
 from app.settings import load_settings
@@ -37,14 +37,22 @@ from bench.workloads import INPUT_SHAPES, grpc_request
 STAGES = ("pool", "service", "servicer")
 
 
+class CallFailed(RuntimeError):
+    """A call ended in a gRPC status: the measurement is void."""
+
+
 class NoDeadlineContext:
-    """What the servicer reads from grpc.aio's context: no deadline, no metadata."""
+    """What the servicer reads from grpc.aio's context: no deadline, no metadata; abort()
+    raises, so an error status stops the measurement instead of counting as a call."""
 
     def time_remaining(self) -> float | None:
         return None
 
     def invocation_metadata(self) -> tuple[()]:
         return ()
+
+    async def abort(self, code: object, details: str) -> None:
+        raise CallFailed(f"{code}: {details}")
 
 
 async def measure(
@@ -72,23 +80,33 @@ async def measure(
         gateway_s, tree_s = cpu_seconds(pid) - cpu0, tree_cpu_seconds(pid) - tree0
     finally:
         running = False
-        await asyncio.gather(*tasks, return_exceptions=True)
-    calls = max(calls, 1)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:  # a failed call ends its task: report it, never a rate
+        if isinstance(outcome, BaseException):
+            raise outcome
+    if calls == 0:
+        raise CallFailed(f"no call finished in {seconds} s")
     return calls / elapsed, gateway_s / calls * 1e6, (tree_s - gateway_s) / calls * 1e6
 
 
 async def run(args: argparse.Namespace, flags: list[str]) -> None:
-    server = await build_server(load_settings(flags))
+    settings = load_settings(flags)
+    server = await build_server(settings)
     await server.pool.start()
     server.batcher.start()
     try:
         server.discovery.scan()
         await wait_for_initial_models(server)
+        tune_garbage_collector()  # as app.main.run does once the models are up
         x = np.random.default_rng(0).random((args.rows, *INPUT_SHAPES[args.model]), np.float32)
         raw = grpc_request(args.model, x)
         spec = ModelSpec(args.model, None, None, "")
         servable, _ = server.registry.resolve(spec)
-        servicer = PredictionServicer(server.service, use_tensor_content=False)
+        servicer = PredictionServicer(  # as app.grpc_server.start builds it
+            server.service,
+            use_tensor_content=settings.enable_serialization_as_tensor_content,
+            auth=server.inference_auth,
+        )
         context = NoDeadlineContext()
 
         async def pool() -> object:

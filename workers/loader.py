@@ -10,7 +10,8 @@ loop goes on answering runs for every other servable in the meantime.
 Only construction happens here. The runner becomes visible to runs (and a replaced runner
 is closed) on the main thread, so close() never races with run() (runner.py's rule).
 --num_load_threads sets how many loads one worker runs at once (TF Serving's load thread
-pool); workers.loop never hands the loader two loads of the same servable at a time.
+pool); workers.loop never hands the loader two loads of the same servable at a time, and
+the gateway sends one model's versions one after another.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ class Loader:
             pass
 
     def stop(self) -> None:
-        """Ask the threads to end after their current loads; the process exit does the rest
-        (a load in progress is not waited for: the gateway has already gone)."""
+        """Ask the threads to end once the loads queued before this call are done. The worker
+        does not wait for that: it leaves with os._exit while anything is still loading
+        (the gateway has already gone)."""
         for _ in self._threads:
             self._jobs.put(None)
 

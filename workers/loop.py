@@ -2,10 +2,11 @@
 
 Synchronous: runs, unloads and pings are handled one at a time in the order the gateway sent
 them, so run replies come back in order and the shared-memory regions free in FIFO order
-(ipc.py). Loads are the exception: workers/loader.py builds the runner on its own thread and
-this loop installs it when it is ready, so a version that takes minutes to load does not stall
-the servables already serving. Replies carry the request id; the gateway matches by id.
-Any failure is answered with a status; only the gateway closing the pipe ends the loop.
+(ipc.py). Loads are the exception: workers/loader.py builds runners on its own threads
+(--num_load_threads) and this loop installs each when it is ready, so a version that takes
+minutes to load does not stall the servables already serving. Replies carry the request id;
+the gateway matches by id. Any failure is answered with a status; only the gateway closing
+the pipe ends the loop.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def serve(options: WorkerOptions) -> int:
     worker.loader.stop()
     log.info("worker %d exiting", options.index)
     if worker.loading:
-        # A load is queued or still inside TensorFlow on the loader thread (`loading` counts
+        # A load is queued or still inside TensorFlow on a loader thread (`loading` counts
         # every load from submit to install); interpreter shutdown would tear TF down under
         # it. Nobody waits for it any more: leave at once.
         logging.shutdown()

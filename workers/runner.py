@@ -130,9 +130,8 @@ class SavedModelRunner:
             values = plan.fn(*inputs.values(), *plan.default_values)
         except tf.errors.OpError as e:
             raise RunnerError(e.error_code, e.message) from None
-        # Scalar outputs come back as numpy scalars; np.asarray is free for arrays.
         return {
-            alias: np.asarray(value)
+            alias: _as_array(value)
             for alias, value in zip(plan.output_aliases, values, strict=True)
         }
 
@@ -270,6 +269,17 @@ def _tensor_name(signature: meta_graph_pb2.SignatureDef, side: str, alias: str) 
             "named by TensorInfo.name can be fed or fetched",
         )
     return info.name
+
+
+def _as_array(value: object) -> np.ndarray:
+    """Scalar outputs come back as numpy scalars (np.asarray is free for arrays), a scalar
+    DT_STRING as plain bytes: that one becomes a 0-d object array like every other string
+    tensor, not a fixed-width `S` array the codecs and the IPC do not take."""
+    if isinstance(value, bytes):
+        array = np.empty((), dtype=object)
+        array[()] = value
+        return array
+    return np.asarray(value)
 
 
 def _session_config(

@@ -97,18 +97,17 @@ def constant_grpc_server(port: int) -> grpc.aio.Server:
 
 
 async def serve(app: FastAPI, port: int, grpc_port: int | None) -> None:
+    """uvicorn, and the gRPC ceiling beside it on the same loop. On SIGTERM uvicorn shuts
+    down and re-raises the signal, so the process (and the gRPC server with it) ends there;
+    the benchmark's load has stopped by then."""
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, http="httptools", loop="uvloop",
         access_log=False, log_level="warning", backlog=4096,
     )
-    grpc_server = constant_grpc_server(grpc_port) if grpc_port else None
-    if grpc_server is not None:
+    if grpc_port:
+        grpc_server = constant_grpc_server(grpc_port)
         await grpc_server.start()
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        if grpc_server is not None:
-            await grpc_server.stop(grace=1.0)
+    await uvicorn.Server(config).serve()
 
 
 def main() -> None:

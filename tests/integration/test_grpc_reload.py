@@ -142,3 +142,110 @@ def test_reload_with_a_model_that_fails_to_load(
         "1 servable(s) did not become available: {{name: bad version: 123} due to error: ")
     # The models that loaded keep serving.
     np.testing.assert_allclose(predict(channel, "half_plus_three", 2.0), [[4.0]])
+
+
+def test_reload_rejects_a_label_on_a_version_that_is_not_available(
+    channel: grpc.Channel, tfs_testdata: pathlib.Path
+) -> None:
+    """ServerCore updates the label map before it loads anything: a label must point at an
+    AVAILABLE version (no --allow_version_labels_for_unavailable_models here), and a
+    rejected reload changes nothing."""
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    path = tfs_testdata / "saved_model_half_plus_three"
+    plain = model_entry("half_plus_three", path)
+    assert stub.HandleReloadConfigRequest(reload_request(plain), timeout=120).status.error_code == 0
+    half_plus_two = model_entry("half_plus_two", tfs_testdata / "saved_model_half_plus_two_cpu")
+    typo = model_entry("half_plus_three", path, 'version_labels { key: "stable" value: 999 }')
+    with pytest.raises(grpc.RpcError) as info:
+        stub.HandleReloadConfigRequest(reload_request(typo, half_plus_two), timeout=30)
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "Request to assign label to version 999 of model half_plus_three, which is not "
+        "currently available for inference",
+    )
+    with pytest.raises(grpc.RpcError) as missing:  # half_plus_two was not added
+        versions(channel, "half_plus_two")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    # A label on the version that is AVAILABLE is applied.
+    stable = model_entry("half_plus_three", path, 'version_labels { key: "stable" value: 123 }')
+    assert stub.HandleReloadConfigRequest(reload_request(stable), timeout=120).status.error_code == 0
+    stub_p = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub_p.Predict(
+        predict_request("half_plus_three", x_input([2.0]), label="stable"), timeout=30
+    )
+    assert response.model_spec.version.value == 123
+
+
+def test_model_dropped_by_an_empty_config_can_be_added_again(
+    channel: grpc.Channel, tfs_testdata: pathlib.Path
+) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    half_plus_three = model_entry("half_plus_three", tfs_testdata / "saved_model_half_plus_three")
+    assert stub.HandleReloadConfigRequest(
+        reload_request(half_plus_three), timeout=120).status.error_code == 0
+    assert stub.HandleReloadConfigRequest(reload_request(), timeout=30).status.error_code == 0
+    deadline = time.monotonic() + 30
+    while True:  # unloaded and forgotten after the reply
+        try:
+            versions(channel, "half_plus_three")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            break
+        assert time.monotonic() < deadline, "half_plus_three was not dropped"
+        time.sleep(0.2)
+    response = stub.HandleReloadConfigRequest(reload_request(half_plus_three), timeout=60)
+    assert response.status.error_code == 0
+    np.testing.assert_allclose(predict(channel, "half_plus_three", 2.0), [[4.0]])
+
+
+def test_reload_reports_increases_of_the_requested_counters(
+    channel: grpc.Channel, tfs_testdata: pathlib.Path
+) -> None:
+    """ReloadConfigRequest.metric_names: one entry per name, the counter's increase over
+    the reload (a name that is no counter reports 0)."""
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    half_plus_three = model_entry("half_plus_three", tfs_testdata / "saved_model_half_plus_three")
+    assert stub.HandleReloadConfigRequest(reload_request(), timeout=30).status.error_code == 0
+    request = reload_request(half_plus_three)
+    loads = ":tensorflow:cc:saved_model:load_attempt_count"
+    request.metric_names.extend([loads, "no_such_counter", loads])
+    deadline = time.monotonic() + 30
+    while True:  # the empty config above drops the model once it has unloaded
+        try:
+            versions(channel, "half_plus_three")
+        except grpc.RpcError:
+            break
+        assert time.monotonic() < deadline, "half_plus_three was not dropped"
+        time.sleep(0.2)
+    response = stub.HandleReloadConfigRequest(request, timeout=120)
+    assert response.status.error_code == 0
+    increases = [(m.name, m.int64_value_increase) for m in response.metric]
+    assert increases == [(loads, 1), ("no_such_counter", 0)]
+
+
+def test_reload_rejects_platform_changes_and_other_platforms(
+    channel: grpc.Channel, tfs_testdata: pathlib.Path
+) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    path = tfs_testdata / "saved_model_half_plus_three"
+    half_plus_three = model_entry("half_plus_three", path)
+    assert stub.HandleReloadConfigRequest(
+        reload_request(half_plus_three), timeout=120).status.error_code == 0
+    cases = [
+        ([f'config {{ name: "half_plus_three" base_path: "{path}" '
+          'model_platform: "tensorflow_lite" }'],
+         "Illegal to change a model's platform. For model half_plus_three platform was "
+         "tensorflow and new platform requested is tensorflow_lite"),
+        ([half_plus_three,
+          'config { name: "other" base_path: "/x" model_platform: "tensorflow_lite" }'],
+         "Model other: model_platform 'tensorflow_lite' is not supported (only tensorflow)"),
+        ([half_plus_three, 'config { name: "other" base_path: "/x" }'],
+         "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+         "ModelServerConfig::model_platform."),
+    ]
+    for entries, message in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.HandleReloadConfigRequest(reload_request(*entries), timeout=30)
+        assert (info.value.code(), info.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT, message)
+    np.testing.assert_allclose(predict(channel, "half_plus_three", 2.0), [[4.0]])

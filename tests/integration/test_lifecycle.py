@@ -222,8 +222,11 @@ def test_config_file_polling_replaces_models(tmp_path: pathlib.Path, hp2: pathli
     copy_version(hp2, b, 2)
     config = tmp_path / "models.config"
     config.write_text(CONFIG_ONE.format(a=a))
+    # CONFIG_TWO adds b and labels its version 1 in one change: TF Serving (and tfgate)
+    # only accept a label on a version that is not AVAILABLE yet with this flag.
     server = ServerProcess(
-        [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"],
+        [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+         "--allow_version_labels_for_unavailable_models"],
         tmp_path / "s.log",
     ).start()
     try:

@@ -224,6 +224,16 @@ def test_predict_strings_and_bytes_outputs(http: httpx.Client) -> None:
     assert predictions[1]["echo_bytes"] == {"b64": base64.b64encode(b"xyz").decode()}
 
 
+def test_predict_scalar_string_outputs(http: httpx.Client) -> None:
+    """A scalar fed to the [None] string input gives scalar string outputs (TF returns them
+    as plain bytes); columnar answers carry each output's natural value."""
+    response = post(http, "/v1/models/strings:predict", {"inputs": "abc"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "outputs": {"echo_bytes": {"b64": "YWJj"}, "length": 3, "upper": "ABC"}
+    }
+
+
 def test_predict_gzip_body(http: httpx.Client) -> None:
     body = gzip.compress(json.dumps({"instances": [2.0]}).encode())
     response = http.post(

@@ -161,13 +161,34 @@ def test_pin_wins_over_latest_but_not_over_explicit_version() -> None:
 def test_label_to_unavailable_version_refused_unless_allowed() -> None:
     registry = _registry([1], (("next", 2),))
     assert "next" not in registry.models["m"].labels
-    assert registry.label_errors("m") == [
-        "Request to assign label to version 2 of model m, which is not currently available "
-        "for inference"
-    ]
     registry.allow_labels_for_unavailable = True
     registry.apply_labels("m")
     assert registry.models["m"].labels == {"next": 2}
+
+
+def _labelled(*labels: tuple[str, int]) -> list[ModelConfig]:
+    return [ModelConfig("m", "/m", VersionPolicy(PolicyKind.ALL), labels)]
+
+
+def test_reload_label_check_follows_update_model_version_label_map() -> None:
+    registry = _registry([1, 3], (("stable", 1),))
+    unavailable = (
+        "Request to assign label to version 2 of model m, which is not currently available "
+        "for inference"
+    )
+    assert registry.reload_label_error(_labelled(("stable", 3), ("canary", 1))) is None
+    assert registry.reload_label_error(_labelled(("canary", 2))) == unavailable
+    # A model the reload adds has no AVAILABLE version yet.
+    new_model = [ModelConfig("new", "/n", VersionPolicy(PolicyKind.ALL), (("a", 1),))]
+    assert registry.reload_label_error(new_model) == (
+        "Request to assign label to version 1 of model new, which is not currently available "
+        "for inference"
+    )
+    registry.allow_labels_for_unavailable = True
+    # The flag lets a new label point anywhere, but not move an existing one.
+    assert registry.reload_label_error(_labelled(("canary", 2))) is None
+    assert registry.reload_label_error(new_model) is None
+    assert registry.reload_label_error(_labelled(("stable", 2))) == unavailable
 
 
 def test_configure_is_full_replacement() -> None:

@@ -457,6 +457,21 @@ def test_strings_are_object_arrays_of_bytes(
     assert outputs["length"].tolist() == [2, 6, 5]
 
 
+def test_scalar_string_output_is_a_0d_object_array(
+    export_model: Callable[..., str], runner_for: RunnerFactory
+) -> None:
+    """A scalar fed to a [None] string input (the Session does not check the rank) gives
+    scalar string outputs: TF returns those as plain bytes, not as an array."""
+    runner = runner_for(export_model("strings"))
+    scalar = np.empty((), dtype=object)
+    scalar[()] = b"abc"
+    outputs = runner.run("serving_default", {"s": scalar}, [])
+    for alias, expected in (("upper", b"ABC"), ("echo_bytes", b"abc")):
+        assert outputs[alias].dtype == object and outputs[alias].shape == ()
+        assert outputs[alias][()] == expected
+    assert outputs["length"].shape == () and int(outputs["length"]) == 3
+
+
 def test_bools(export_model: Callable[..., str], runner_for: RunnerFactory) -> None:
     runner = runner_for(export_model("bools"))
     outputs = runner.run("serving_default", {"flag": np.array([True, False])}, [])

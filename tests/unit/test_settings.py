@@ -93,8 +93,11 @@ model_config_list {
     model_version_policy { specific { versions: 1 versions: 3 } }
     version_labels { key: "stable" value: 1 }
   }
-  config { name: "c" base_path: "/models/c" model_version_policy { all {} } }
-  config { name: "d" base_path: "/models/d" model_version_policy { latest { num_versions: 2 } } }
+  config { name: "c" base_path: "/models/c" model_type: TENSORFLOW model_version_policy { all {} } }
+  config {
+    name: "d" base_path: "/models/d" model_platform: "tensorflow"
+    model_version_policy { latest { num_versions: 2 } }
+  }
 }
 """
 
@@ -105,6 +108,7 @@ def test_model_server_config_parses_policies_and_labels() -> None:
     assert configs["b"].policy.versions == (1, 3)
     assert configs["b"].labels == (("stable", 1),)
     assert configs["c"].policy.kind is PolicyKind.ALL
+    assert configs["c"].platform == "tensorflow"  # from the deprecated model_type
     assert configs["d"].policy.num_versions == 2
 
 
@@ -122,6 +126,26 @@ def test_model_server_config_parses_policies_and_labels() -> None:
         (
             'model_config_list { config { name: "a" base_path: "rel/path" } }',
             "Expected model a to have an absolute path or URI; got base_path()=rel/path",
+        ),
+        (  # the list is validated before any platform (ServerCore's order)
+            'model_config_list { config { name: "a" base_path: "/x" } '
+            'config { name: "b" base_path: "rel" } }',
+            "Expected model b to have an absolute path or URI; got base_path()=rel",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/x" } }',
+            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+            "ModelServerConfig::model_platform.",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/x" model_type: TENSORFLOW '
+            'model_platform: "tensorflow" } }',
+            "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+            "ModelServerConfig::model_platform.",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/x" model_type: OTHER } }',
+            "ModelServerConfig::model_type choice 2 not supported.",
         ),
     ],
 )
