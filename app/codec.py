@@ -180,7 +180,7 @@ def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict
             raise format_error(doc, _BOTH_KEYS_TEXT)
         instances = doc["instances"]
         if type(instances) is not list:
-            raise format_error(doc, "Excepting 'instances' to be an list/array")  # sic, upstream
+            raise format_error(doc, "Expecting 'instances' to be an list/array")
         if not instances:
             raise format_error(doc, "No values in 'instances' array")
         return _decode_rows(instances, signature, parsed._may_have_bools)
@@ -282,7 +282,7 @@ def _tensor_fast(value: Any, dtype: int, bools: Callable[[], bool]) -> np.ndarra
     """Vectorised FillTensorProto for well-formed values; None means "use the exact walk".
 
     Never wrong, only sometimes unable: every condition that could make TF Serving answer
-    differently (ragged lists, wrong JSON types, bools among numbers, lossy numbers) gives None.
+    differently (ragged lists, wrong JSON types, bools among numbers) gives None.
     """
     if dtype == DT_STRING:
         return strings_fast(value)
@@ -303,7 +303,7 @@ def _tensor_fast(value: Any, dtype: int, bools: Callable[[], bool]) -> np.ndarra
     if kind not in "iuf" or hidden_bools(value, array, bools):
         return None
     if dtype in (DT_FLOAT, DT_DOUBLE):
-        return floats_fast(value, array, dtype)
+        return floats_fast(array, dtype)
     if kind == "f":
         return None
     low, high = INT_LIMITS[dtype]

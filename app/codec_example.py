@@ -30,8 +30,7 @@ from app.codec_proto import varint
 from app.codec_tensor import (
     decode_b64_object,
     is_b64_object,
-    is_lossless_float,
-    lossy_decimal_error,
+    to_float32,
 )
 from app.errors import invalid_argument as invalid
 from app.protos import classification_pb2, input_pb2, regression_pb2, types_pb2
@@ -111,7 +110,7 @@ def _feature_bytes(name: str, values: list) -> bytes:
     if kind == "bytes":
         return _field(1, b"".join(_field(1, item) for item in items))
     if kind == "float":
-        return _field(2, _field(1, np.array(items, dtype=np.float64).astype("<f4").tobytes()))
+        return _field(2, _field(1, to_float32(items).astype("<f4").tobytes()))
     return _field(3, _field(1, b"".join(varint(item) for item in items)))
 
 
@@ -140,11 +139,9 @@ def _feature_item(name: str, value: Any) -> Any:
     if value_type is dict:
         return decode_b64_object(value)
     if value_type is float:
-        if not is_lossless_float(value):
-            raise lossy_decimal_error(value, "float")
-        return value
+        return value  # stored as float32: rounds silently, beyond float's range +-inf
     if value_type is int and value > _INT64_MAX:
-        raise invalid(f"Feature: {name} has uint64 element. Only int64 is supported.")
+        raise invalid(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
     return int(value)
 
 

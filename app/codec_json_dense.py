@@ -14,10 +14,10 @@ whenever TF Serving could treat the body differently from "these numbers in this
 a body simdjson refuses (NaN/Infinity, bytes after the root, deep nesting, numbers beyond int64/
 uint64/double), escapes in strings, repeated or unknown top-level keys, both "instances" and
 "inputs", a non-string signature_name, a tensor that is not an array of numbers, an empty or ragged
-tensor, rank over 64. dense_float_tensor() then declines magnitudes where the JSON spelling matters
-(integers too large for the dtype are lossy errors in TF Serving, large floats are not; the float64
-buffer no longer says which was which). simdjson and orjson both round decimal text to the nearest
-double, and both keep "-0" as 0 and "-0.0" as -0.0, so the values are the same bits.
+tensor, rank over 64. dense_float_tensor() then only fills DT_FLOAT / DT_DOUBLE inputs, which
+take any JSON number (integers too) and round silently. simdjson and orjson both round decimal
+text to the nearest double, and both keep "-0" as 0 and "-0.0" as -0.0, so the values are the
+same bits.
 
 The parser is reused per thread (it keeps its buffers) for bodies up to _REUSE_MAX_BYTES; larger
 bodies get a parser of their own so one 100 MB request does not pin 100s of MB for good.
@@ -32,8 +32,8 @@ import threading
 import numpy as np
 import simdjson
 
-from app.codec_tensor import LOSSLESS_INT_MAX, MAX_TENSOR_RANK
-from app.types import NUMPY_DTYPE_BY_TF, RequestFormat
+from app.codec_tensor import MAX_TENSOR_RANK, to_float32
+from app.types import DT_DOUBLE, DT_FLOAT, RequestFormat
 
 DENSE_MIN_BODY_BYTES = 8 * 1024  # below this orjson + np.array is as fast (measured crossover)
 _REUSE_MAX_BYTES = 4 * 1024 * 1024
@@ -70,13 +70,13 @@ def read_dense_body(body: bytes) -> DenseBody | None:
 
 
 def dense_float_tensor(flat: np.ndarray, shape: tuple[int, ...], dtype: int) -> np.ndarray | None:
-    """The tensor in `dtype` (DT_FLOAT or DT_DOUBLE), or None if a magnitude needs the JSON text."""
-    # Above LOSSLESS_INT_MAX an integer is lossy for the dtype while a float of the same value
-    # is not, and the float64 buffer no longer says which it was: the orjson path decides.
-    limit = LOSSLESS_INT_MAX.get(dtype)
-    if limit is None or float(np.abs(flat).max()) > limit:
-        return None
-    return flat.astype(NUMPY_DTYPE_BY_TF[dtype]).reshape(shape)
+    """The tensor in `dtype` (DT_FLOAT or DT_DOUBLE), or None for any other dtype. Every JSON
+    number fills a float tensor, rounding silently (beyond float's range: +-inf)."""
+    if dtype == DT_FLOAT:
+        return to_float32(flat).reshape(shape)
+    if dtype == DT_DOUBLE:
+        return flat.reshape(shape)
+    return None
 
 
 def _parser_for(size_bytes: int) -> simdjson.Parser:

@@ -2,7 +2,7 @@
 
 Data path: codec.decode_predict_inputs() -> per tensor, the vectorised helpers here or the exact
 element walk here -> numpy arrays for the service. Also TF's dtype names for messages and the
-base64 / lossless-number checks codec_example.py shares. Pure functions; thread-safe.
+base64 checks and the float32 cast codec_example.py shares. Pure functions; thread-safe.
 
 The exact walk converts element by element in TF Serving's order, so every error is TF Serving's
 first error, word for word. The vectorised helpers only ever answer "same result" or "cannot
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import binascii
 import itertools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,12 +38,6 @@ from app.types import (
 )
 
 MAX_TENSOR_RANK = 64  # numpy's limit
-_FLT_MAX = float(np.finfo(np.float32).max)
-_FLOAT_MAX_INT = (1 << 24) - 1  # IsLosslessDecimal<float>: largest int accepted for DT_FLOAT
-_DOUBLE_MAX_INT = (1 << 53) - 1
-# Per float dtype, the largest integer magnitude IsLosslessDecimal accepts (codec_json_dense.py
-# also uses it: above it the JSON spelling, int or float, decides).
-LOSSLESS_INT_MAX = {DT_FLOAT: _FLOAT_MAX_INT, DT_DOUBLE: _DOUBLE_MAX_INT}
 _INT32_RANGE = (-(1 << 31), (1 << 31) - 1)
 _INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 # Which JSON integers each integer dtype accepts (IsInt/IsInt64/IsUint/IsUint64). INT8/INT16/UINT8
@@ -114,18 +107,11 @@ def decode_b64_object(value: Any) -> bytes:
     return decoded
 
 
-def lossy_decimal_error(value: Any, target: str) -> ServingError:
-    text = json_value_text(value)
-    return invalid_argument(
-        f"Cannot convert JSON value: {text} to {target} without loss of precision."
-    )
-
-
-def is_lossless_float(value: int | float) -> bool:
-    """IsLosslessDecimal<float>() for a JSON number (ints are within [-2**63, 2**64))."""
-    if type(value) is int:
-        return abs(value) <= _FLOAT_MAX_INT
-    return not math.isfinite(value) or -_FLT_MAX <= value <= _FLT_MAX
+def to_float32(values: Any) -> np.ndarray:
+    """JSON numbers as DT_FLOAT the way GetFloat() casts them: via double, rounding silently,
+    and beyond float's range to +-inf (not an error, and no numpy overflow warning)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,11 +265,7 @@ def _convert_leaf(value: Any, dtype: int) -> Any:
     if dtype in (DT_FLOAT, DT_DOUBLE):
         if kind is not int and kind is not float:
             raise _type_error(value, dtype)
-        if dtype == DT_FLOAT and not is_lossless_float(value):
-            raise lossy_decimal_error(value, "float")
-        if dtype == DT_DOUBLE and kind is int and abs(value) > _DOUBLE_MAX_INT:
-            raise lossy_decimal_error(value, "double")
-        return value
+        return value  # any JSON number: precision loss is silent (leaves_to_array casts)
     if dtype in INT_LIMITS:
         low, high = INT_LIMITS[dtype]
         if kind is not int or not low <= value <= high:
@@ -308,7 +290,7 @@ def leaves_to_array(leaves: list, shape: list[int], dtype: int) -> np.ndarray:
         array = np.array(leaves, dtype=object) if leaves else np.empty(0, dtype=object)
     elif dtype == DT_FLOAT:
         # TF reads the JSON number as a double, then GetFloat() casts it: same double rounding.
-        array = np.array(leaves, dtype=np.float64).astype(np.float32)
+        array = to_float32(leaves)
     elif dtype == DT_DOUBLE:
         array = np.array(leaves, dtype=np.float64)
     elif dtype == DT_UINT64:
@@ -341,20 +323,9 @@ def hidden_bools(value: Any, array: np.ndarray, bools: Callable[[], bool]) -> bo
     return leaves is None or any(type(leaves[i]) is bool for i in np.flatnonzero(candidates))
 
 
-def floats_fast(value: Any, array: np.ndarray, dtype: int) -> np.ndarray | None:
-    limit = LOSSLESS_INT_MAX[dtype]
-    magnitude = np.abs(array)
-    big = magnitude > limit
-    if array.dtype.kind == "f":
-        big &= np.isfinite(array)
-    if big.any():
-        if array.dtype.kind != "f" or (dtype == DT_FLOAT and magnitude[big].max() > _FLT_MAX):
-            return None
-        # Large doubles are fine, large integers are lossy: look at the JSON values themselves.
-        leaves = _flatten_regular(value, list(array.shape))
-        if leaves is None or any(type(leaves[i]) is not float for i in np.flatnonzero(big)):
-            return None
-    return array.astype(NUMPY_DTYPE_BY_TF[dtype])
+def floats_fast(array: np.ndarray, dtype: int) -> np.ndarray:
+    """Any JSON number fills DT_FLOAT / DT_DOUBLE (precision loss is silent)."""
+    return to_float32(array) if dtype == DT_FLOAT else array.astype(np.float64)
 
 
 def _flatten_regular(value: Any, shape: list[int]) -> list | None:

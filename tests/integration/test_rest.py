@@ -300,7 +300,7 @@ def test_trailing_garbage_after_document_is_ignored(http: httpx.Client) -> None:
             "/v1/models/half_plus_two:predict",
             {"instances": 1.0},
             400,
-            "Excepting 'instances' to be an list/array",
+            "Expecting 'instances' to be an list/array",
         ),
         (
             "/v1/models/half_plus_two:predict",

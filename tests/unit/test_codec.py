@@ -299,15 +299,6 @@ DECODE_ERRORS = [
      "JSON Value: null Type: Null is not of expected type: float"),
     (FLOAT_X, b'{"inputs": [{"b64": "aGVsbG8="}]}', Code.INVALID_ARGUMENT,  # b64 is for strings only
      'JSON Value: {\n    "b64": "aGVsbG8="\n} Type: Object is not of expected type: float'),
-    # Lossy numbers (upstream: DBL_MAX and 16777217 for float, 2**53 + 1 for double).
-    (FLOAT_X, b'{"instances": [1.7976931348623157e308]}', Code.INVALID_ARGUMENT,
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert JSON value: 1.7976931348623157e+308 to float without loss of precision."),
-    (FLOAT_X, b'{"inputs": [16777217]}', Code.INVALID_ARGUMENT,
-     "Cannot convert JSON value: 16777217 to float without loss of precision."),
-    (FLOAT_X, b'{"inputs": [1e39]}', Code.INVALID_ARGUMENT,
-     "Cannot convert JSON value: 1e+39 to float without loss of precision."),
-    (signature(x=DT_DOUBLE), b'{"inputs": [9007199254740993]}', Code.INVALID_ARGUMENT,
-     "Cannot convert JSON value: 9007199254740993 to double without loss of precision."),
     # Dtypes JSON cannot carry: 501 in columnar form, wrapped into a 400 in row form.
     (signature(x=DT_HALF), b'{"inputs": [1.0]}', Code.UNIMPLEMENTED,
      "Conversion of JSON Value: 1.0 to type: half"),
@@ -344,7 +335,7 @@ DECODE_ERRORS = [
     (FLOAT_X, b'{"instances": [1], "inputs": [1]}', Code.INVALID_ARGUMENT,
      "JSON Value: {\n    \"instances\": [\n        1\n    ],\n    \"inputs\": [\n        1\n    ]\n} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "),
     (FLOAT_X, b'{"instances": {"x": 1}}', Code.INVALID_ARGUMENT,
-     "JSON Value: {\n    \"instances\": {\n        \"x\": 1\n    }\n} Excepting 'instances' to be an list/array"),
+     "JSON Value: {\n    \"instances\": {\n        \"x\": 1\n    }\n} Expecting 'instances' to be an list/array"),
     (FLOAT_X, b'{"instances": []}', Code.INVALID_ARGUMENT,
      "JSON Value: {\n    \"instances\": []\n} No values in 'instances' array"),
     (FLOAT_X, b'{"signature_name": "s"}', Code.INVALID_ARGUMENT, "Missing 'inputs' or 'instances' key"),
@@ -365,7 +356,26 @@ def test_decode_errors(sig: SignatureSpec, body: bytes, code: Code, message: str
 def test_top_level_key_errors_wait_for_the_signature_lookup() -> None:
     parsed = codec.parse_predict_json(b'{"instances": 5}')  # TF Serving answers 404 first
     assert parsed.format == "row"
-    assert "Excepting 'instances'" in error_of(codec.decode_predict_inputs, parsed, FLOAT_X).message
+    assert "Expecting 'instances'" in error_of(codec.decode_predict_inputs, parsed, FLOAT_X).message
+
+
+@pytest.mark.parametrize(
+    ("sig", "body", "expected"),
+    [
+        # Contract a.3: FLOAT/DOUBLE take any JSON number, ints too; precision loss is silent
+        # and beyond float's range the value is +-inf. Exact walk (few values) and numpy path.
+        (FLOAT_X, b'{"inputs": [16777217]}', [16777216.0]),
+        (FLOAT_X, b'{"instances": [1.7976931348623157e308, -1e39]}', [np.inf, -np.inf]),
+        (FLOAT_X, b'{"inputs": [18446744073709551615]}', [1.8446744073709552e19]),
+        (FLOAT_X, b'{"inputs": [' + b", ".join([b"16777217"] * 40) + b"]}", [16777216.0] * 40),
+        (FLOAT_X, b'{"inputs": [' + b", ".join([b"1e39"] * 40) + b"]}", [np.inf] * 40),
+        (signature(x=DT_DOUBLE), b'{"inputs": [9007199254740993]}', [9007199254740992.0]),
+    ],
+)
+def test_float_inputs_take_any_json_number(sig: SignatureSpec, body: bytes, expected: list) -> None:
+    (tensor,) = decode(body, sig).values()
+    assert tensor.dtype == (np.float64 if sig.inputs["x"].dtype == DT_DOUBLE else np.float32)
+    assert tensor.tolist() == expected
 
 
 def test_quoted_values_are_capped() -> None:
@@ -424,11 +434,11 @@ def test_fast_path_matches_exact_path(dtype: int, monkeypatch: pytest.MonkeyPatc
         assert repr(got) == repr(want), body  # repr: NaN-safe comparison
 
 
-def test_large_float_rows_keep_doubles_and_reject_big_ints(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_numbers_round_like_get_float(monkeypatch: pytest.MonkeyPatch) -> None:
     big = decode(b'{"instances": [1.0e10, 2.5]}', FLOAT_X)["x"]
     assert big.tolist() == [np.float32(1e10), 2.5]
-    error = error_of(decode, b'{"instances": [1.5, 20000000]}', FLOAT_X)
-    assert "Cannot convert JSON value: 20000000 to float" in error.message
+    rounded = decode(b'{"instances": [1.5, 20000001]}', FLOAT_X)["x"]
+    assert rounded.tolist() == [1.5, 20000000.0]  # float32 has 24 bits of mantissa
 
 
 def test_bools_among_numbers_are_never_silently_converted() -> None:
