@@ -89,12 +89,12 @@ BatchObserver = Callable[[ServableId, list[int], int, list[float]], None]
 
 
 class Batcher:
-    """Owns the batching queues; `params_for(model)` None means batching is off for it."""
+    """Owns the batching queues; `params_for(servable)` None means batching is off for it."""
 
     def __init__(
         self,
         pool: WorkerPool,
-        params_for: Callable[[str], BatchingParameters | None],
+        params_for: Callable[[ServableId], BatchingParameters | None],
         observers: Sequence[BatchObserver] = (),
     ) -> None:
         self.pool = pool
@@ -135,20 +135,20 @@ class Batcher:
         output_aliases: Sequence[str],
         deadline: float | None,
     ) -> dict[str, np.ndarray]:
-        params = self.params_for(servable.model)
+        params = self.params_for(servable)
         rows = batch_rows(inputs)
         if params is None or rows is None:
             # Not batchable (batching off, scalar inputs, or inputs disagree on dim 0):
             # run as its own session call, as TF Serving does without batching.
             outcome = await self._run_alone(servable, signature, inputs, output_aliases, deadline)
             return outcome.outputs
-        if rows > params.execution_batch_size:
-            if not params.enable_large_batch_splitting:
-                raise ServingError(
-                    Code.INVALID_ARGUMENT,
-                    f"Task size {rows} is larger than maximum input batch size "
-                    f"{params.max_batch_size}",
-                )
+        if rows > params.max_batch_size:  # input_batch_size_limit, splitting or not
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Task size {rows} is larger than maximum input batch size "
+                f"{params.max_batch_size}",
+            )
+        if rows > params.execution_batch_size:  # only with enable_large_batch_splitting
             return await self._submit_split(
                 servable, signature, inputs, output_aliases, deadline, params, rows
             )

@@ -1,9 +1,11 @@
-"""Which BatchingParameters apply to a model, from TF Serving's flags and files and the
-tfgate TOML config; the batcher asks this for every request's model.
+"""Which BatchingParameters apply to a servable, from TF Serving's flags and files and the
+tfgate TOML config; the batcher asks this for every request's servable.
 
-Precedence: per-model [models.NAME.batching] in the TOML config, then the SavedModel's own
+Precedence: per-model [models.NAME.batching] in the TOML config, then the version's own
 batching_params.pbtxt (with --enable_per_model_batching_parameters), then
 --batching_parameters_file, then TF Serving's defaults. None means batching is off.
+A version's batching_params.pbtxt is read before the version loads (the VersionManager calls
+read_version_file), as TF Serving's SavedModel adapter does: a bad file fails that load.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from typing import Any
 
 from app import model_config
 from app.batcher import BatchingParameters
-from app.registry import Registry
+from app.errors import Code, ServingError
 from app.settings import Settings, SettingsError
+from app.types import ServableId
+
+VERSION_FILE = "batching_params.pbtxt"
 
 
 class BatchingPolicy:
-    """Callable: model name -> BatchingParameters, or None when batching is off for it."""
+    """Callable: servable -> BatchingParameters, or None when batching is off for it."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.enabled = settings.enable_batching
         self.per_model_files = settings.enable_per_model_batching_parameters
-        self.registry = registry
         self.global_params = (
             model_config.load_batching_parameters(settings.batching_parameters_file)
             if settings.batching_parameters_file
@@ -39,32 +43,29 @@ class BatchingPolicy:
                     merged.allowed_batch_sizes, merged.max_batch_size
                 )
                 self.overrides[name] = merged
-        self._file_cache: dict[str, BatchingParameters | None] = {}
+        # servable -> its version's batching_params.pbtxt (read before the version loaded)
+        self._version_params: dict[ServableId, BatchingParameters] = {}
 
-    def __call__(self, model: str) -> BatchingParameters | None:
-        if model in self.overrides:
-            return self.overrides[model]
+    def __call__(self, servable: ServableId) -> BatchingParameters | None:
+        if servable.model in self.overrides:
+            return self.overrides[servable.model]
         if not self.enabled:
             return None
-        if self.per_model_files:
-            params = self._model_file(model)
-            if params is not None:
-                return params
-        return self.global_params
+        return self._version_params.get(servable, self.global_params)
 
-    def _model_file(self, model: str) -> BatchingParameters | None:
-        record = self.registry.models.get(model)
-        if record is None:
-            return None
-        available = record.available_versions()
-        if not available:
-            return None
-        path = os.path.join(record.versions[available[-1]].path, "batching_params.pbtxt")
-        if path not in self._file_cache:
-            self._file_cache[path] = (
-                model_config.load_batching_parameters(path) if os.path.exists(path) else None
-            )
-        return self._file_cache[path]
+    def read_version_file(self, servable: ServableId, version_path: str) -> None:
+        """With --enable_per_model_batching_parameters, read and validate the version's
+        batching_params.pbtxt; raises ServingError (the load fails) on a bad file."""
+        if not (self.enabled and self.per_model_files) or servable.model in self.overrides:
+            return
+        path = os.path.join(version_path, VERSION_FILE)
+        if not os.path.exists(path):
+            self._version_params.pop(servable, None)
+            return
+        try:
+            self._version_params[servable] = model_config.load_batching_parameters(path)
+        except model_config.ConfigError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
 
 def _batching_fields(section: dict[str, Any]) -> dict[str, Any]:

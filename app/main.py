@@ -213,7 +213,8 @@ async def build_server(settings: Settings) -> Server:
     registry = Registry(settings.allow_version_labels_for_unavailable_models)
     registry.configure(configs)
     pool = WorkerPool(pool_options(settings))
-    batcher = Batcher(pool, BatchingPolicy(settings, registry))
+    batching_policy = BatchingPolicy(settings)
+    batcher = Batcher(pool, batching_policy)
     manager = VersionManager(
         registry,
         pool,
@@ -224,6 +225,7 @@ async def build_server(settings: Settings) -> Server:
             max_num_load_retries=settings.max_num_load_retries,
             load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
         ),
+        before_load=batching_policy.read_version_file,
     )
     discovery = Discovery(registry, manager.reconcile, settings.file_system_poll_wait_seconds)
     cache_config = load_cache_config(settings)

@@ -46,11 +46,15 @@ class VersionManager:
         pool: WorkerPool,
         options: LoadOptions,
         observers: list[StateObserver] | None = None,
+        before_load: Callable[[ServableId, str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.options = options
         self.observers = observers or []
+        # Reads what a version brings besides its SavedModel (batching_policy's
+        # batching_params.pbtxt); a ServingError from it fails the load.
+        self.before_load = before_load
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self.changed = asyncio.Condition()
@@ -137,6 +141,8 @@ class VersionManager:
         attempts = self.options.max_num_load_retries + 1
         for attempt in range(1, attempts + 1):
             try:
+                if self.before_load is not None:
+                    self.before_load(servable, record.path)
                 data = await self.pool.load(servable, spec)
                 record.metadata = ServableMetadata.from_bytes(data)
                 record.needs_reload = False

@@ -15,6 +15,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import time
 
 import httpx
 import numpy as np
@@ -250,6 +251,72 @@ def test_per_model_batching_files_and_toml_overrides(model_zoo, tmp_path) -> Non
         assert predict(proc.rest_url, "c", rows).json() == {"predictions": [[2.5]] * 4}
     finally:
         proc.stop()
+
+
+def test_batching_params_file_belongs_to_its_version(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each version's batching_params.pbtxt applies to that version only, and is read before
+    the version loads: a bad file fails that version's load (with the file's error) instead
+    of every request to it, and the version already serving goes on."""
+    base = tmp_path / "m"
+    shutil.copytree(model_zoo.base_path("tiny") / "1", base / "1")
+    (base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }")
+    (tmp_path / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "m" base_path: "{base}" '
+        'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
+    )
+    proc = _start(tmp_path, [
+        f"--model_config_file={tmp_path / 'models.config'}", "--enable_batching",
+        "--enable_per_model_batching_parameters", "--file_system_poll_wait_seconds=1",
+        "--max_num_load_retries=0",
+    ], "per_version")
+    try:
+        # A good version 2 with a larger limit: version 1 keeps its own.
+        staged = tmp_path / "staged2"
+        shutil.copytree(model_zoo.base_path("tiny") / "1", staged)
+        (staged / "batching_params.pbtxt").write_text("max_batch_size { value: 8 }")
+        staged.rename(base / "2")
+        wait_for(lambda: available(proc.rest_url, "m") == {1, 2})
+        rows = [[1.0]] * 4
+        by_version = httpx.post(
+            f"{proc.rest_url}/v1/models/m/versions/1:predict", json={"instances": rows}, timeout=60
+        )
+        assert by_version.json() == {"error": "Task size 4 is larger than maximum input batch size 2"}
+        assert predict(proc.rest_url, "m", rows).json() == {"predictions": [[2.5]] * 4}
+        # A bad version 3: its load fails with the file's error; 1 and 2 go on serving.
+        staged = tmp_path / "staged3"
+        shutil.copytree(model_zoo.base_path("tiny") / "1", staged)
+        (staged / "batching_params.pbtxt").write_text(
+            "max_batch_size { value: 8 } allowed_batch_sizes: 3"
+        )
+        staged.rename(base / "3")
+        wait_for(lambda: version_state(proc.rest_url, "m", 3)[0] == "END")
+        assert version_state(proc.rest_url, "m", 3)[1] == (
+            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 3; "
+            "expected 8"
+        )
+        assert predict(proc.rest_url, "m", rows).json() == {"predictions": [[2.5]] * 4}
+    finally:
+        proc.stop()
+
+
+def available(url: str, model: str) -> set[int]:
+    statuses = httpx.get(f"{url}/v1/models/{model}", timeout=30).json()["model_version_status"]
+    return {int(s["version"]) for s in statuses if s["state"] == "AVAILABLE"}
+
+
+def version_state(url: str, model: str, version: int) -> tuple[str, str]:
+    response = httpx.get(f"{url}/v1/models/{model}/versions/{version}", timeout=30)
+    if response.status_code != 200:
+        return ("", "")
+    (status,) = response.json()["model_version_status"]
+    return status["state"], status["status"].get("error_message", "")
+
+
+def wait_for(condition, timeout_seconds: float = 90.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
 
 
 def test_ragged_inputs_padded_with_pad_variable_length_inputs(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]

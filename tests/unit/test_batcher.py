@@ -244,10 +244,12 @@ async def test_allowed_batch_sizes_pad_and_padding_is_removed() -> None:
 
 
 async def test_large_request_split_when_enabled_else_refused() -> None:
+    """With splitting, max_batch_size still caps a request (input_batch_size_limit) and
+    max_execution_batch_size caps each batch run."""
     pool = RecordingPool()
     batcher = _batcher(
         pool,
-        max_batch_size=4,
+        max_batch_size=16,
         enable_large_batch_splitting=True,
         max_execution_batch_size=4,
         max_enqueued_batches=100,
@@ -255,6 +257,9 @@ async def test_large_request_split_when_enabled_else_refused() -> None:
     result = await batcher.submit(SID, "s", _x(*range(10)), ["y"], None)
     np.testing.assert_array_equal(result["y"][:, 0], np.arange(10) * 2)
     assert all(sum(rows) <= 4 for rows, _ in pool.batches)
+    with pytest.raises(ServingError) as too_big:
+        await batcher.submit(SID, "s", _x(*range(20)), ["y"], None)
+    assert too_big.value.message == "Task size 20 is larger than maximum input batch size 16"
     await batcher.close()
     strict = _batcher(RecordingPool(), max_batch_size=4)
     with pytest.raises(ServingError) as info:
