@@ -116,7 +116,7 @@ def parse_redis_url(url: str) -> RedisAddress:
 
 
 def _db_number(text: str, url: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"invalid database number {text!r} in cache URL {url!r}")
     return int(text)
 

@@ -22,15 +22,18 @@ INT64_MAX = (1 << 63) - 1
 
 
 def list_versions(base_path: str) -> dict[int, str] | None:
-    """{version: directory} under base_path; None when base_path does not exist."""
+    """{version: directory} under base_path; None when base_path does not exist or cannot be
+    read (the caller logs it and tries again at the next poll)."""
     try:
         entries = list(os.scandir(base_path))
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     versions: dict[int, str] = {}
     for entry in entries:
         name = entry.name
-        if not name.isdigit() or not entry.is_dir():
+        # ASCII digits only: str.isdigit() also takes "³" or "٨", which int() refuses or reads
+        # as another number; TF Serving parses version names as plain int64.
+        if not (name.isascii() and name.isdigit()) or not entry.is_dir():
             continue
         version = int(name)
         if version > INT64_MAX:

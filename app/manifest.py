@@ -112,7 +112,7 @@ def split_version_url(url: str) -> tuple[str, int]:
     """`s3://b/models/m/3` -> (`s3://b/models/m`, 3)."""
     parts = urllib.parse.urlsplit(url)
     head, _, last = parts.path.rstrip("/").rpartition("/")
-    if not last.isdigit():
+    if not (last.isascii() and last.isdigit()):
         raise ValueError(f"{url!r}: the last path component must be the version number")
     return urllib.parse.urlunsplit(parts._replace(path=head)), int(last)
 

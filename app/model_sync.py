@@ -208,7 +208,7 @@ def prune_backups(backup_root: str, keep: int) -> None:
 
     def stamp(name: str) -> int:
         suffix = name.rpartition(".")[2]
-        return int(suffix) if suffix.isdigit() else 0
+        return int(suffix) if suffix.isascii() and suffix.isdigit() else 0
 
     names = sorted(os.listdir(backup_root), key=stamp, reverse=True)
     for name in names[max(keep, 0) :]:

@@ -178,7 +178,7 @@ def check_source(options: SourceOptions) -> None:
 
 def _host_port(endpoint: str) -> tuple[str, int]:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"endpoint {endpoint!r}: expected HOST:PORT")
     return host, int(port)
 
@@ -356,7 +356,7 @@ class RemoteStore:
         versions = []
         for entry in entries:
             name = posixpath.basename(entry["name"].rstrip("/"))
-            if entry.get("type") != "directory" or not name.isdigit():
+            if entry.get("type") != "directory" or not (name.isascii() and name.isdigit()):
                 continue
             if str(int(name)) != name:  # the local copy is named str(version)
                 log.warning("%s/%s: skipped; name versions without leading zeros", self.url, name)

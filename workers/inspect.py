@@ -108,7 +108,7 @@ def resolve_export_dir(path: str) -> str:
     """
     if _has_saved_model(path) or not os.path.isdir(path):
         return path
-    versions = [name for name in os.listdir(path) if name.isdigit()]
+    versions = [name for name in os.listdir(path) if name.isascii() and name.isdigit()]
     if not versions:
         return path
     latest = max(versions, key=int)

@@ -133,7 +133,7 @@ def reclaim_stale_segments() -> list[str]:
             if not entry.startswith(SEGMENT_PREFIX):
                 continue
             pid_text = entry[len(SEGMENT_PREFIX) :].split(".", 1)[0]
-            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            if not (pid_text.isascii() and pid_text.isdigit()) or _pid_alive(int(pid_text)):
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(SHM_DIR, entry))
