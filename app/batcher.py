@@ -84,8 +84,9 @@ class _Queue:
         return -(-self.rows // self.params.execution_batch_size)
 
 
-BatchObserver = Callable[[ServableId, list[int], int, list[float]], None]
-# (servable, rows per task, padding rows, queueing seconds per task), when a batch starts
+BatchObserver = Callable[[ServableId, list[int], int, list[float], str], None]
+# (servable, rows per task, padding rows, queueing seconds per task, thread_pool_name), when a
+# batch starts
 
 
 class Batcher:
@@ -318,6 +319,7 @@ class Batcher:
                     [t.rows for t in tasks],
                     pad_rows,
                     [now - t.enqueued_at for t in tasks],
+                    queue.params.thread_pool_name,
                 )
             parts = [t.inputs for t in tasks]
             try:

@@ -32,7 +32,8 @@ class BatchingPolicy:
         self.global_params = (
             model_config.load_batching_parameters(settings.batching_parameters_file)
             if settings.batching_parameters_file
-            else BatchingParameters()
+            # server.cc's defaults without a file, which name the pool differently
+            else BatchingParameters(thread_pool_name="model_server_batch_threads")
         )
         self.overrides: dict[str, BatchingParameters] = {}
         for name, section in settings.config.get("models", {}).items():

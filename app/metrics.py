@@ -282,14 +282,16 @@ def connect(
         if code.name == "OK":
             metrics.request_latency.observe(model, api, entrypoint.value, value=seconds * 1e6)
 
-    def on_batch(servable: Any, rows: list[int], pad_rows: int, queued: list[float]) -> None:
+    def on_batch(
+        servable: Any, rows: list[int], pad_rows: int, queued: list[float], pool_name: str
+    ) -> None:
         total = sum(rows) + pad_rows
         for task_rows, seconds in zip(rows, queued, strict=True):
-            metrics.queuing_latency.observe("batch_threads", value=seconds * 1e6)
+            metrics.queuing_latency.observe(pool_name, value=seconds * 1e6)
             metrics.input_batch_size.observe(servable.model, "", value=task_rows)
         metrics.processed_batch_size.observe(servable.model, "", value=total)
         metrics.padding_size.observe(servable.model, str(total), "", value=pad_rows)
-        metrics.wrapped_run_count.inc("batch_threads")
+        metrics.wrapped_run_count.inc(pool_name)
 
     def on_run(servable: Any, rows: int, run_seconds: float) -> None:
         metrics.runtime_latency.observe(servable.model, "Predict", "TF1", value=run_seconds * 1e6)

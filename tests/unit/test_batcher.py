@@ -268,6 +268,19 @@ async def test_large_request_split_when_enabled_else_refused() -> None:
     await strict.close()
 
 
+async def test_batch_observers_get_the_thread_pool_name() -> None:
+    seen: list[tuple[list[int], str]] = []
+    params = BatchingParameters(max_batch_size=4, thread_pool_name="gpu_pool")
+    batcher = Batcher(
+        RecordingPool(), lambda servable: params,  # type: ignore[arg-type]
+        observers=[lambda servable, rows, pad, queued, name: seen.append((rows, name))],
+    )
+    batcher.start()
+    await batcher.submit(SID, "s", _x(1, 2), ["y"], None)
+    assert seen == [([2], "gpu_pool")]
+    await batcher.close()
+
+
 async def test_batching_off_runs_each_request_alone() -> None:
     pool = RecordingPool()
     batcher = Batcher(pool, lambda model: None)  # type: ignore[arg-type]

@@ -192,3 +192,21 @@ def test_batching_parameters_defaults_and_errors() -> None:
     )
     with pytest.raises(ConfigError, match="Error parsing text-format BatchingParameters"):
         model_config.parse_batching_parameters("max_batch_size: oops")
+
+
+def test_batching_thread_pool_name_follows_server_cc(tmp_path: pathlib.Path) -> None:
+    """The name labels the batching metrics: "model_server_batch_threads" for --enable_batching
+    without a file, the file's thread_pool_name (default "batch_threads") with one."""
+    from app.batching_policy import BatchingPolicy
+    from app.types import ServableId
+
+    servable = ServableId("m", 1)
+    plain = BatchingPolicy(load_settings(["--model_base_path=/m", "--enable_batching"]))
+    assert plain(servable).thread_pool_name == "model_server_batch_threads"  # type: ignore[union-attr]
+    for text, name in (("", "batch_threads"), ('thread_pool_name { value: "gpu_pool" }', "gpu_pool")):
+        path = tmp_path / "batching.pbtxt"
+        path.write_text(text)
+        policy = BatchingPolicy(load_settings(
+            ["--model_base_path=/m", "--enable_batching", f"--batching_parameters_file={path}"]
+        ))
+        assert policy(servable).thread_pool_name == name  # type: ignore[union-attr]
