@@ -110,7 +110,7 @@ def _feature_bytes(name: str, values: list) -> bytes:
     if kind == "bytes":
         return _field(1, b"".join(_field(1, item) for item in items))
     if kind == "float":
-        return _field(2, _field(1, to_float32(items).astype("<f4").tobytes()))
+        return _field(2, _field(1, to_float32(items).astype("<f4", copy=False).tobytes()))
     return _field(3, _field(1, b"".join(varint(item) for item in items)))
 
 

@@ -81,8 +81,8 @@ class Discovery:
         never scanned: that would remember its directories, and re-adding it later would
         then look like nothing changed on disk and load nothing."""
         for name in list(self.registry.models if names is None else names):
-            model = self.registry.models.get(name)
-            if model is None or name in self.registry.dropped:
+            model = self.registry.configured(name)
+            if model is None:
                 continue
             base_path = model.config.base_path
             found = list_versions(base_path)

@@ -162,8 +162,8 @@ class Server:
     def _check_platforms(self, configs: list[ModelConfig]) -> None:
         """ServerCore::ValidateNoModelsChangePlatforms, then the platforms tfgate serves."""
         for config in configs:
-            current = self.registry.models.get(config.name)
-            if current is None or config.name in self.registry.dropped:
+            current = self.registry.configured(config.name)
+            if current is None:
                 continue
             if config.platform != current.config.platform:
                 raise ServingError(

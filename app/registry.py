@@ -198,15 +198,26 @@ class Registry:
             if version not in model.versions:
                 model.versions[version] = VersionRecord(version, on_disk[version])
 
+    def configured(self, name: str) -> ModelRecord | None:
+        """The model's record while the config lists it (None if unknown or dropped)."""
+        return None if name in self.dropped else self.models.get(name)
+
+    def _label_allowed(self, model: ModelRecord | None, label: str, version: int) -> bool:
+        """ServerCore::UpdateModelVersionLabelMap's rule: a label may point at an AVAILABLE
+        version; with --allow_version_labels_for_unavailable_models also at any other,
+        unless that moves a label that already points elsewhere."""
+        record = model.versions.get(version) if model is not None else None
+        if record is not None and record.state is VersionState.AVAILABLE:
+            return True
+        current = model.labels.get(label) if model is not None else None
+        return self.allow_labels_for_unavailable and current in (None, version)
+
     def apply_labels(self, name: str) -> None:
-        """Apply configured labels; a label may only point at an AVAILABLE version."""
+        """Apply configured labels; a label that may not move yet keeps its version."""
         model = self.models[name]
         labels: dict[str, int] = {}
         for label, version in model.config.labels:
-            record = model.versions.get(version)
-            available = record is not None and record.state is VersionState.AVAILABLE
-            is_new = label not in model.labels
-            if available or (self.allow_labels_for_unavailable and is_new):
+            if self._label_allowed(model, label, version):
                 labels[label] = version
             elif label in model.labels:
                 labels[label] = model.labels[label]
@@ -219,16 +230,9 @@ class Registry:
         version that is not AVAILABLE. TF Serving's text for the first violation, or None.
         (At startup tfgate does not check: labels apply once their versions are AVAILABLE.)"""
         for config in configs:
-            model = self.models.get(config.name)
-            if model is not None and config.name in self.dropped:
-                model = None  # dropped earlier: nothing of it counts as available
+            model = self.configured(config.name)  # a dropped model has nothing AVAILABLE
             for label, version in config.labels:
-                record = model.versions.get(version) if model is not None else None
-                if record is not None and record.state is VersionState.AVAILABLE:
-                    continue
-                current = model.labels.get(label) if model is not None else None
-                moves = current is not None and current != version
-                if self.allow_labels_for_unavailable and not moves:
+                if self._label_allowed(model, label, version):
                     continue
                 return (
                     f"Request to assign label to version {version} of model {config.name}, "
