@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import subprocess
@@ -28,6 +29,15 @@ def usage() -> str:
         note = " (ignored by tfgate)" if flag.ignored else ""
         lines.append(f"\t--{flag.name}={default}\t{kind}\t{flag.help}{note}")
     return "\n".join(lines)
+
+
+def tensorflow_version() -> str:
+    """The installed TF's version, read from its package metadata (importing TF would load
+    its whole runtime just to print a line)."""
+    try:
+        return importlib.metadata.version("tensorflow")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def configure_logging(settings: Settings) -> None:
@@ -53,6 +63,7 @@ def serve(argv: Sequence[str]) -> int:
         return 1
     if settings.version:
         print(f"TensorFlow ModelServer: tfgate-{__version__}")
+        print(f"TensorFlow Library: {tensorflow_version()}")
         return 0
     configure_logging(settings)
     log = logging.getLogger("tfgate")

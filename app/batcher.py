@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -68,7 +69,10 @@ class _Task:
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
     deadline: float | None
-    enqueued_at: float
+    enqueued_at: float  # loop.time(): batch timeouts are scheduled on the loop's clock
+    # perf_counter() for the queuing_latency metric: uvloop's loop.time() is cached per
+    # iteration in whole milliseconds, so most queue waits would read as 0.
+    enqueued_perf: float
 
 
 @dataclasses.dataclass(eq=False)
@@ -211,7 +215,9 @@ class Batcher:
                 "The batch scheduling queue to which this task was submitted is full",
             )
         loop = asyncio.get_running_loop()
-        task = _Task(inputs, rows, loop.create_future(), deadline, loop.time())
+        task = _Task(
+            inputs, rows, loop.create_future(), deadline, loop.time(), time.perf_counter()
+        )
         queue.tasks.append(task)
         queue.rows += rows
         self._wake.set()
@@ -306,19 +312,20 @@ class Batcher:
         if not tasks:
             return
         self._in_flight += 1
-        running = asyncio.create_task(self._execute(queue, tasks, rows, now))
+        running = asyncio.create_task(self._execute(queue, tasks, rows))
         self._running.add(running)
         running.add_done_callback(self._running.discard)
 
-    async def _execute(self, queue: _Queue, tasks: list[_Task], rows: int, now: float) -> None:
+    async def _execute(self, queue: _Queue, tasks: list[_Task], rows: int) -> None:
         try:
             pad_rows = padding_for(rows, queue.params.allowed_batch_sizes)
+            dispatched = time.perf_counter()
             for observer in self.observers:
                 observer(
                     queue.servable,
                     [t.rows for t in tasks],
                     pad_rows,
-                    [now - t.enqueued_at for t in tasks],
+                    [dispatched - t.enqueued_perf for t in tasks],
                     queue.params.thread_pool_name,
                 )
             parts = [t.inputs for t in tasks]

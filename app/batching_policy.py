@@ -1,9 +1,11 @@
-"""Which BatchingParameters apply to a servable, from TF Serving's flags and files and the
-tfgate TOML config; the batcher asks this for every request's servable.
+"""Which BatchingParameters apply to a servable, from the SessionBundleConfig
+(app/session_bundle.py: TF Serving's flags or --platform_config_file), the version
+directories and the tfgate TOML config; the batcher asks this for every request's servable.
 
 Precedence: per-model [models.NAME.batching] in the TOML config, then the version's own
 batching_params.pbtxt (with --enable_per_model_batching_parameters), then
---batching_parameters_file, then TF Serving's defaults. None means batching is off.
+--batching_parameters_file (or the platform config's batching_parameters), then TF Serving's
+defaults. None means batching is off.
 A version's batching_params.pbtxt is read before the version loads (the VersionManager calls
 read_version_file), as TF Serving's SavedModel adapter does: a bad file fails that load.
 """
@@ -17,7 +19,8 @@ from typing import Any
 from app import model_config
 from app.batcher import BatchingParameters
 from app.errors import Code, ServingError
-from app.settings import Settings, SettingsError
+from app.session_bundle import SessionBundleSettings
+from app.settings import SettingsError
 from app.types import ServableId
 
 VERSION_FILE = "batching_params.pbtxt"
@@ -26,17 +29,16 @@ VERSION_FILE = "batching_params.pbtxt"
 class BatchingPolicy:
     """Callable: servable -> BatchingParameters, or None when batching is off for it."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.enabled = settings.enable_batching
-        self.per_model_files = settings.enable_per_model_batching_parameters
-        self.global_params = (
-            model_config.load_batching_parameters(settings.batching_parameters_file)
-            if settings.batching_parameters_file
-            # server.cc's defaults without a file, which name the pool differently
-            else BatchingParameters(thread_pool_name="model_server_batch_threads")
+    def __init__(self, bundle: SessionBundleSettings, tfgate_config: dict[str, Any]) -> None:
+        """`tfgate_config`: the parsed TOML config (its [models.NAME.batching] sections)."""
+        self.enabled = bundle.batching is not None
+        self.per_model_files = bundle.per_model_batching
+        # With batching off only the TOML overrides batch, on top of server.cc's defaults.
+        self.global_params = bundle.batching or BatchingParameters(
+            thread_pool_name="model_server_batch_threads"
         )
         self.overrides: dict[str, BatchingParameters] = {}
-        for name, section in settings.config.get("models", {}).items():
+        for name, section in tfgate_config.get("models", {}).items():
             batching = section.get("batching")
             if batching:
                 merged = dataclasses.replace(self.global_params, **_batching_fields(batching))

@@ -38,6 +38,7 @@ from app.model_sync import SyncConfig
 from app.model_sync_loop import ModelSync, load_sync_configs, sync_table_models
 from app.registry import ModelConfig, Registry
 from app.service import ServingService
+from app.session_bundle import SessionBundleSettings, session_bundle_settings
 from app.settings import Settings, SettingsError
 from app.worker_pool import WorkerPool
 from app.worker_process import PoolOptions
@@ -64,7 +65,7 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
-def pool_options(settings: Settings) -> PoolOptions:
+def pool_options(settings: Settings, bundle: SessionBundleSettings) -> PoolOptions:
     gpus = detect_gpus()
     if settings.num_gpu_workers >= 0:
         gpus = gpus[: settings.num_gpu_workers]
@@ -72,8 +73,7 @@ def pool_options(settings: Settings) -> PoolOptions:
         num_workers=len(gpus) or settings.num_cpu_workers,
         gpu_ids=tuple(gpus),
         arena_bytes=settings.worker_arena_bytes,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
+        session_config=bundle.session_config,
         load_threads=max(1, settings.num_load_threads),
         watchdog_seconds=settings.worker_watchdog_seconds,
         log_level=settings.tensorflow_model_server_log_level.upper(),
@@ -212,16 +212,17 @@ async def build_server(settings: Settings) -> Server:
     configs = model_configs(settings)
     registry = Registry(settings.allow_version_labels_for_unavailable_models)
     registry.configure(configs)
-    pool = WorkerPool(pool_options(settings))
-    batching_policy = BatchingPolicy(settings)
+    bundle = session_bundle_settings(settings)
+    pool = WorkerPool(pool_options(settings, bundle))
+    batching_policy = BatchingPolicy(bundle, settings.config)
     batcher = Batcher(pool, batching_policy)
     manager = VersionManager(
         registry,
         pool,
         LoadOptions(
-            tags=settings.saved_model_tag_list,
-            enable_warmup=settings.enable_model_warmup,
-            warmup_iterations=settings.num_request_iterations_for_warmup,
+            tags=bundle.saved_model_tags,
+            enable_warmup=bundle.enable_model_warmup,
+            warmup_iterations=bundle.warmup_iterations,
             max_num_load_retries=settings.max_num_load_retries,
             load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
         ),
@@ -299,8 +300,9 @@ def inference_auth(settings: Settings) -> InferenceAuth:
 
 
 def monitoring_path(settings: Settings) -> str:
-    """TF Serving serves Prometheus metrics only when the monitoring config enables it."""
-    if not settings.monitoring_config_file:
+    """TF Serving serves Prometheus metrics only when the monitoring config enables it, and
+    reads that file only when it serves REST at all."""
+    if not settings.monitoring_config_file or not settings.rest_api_port:
         return ""
     config = model_config.load_monitoring_config(settings.monitoring_config_file)
     if not config.prometheus_config.enable:

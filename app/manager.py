@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from app.errors import Code, ServingError
 from app.registry import Action, ModelRecord, Registry, VersionRecord, plan_next_action
@@ -52,6 +52,9 @@ class VersionManager:
         self.pool = pool
         self.options = options
         self.observers = observers or []
+        # load_observers(version_path, ok): once per load attempt, retries and in-place
+        # reloads included (TF's load_attempt_count)
+        self.load_observers: list[Callable[[str, bool], None]] = []
         # Reads what a version brings besides its SavedModel (batching_policy's
         # batching_params.pbtxt); a ServingError from it fails the load.
         self.before_load = before_load
@@ -143,7 +146,7 @@ class VersionManager:
             try:
                 if self.before_load is not None:
                     self.before_load(servable, record.path)
-                data = await self.pool.load(servable, spec)
+                data = await self._attempt(record.path, self.pool.load(servable, spec))
                 record.metadata = ServableMetadata.from_bytes(data)
                 record.needs_reload = False
                 self._set_state(model, version, VersionState.AVAILABLE, None)
@@ -172,6 +175,18 @@ class VersionManager:
                     exc.message,
                 )
                 await asyncio.sleep(self.options.load_retry_interval_seconds)
+
+    async def _attempt(self, path: str, load: Awaitable[bytes]) -> bytes:
+        """One load attempt, reported to the load observers (a cancelled one is not)."""
+        try:
+            data = await load
+        except ServingError:
+            for observer in self.load_observers:
+                observer(path, False)
+            raise
+        for observer in self.load_observers:
+            observer(path, True)
+        return data
 
     async def _unload(self, model: ModelRecord, version: int) -> None:
         record = model.versions[version]

@@ -176,6 +176,11 @@ class Metrics:
             ("model",),
             BATCH_SIZE_BUCKETS,
         )
+        self.request_example_count_total = Counter(
+            p + "request_example_count_total",
+            "The total number of tensorflow.Examples.",
+            ("model",),
+        )
         self.queuing_latency = Histogram(
             p + "batching_session:queuing_latency",
             "Distribution of wall time spent (in microseconds) in queuing",
@@ -238,6 +243,7 @@ class Metrics:
             self.request_latency,
             self.runtime_latency,
             self.request_example_counts,
+            self.request_example_count_total,
             self.queuing_latency,
             self.input_batch_size,
             self.processed_batch_size,
@@ -280,7 +286,10 @@ def connect(
     def on_request(model: str, api: str, entrypoint: Any, code: Any, seconds: float) -> None:
         metrics.request_count.inc(model, code.name)
         if code.name == "OK":
-            metrics.request_latency.observe(model, api, entrypoint.value, value=seconds * 1e6)
+            # TF Serving's gRPC handlers name the API by its RPC ("Predict"); its REST
+            # handler by the URL's verb ("predict").
+            label = api.capitalize() if entrypoint.value == "GRPC" else api
+            metrics.request_latency.observe(model, label, entrypoint.value, value=seconds * 1e6)
 
     def on_batch(
         servable: Any, rows: list[int], pad_rows: int, queued: list[float], pool_name: str
@@ -299,12 +308,24 @@ def connect(
 
     def on_state(servable: Any, state: Any, error: Any) -> None:
         metrics.model_state.set(servable.model, str(servable.version), value=int(state))
-        if state.name == "AVAILABLE" or (state.name == "END" and error is not None):
-            status = "success" if error is None else error.code.name
-            metrics.load_attempt_count.inc(servable.model, status)
+
+    def on_examples(model: str, examples: int) -> None:
+        metrics.request_example_counts.observe(model, value=examples)
+        metrics.request_example_count_total.inc(model, amount=examples)
+
+    def on_load_attempt(version_path: str, ok: bool) -> None:
+        # TF's SavedModel loader counts every attempt under its export directory.
+        metrics.load_attempt_count.inc(version_path, "success" if ok else "fail")
 
     service.observers.append(on_request)
+    service.example_observers.append(on_examples)
     batcher.observers.append(on_batch)
     pool.on_run.append(on_run)
+    pool.on_warmup.append(
+        # saved_model_warmup_util labels a finished warmup with its status text ("OK"); a
+        # failed one fails the load and is counted by load_attempt_count instead.
+        lambda path, seconds: metrics.model_warmup_latency.observe(path, "OK", value=seconds * 1e6)
+    )
     pool.on_restart.append(lambda index: metrics.worker_restarts.inc(str(index)))
     manager.observers.append(on_state)
+    manager.load_observers.append(on_load_attempt)

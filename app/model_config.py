@@ -22,7 +22,7 @@ class ConfigError(Exception):
     """A config file is invalid; the message is TF Serving's text where one exists."""
 
 
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -117,7 +117,7 @@ def _policy(entry: model_server_config_pb2.ModelConfig) -> VersionPolicy:
 
 
 def load_model_server_config(path: str) -> list[ModelConfig]:
-    return parse_model_server_config(_read(path))
+    return parse_model_server_config(read_text(path))
 
 
 def single_model_config(name: str, base_path: str) -> ModelConfig:
@@ -135,6 +135,13 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
         raise ConfigError(
             f"Error parsing text-format BatchingParameters in {source}: {exc}"
         ) from None
+    return batching_parameters_from_proto(proto)
+
+
+def batching_parameters_from_proto(
+    proto: serving_config_pb2.BatchingParameters,
+) -> BatchingParameters:
+    """TF Serving's defaults for the fields left unset, and its checks."""
     defaults = BatchingParameters()
     max_batch_size = (
         proto.max_batch_size.value
@@ -183,13 +190,13 @@ def validate_allowed_batch_sizes(allowed: tuple[int, ...], max_batch_size: int) 
 
 
 def load_batching_parameters(path: str) -> BatchingParameters:
-    return parse_batching_parameters(_read(path), path)
+    return parse_batching_parameters(read_text(path), path)
 
 
 def load_monitoring_config(path: str) -> serving_config_pb2.MonitoringConfig:
     config = serving_config_pb2.MonitoringConfig()
     try:
-        text_format.Parse(_read(path), config)
+        text_format.Parse(read_text(path), config)
     except text_format.ParseError as exc:
         raise ConfigError(f"Error parsing text-format MonitoringConfig in {path}: {exc}") from None
     return config
@@ -198,7 +205,7 @@ def load_monitoring_config(path: str) -> serving_config_pb2.MonitoringConfig:
 def load_ssl_config(path: str) -> serving_config_pb2.SSLConfig:
     config = serving_config_pb2.SSLConfig()
     try:
-        text_format.Parse(_read(path), config)
+        text_format.Parse(read_text(path), config)
     except text_format.ParseError as exc:
         raise ConfigError(f"Error parsing text-format SSLConfig in {path}: {exc}") from None
     return config

@@ -29,7 +29,9 @@ def _import_without_tf_runtime() -> None:
         import tensorflow.core.example.example_pb2
         import tensorflow.core.framework.tensor_pb2
         import tensorflow.core.framework.types_pb2
-        import tensorflow.core.protobuf.meta_graph_pb2  # noqa: F401
+        import tensorflow.core.protobuf.config_pb2
+        import tensorflow.core.protobuf.meta_graph_pb2
+        import tensorflow.core.protobuf.named_tensor_pb2  # noqa: F401
         import tensorflow_serving.apis.classification_pb2
         import tensorflow_serving.apis.get_model_metadata_pb2
         import tensorflow_serving.apis.get_model_status_pb2
@@ -41,7 +43,8 @@ def _import_without_tf_runtime() -> None:
         import tensorflow_serving.apis.prediction_service_pb2
         import tensorflow_serving.apis.prediction_service_pb2_grpc
         import tensorflow_serving.apis.regression_pb2
-        import tensorflow_serving.config.model_server_config_pb2  # noqa: F401
+        import tensorflow_serving.config.model_server_config_pb2
+        import tensorflow_serving.config.platform_config_pb2  # noqa: F401
     finally:
         if sys.modules.get("tensorflow") is stand_in:
             del sys.modules["tensorflow"]
@@ -51,7 +54,7 @@ _import_without_tf_runtime()
 
 from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
-from tensorflow.core.protobuf import meta_graph_pb2  # noqa: E402
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, named_tensor_pb2  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     classification_pb2,
     get_model_metadata_pb2,
@@ -68,10 +71,16 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+from tensorflow_serving.config import model_server_config_pb2, platform_config_pb2  # noqa: E402
+
+# TF's messages that tfgate's own protos import (proto/session_bundle_config.proto);
+# scripts/gen_protos.py hands their descriptors to protoc.
+TF_IMPORTED_BY_TFGATE = (config_pb2, named_tensor_pb2)
 
 __all__ = [
+    "TF_IMPORTED_BY_TFGATE",
     "classification_pb2",
+    "config_pb2",
     "example_pb2",
     "feature_pb2",
     "get_model_metadata_pb2",
@@ -84,6 +93,8 @@ __all__ = [
     "model_server_config_pb2",
     "model_service_pb2",
     "model_service_pb2_grpc",
+    "named_tensor_pb2",
+    "platform_config_pb2",
     "predict_pb2",
     "prediction_log_pb2",
     "prediction_service_pb2",

@@ -82,6 +82,8 @@ class ServingService:
         self.method_name_check = enable_signature_method_name_check
         # observers(model, api, entrypoint, code, seconds): metrics and access logs
         self.observers = list(observers)
+        # example_observers(model, examples): per classify/regress request (metrics)
+        self.example_observers: list[Callable[[str, int], None]] = []
 
     # --- predict ---
 
@@ -175,9 +177,7 @@ class ServingService:
             signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
             input_alias, classes_alias, scores_alias = classify_aliases(signature)
             # The Input is converted only after the model and signature checks, as in TF Serving.
-            examples = decode_examples()
-            if not examples:
-                raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+            examples = self._decoded_examples(spec.name, decode_examples)
             outputs = await self._run(
                 servable,
                 signature.key,
@@ -204,9 +204,7 @@ class ServingService:
             servable, metadata = self.registry.resolve(spec)
             signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
             input_alias, output_alias = regress_aliases(signature)
-            examples = decode_examples()
-            if not examples:
-                raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+            examples = self._decoded_examples(spec.name, decode_examples)
             outputs = await self._run(
                 servable,
                 signature.key,
@@ -217,6 +215,14 @@ class ServingService:
             )
             values = check_regress_output(outputs[output_alias], len(examples))
             return RegressResult(servable, signature.key, values)
+
+    def _decoded_examples(self, model: str, decode: Callable[[], list[bytes]]) -> list[bytes]:
+        examples = decode()
+        if not examples:
+            raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+        for observer in self.example_observers:
+            observer(model, len(examples))
+        return examples
 
     def _example_signature(
         self, metadata: ServableMetadata, name: str, method: str

@@ -81,7 +81,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tensorflow_session_parallelism", int, 0, "Sets both intra and inter op parallelism."),
     Flag("tensorflow_intra_op_parallelism", int, 0, "Intra-op threads per worker; 0 = auto."),
     Flag("tensorflow_inter_op_parallelism", int, 0, "Inter-op threads per worker; 0 = auto."),
-    Flag("tensorflow_session_config_file", str, "", "ConfigProto text file (accepted)."),
+    Flag(
+        "tensorflow_session_config_file",
+        str,
+        "",
+        "tensorflow.ConfigProto text file every session loads with; the parallelism and GPU "
+        "memory flags, when given, override it.",
+    ),
     Flag("saved_model_tags", str, "serve", "Comma-separated tags of the MetaGraphDef to load."),
     Flag("grpc_channel_arguments", str, "", "Comma-separated gRPC channel arguments k=v."),
     Flag(
@@ -100,8 +106,8 @@ FLAGS: tuple[Flag, ...] = (
         "platform_config_file",
         str,
         "",
-        "PlatformConfigMap text proto (accepted, ignored).",
-        ignored=True,
+        "PlatformConfigMap text proto; its tensorflow SessionBundleConfig replaces the "
+        "batching, session, tag and warmup flags.",
     ),
     Flag("per_process_gpu_memory_fraction", float, 0.0, "GPU memory fraction per worker."),
     Flag(
@@ -291,9 +297,26 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             "Both server_options.model_base_path and server_options.model_config_file are empty!"
         )
-    if flags["batching_parameters_file"] and not flags["enable_batching"]:
+    # server.cc checks this only when it builds the SessionBundleConfig from flags.
+    if (
+        flags["batching_parameters_file"]
+        and not flags["enable_batching"]
+        and not flags["platform_config_file"]
+    ):
         raise SettingsError(
-            "Server setup failed: --batching_parameters_file requires --enable_batching"
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
+    if (
+        flags["tensorflow_session_parallelism"] > 0
+        and flags["tensorflow_intra_op_parallelism"] > 0
+        and flags["tensorflow_inter_op_parallelism"] > 0
+    ):
+        raise SettingsError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. "
+            "You cannot configure all."
         )
     if flags["num_cpu_workers"] < 1:
         raise SettingsError("--num_cpu_workers must be at least 1")

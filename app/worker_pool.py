@@ -59,9 +59,11 @@ class WorkerPool:
         self._closing = False
         # Set whenever a (re)started worker gains a servable; see _worker_for.
         self._changed = asyncio.Event()
-        # metrics hooks: on_restart(worker_index); on_run(servable, rows, run_seconds)
+        # metrics hooks: on_restart(worker_index); on_run(servable, rows, run_seconds);
+        # on_warmup(version_path, warmup_seconds), once per worker that replayed records
         self.on_restart: list[Callable[[int], None]] = []
         self.on_run: list[Callable[[ServableId, int, float], None]] = []
+        self.on_warmup: list[Callable[[str, float], None]] = []
 
     async def start(self) -> None:
         ipc.reclaim_stale_segments()
@@ -122,6 +124,9 @@ class WorkerPool:
         if reply.code:
             raise ServingError(Code(reply.code), reply.message)
         worker.servables.add(servable)
+        if reply.warmup_records:
+            for callback in self.on_warmup:
+                callback(spec.path, reply.warmup_seconds)
         return reply.signature_defs
 
     async def unload(self, servable: ServableId) -> None:

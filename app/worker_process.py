@@ -10,6 +10,7 @@ UNAVAILABLE at once. Event-loop only (pipes are non-blocking, watched with add_r
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import itertools
@@ -36,8 +37,9 @@ class PoolOptions:
     # One entry per worker: the CUDA_VISIBLE_DEVICES value it is pinned to ("" = CPU only).
     gpu_ids: tuple[str, ...] = ()
     arena_bytes: int = 64 << 20
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    # Serialized tensorflow.ConfigProto every session loads with (app/session_bundle.py);
+    # empty: the worker's defaults.
+    session_config: bytes = b""
     load_threads: int = 1  # --num_load_threads, per worker
     watchdog_seconds: float = 120.0
     restart_backoff_seconds: float = 1.0
@@ -113,10 +115,8 @@ class WorkerProcess:
             self._request_arena.name,
             "--response-arena",
             self._response_arena.name,
-            "--intra-op-threads",
-            str(self.options.intra_op_threads),
-            "--inter-op-threads",
-            str(self.options.inter_op_threads),
+            "--session-config",
+            base64.b64encode(self.options.session_config).decode("ascii"),
             "--load-threads",
             str(self.options.load_threads),
             "--log-level",

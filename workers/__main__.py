@@ -6,6 +6,7 @@ Spawned by the gateway's worker pool (app/worker_pool.py), never by hand; see wo
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import signal
 import sys
@@ -21,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--request-arena", required=True)
     parser.add_argument("--response-arena", required=True)
-    parser.add_argument("--intra-op-threads", type=int, default=0)
-    parser.add_argument("--inter-op-threads", type=int, default=0)
+    # base64 of a serialized tensorflow.ConfigProto (the gateway's SessionBundleConfig)
+    parser.add_argument("--session-config", type=base64.b64decode, default=b"")
     parser.add_argument("--load-threads", type=int, default=1)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -43,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             reply_fd=args.reply_fd,
             request_arena=args.request_arena,
             response_arena=args.response_arena,
-            intra_op_threads=args.intra_op_threads,
-            inter_op_threads=args.inter_op_threads,
+            session_config=args.session_config,
             load_threads=args.load_threads,
         )
     )

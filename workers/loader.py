@@ -38,6 +38,8 @@ class Load:
     signature_defs: bytes = b""
     error: BaseException | None = None
     seconds: float = 0.0
+    warmup_records: int = 0  # 0: no warmup file (or warmup off)
+    warmup_seconds: float = 0.0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -52,9 +54,8 @@ class Loader:
     loads of different servables finish in any order.
     """
 
-    def __init__(self, intra_op_threads: int, inter_op_threads: int, threads: int = 1) -> None:
-        self.intra_op_threads = intra_op_threads
-        self.inter_op_threads = inter_op_threads
+    def __init__(self, session_config: bytes = b"", threads: int = 1) -> None:
+        self.session_config = session_config  # serialized ConfigProto; parsed per load
         self.finished: collections.deque[Load] = collections.deque()
         self.wake_fd, self._wake_write_fd = os.pipe()
         os.set_blocking(self.wake_fd, False)
@@ -105,6 +106,7 @@ class Loader:
             started = time.monotonic()
             try:
                 load.runner = self._build(load.request.load)
+                self._warm_up(load)
                 load.signature_defs = load.runner.signature_defs_bytes()  # type: ignore[attr-defined]
             except BaseException as exc:  # answered to the gateway, never kills the thread
                 load.error = exc
@@ -118,18 +120,27 @@ class Loader:
     def _build(self, request: worker_pb2.LoadRequest) -> object:
         from workers.runner import SavedModelRunner  # TF import happens on the first load
 
-        runner = SavedModelRunner(
-            request.path,
-            list(request.tags) or ["serve"],
-            intra_op_threads=self.intra_op_threads,
-            inter_op_threads=self.inter_op_threads,
-        )
-        if request.enable_warmup:
-            from workers.warmup import run_warmup
+        session_config = None
+        if self.session_config:
+            from tensorflow.core.protobuf import config_pb2
 
-            try:
-                run_warmup(runner, request.path, max(1, request.warmup_iterations))
-            except BaseException:
-                runner.close()
-                raise
-        return runner
+            session_config = config_pb2.ConfigProto.FromString(self.session_config)
+        return SavedModelRunner(
+            request.path, list(request.tags) or ["serve"], session_config=session_config
+        )
+
+    def _warm_up(self, load: Load) -> None:
+        """Replay the version's warmup records before it is installed (a failure fails the
+        load, and _work closes the runner)."""
+        request = load.request.load
+        if not request.enable_warmup:
+            return
+        from workers.warmup import run_warmup
+
+        started = time.monotonic()
+        load.warmup_records = run_warmup(
+            load.runner,  # type: ignore[arg-type]
+            request.path,
+            max(1, request.warmup_iterations),
+        )
+        load.warmup_seconds = time.monotonic() - started

@@ -40,8 +40,7 @@ class WorkerOptions:
     reply_fd: int
     request_arena: str
     response_arena: str
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    session_config: bytes = b""  # serialized tensorflow.ConfigProto; empty: defaults
     load_threads: int = 1
 
 
@@ -59,9 +58,7 @@ class Worker:
         self.response_regions: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
         self.next_response_seq = 1
         self.runners: dict[tuple[str, int], object] = {}
-        self.loader = Loader(
-            options.intra_op_threads, options.inter_op_threads, options.load_threads
-        )
+        self.loader = Loader(options.session_config, options.load_threads)
         # (model, version) -> loads handed to the loader and not installed yet
         self.loading: collections.Counter[tuple[str, int]] = collections.Counter()
         # An unload that arrives while its servable is still loading waits for that load, and
@@ -147,7 +144,10 @@ class Worker:
                 done.seconds,
             )
             reply = worker_pb2.WorkerReply(
-                signature_defs=done.signature_defs, rss_bytes=rss_bytes()
+                signature_defs=done.signature_defs,
+                rss_bytes=rss_bytes(),
+                warmup_records=done.warmup_records,
+                warmup_seconds=done.warmup_seconds,
             )
         reply.id = done.request.id
         return reply

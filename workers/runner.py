@@ -78,13 +78,15 @@ class SavedModelRunner:
     ) -> None:
         """Loads the MetaGraph tagged exactly `tags` from `export_dir` (a version directory).
 
-        `session_config` (e.g. from --tensorflow_session_config_file) is the base ConfigProto;
-        non-zero thread counts override its parallelism fields (0 = TF's choice).
+        `session_config` (the gateway's SessionBundleConfig: --tensorflow_session_config_file,
+        the parallelism and GPU memory flags, or --platform_config_file) is the base
+        ConfigProto; non-zero thread counts override its parallelism fields (0 = TF's choice).
         Raises RunnerError with TF's status code and a message naming `export_dir`.
         """
         self.export_dir = str(export_dir)
         self.tags: tuple[str, ...] = tuple(tags)
         config = _session_config(session_config, intra_op_threads, inter_op_threads)
+        self.session_config = config  # what the session was created with
         self._lock = threading.Lock()
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _CallPlan] = {}
         self._graph: tf.Graph | None = tf.Graph()

@@ -220,7 +220,7 @@ def test_batching_file_without_enable_batching_fails(tmp_path, tfs_testdata) -> 
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
-    assert "--batching_parameters_file requires --enable_batching" in result.stderr
+    assert "batching_parameters_file is set without setting server_options.enable_batching to true." in result.stderr
 
 
 def test_per_model_batching_files_and_toml_overrides(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -347,3 +347,44 @@ def test_error_texts_are_json(server: ServerProcess) -> None:
     assert response.status_code == 400
     assert re.fullmatch(r"Task size 65 is larger than maximum input batch size 64",
                         json.loads(response.text)["error"])
+
+
+PLATFORM_CONFIG = """
+platform_configs {
+  key: "tensorflow"
+  value {
+    source_adapter_config {
+      [type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] {
+        legacy_config {
+          session_config { intra_op_parallelism_threads: 1 inter_op_parallelism_threads: 1 }
+          batching_parameters {
+            max_batch_size { value: 16 }
+            allowed_batch_sizes: 8
+            allowed_batch_sizes: 16
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_platform_config_file_turns_batching_on(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--platform_config_file alone (no --enable_batching): its batching_parameters batch
+    and pad, and its session_config reaches the worker, which loads and serves with it."""
+    (tmp_path / "platform.pbtxt").write_text(PLATFORM_CONFIG)
+    proc = _start(tmp_path, [
+        "--model_name=tiny", f"--model_base_path={model_zoo.base_path('tiny')}",
+        f"--platform_config_file={tmp_path / 'platform.pbtxt'}",
+        "--tensorflow_session_parallelism=4",  # replaced by the file: logged as no effect
+    ], "platform")
+    try:
+        response = predict(proc.rest_url, "tiny", [[1.0], [2.0], [3.0]])
+        assert response.json() == {"predictions": [[2.5], [3.0], [3.5]]}
+        padding = metric(proc.rest_url, ":tensorflow:serving:batching_session:padding_size_sum",
+                         model_name="tiny")
+        assert padding == 5  # 3 rows padded up to the allowed batch size 8
+        assert "--tensorflow_session_parallelism have no effect" in proc.log()
+    finally:
+        proc.stop()

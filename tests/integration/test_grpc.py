@@ -580,6 +580,19 @@ def test_unix_socket(server: ServerProcess) -> None:
     np.testing.assert_allclose(to_numpy(response.outputs["y"]), [[3.0]])
 
 
+def test_grpc_request_latency_names_the_rpc(server: ServerProcess, prediction) -> None:  # type: ignore[no-untyped-def]
+    """TF Serving's gRPC handlers label request_latency with the RPC's name ("Predict")
+    and entrypoint GRPC (its REST handler uses the URL's lowercase verb)."""
+    prediction.Predict(predict_request("half_plus_two", x_input([1.0])), timeout=30)
+    with server.client() as http:
+        text = http.get("/metrics").text
+    assert any(
+        line.startswith(":tensorflow:serving:request_latency_count{")
+        and 'model_name="half_plus_two",API="Predict",entrypoint="GRPC"' in line
+        for line in text.splitlines()
+    )
+
+
 def test_32_concurrent_predicts(prediction) -> None:  # type: ignore[no-untyped-def]
     futures = [
         (i, prediction.Predict.future(

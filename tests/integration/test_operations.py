@@ -42,7 +42,7 @@ def test_metrics_names_and_values_after_known_traffic(tfs_testdata, tmp_path: pa
             for _ in range(3):
                 assert http.post("/v1/models/hp2:predict", json={"instances": [[1.0], [2.0]]}).status_code == 200
             assert http.post("/v1/models/hp2:predict", json={"instances": ["x"]}).status_code == 400
-            regress = {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}
+            regress = {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}, {"x": 2.0}]}
             assert http.post("/v1/models/hp2:regress", json=regress).status_code == 200
             response = http.get("/monitoring/prometheus/metrics")
             assert response.status_code == 200
@@ -66,8 +66,19 @@ def test_metrics_names_and_values_after_known_traffic(tfs_testdata, tmp_path: pa
     assert "# TYPE :tensorflow:serving:request_latency histogram" in text
     assert metric_value(text, ":tensorflow:serving:runtime_latency_count", model_name="hp2") == 4
     assert metric_value(text, ":tensorflow:serving:batching_session:input_batch_size_count") == 4
-    assert metric_value(text, ":tensorflow:serving:batching_session:input_batch_size_sum") == 7
+    assert metric_value(text, ":tensorflow:serving:batching_session:input_batch_size_sum") == 8
     assert metric_value(text, "tfgate_model_version_state", model_name="hp2", version="123") == 30
+    # classify/regress count their examples (TF Serving's RecordRequestExampleCount)
+    assert metric_value(text, ":tensorflow:serving:request_example_counts_count", model="hp2") == 1
+    assert metric_value(text, ":tensorflow:serving:request_example_counts_sum", model="hp2") == 2
+    assert metric_value(text, ":tensorflow:serving:request_example_count_total", model="hp2") == 2
+    # TF's SavedModel loader counts each attempt under the version directory
+    assert metric_value(
+        text, ":tensorflow:cc:saved_model:load_attempt_count",
+        model_path=f"{tfs_testdata}/saved_model_half_plus_two_cpu/00000123", status="success",
+    ) == 1
+    # queue waits are microseconds, not whole milliseconds of the event loop's clock
+    assert metric_value(text, ":tensorflow:serving:batching_session:queuing_latency_sum") > 0
     assert re.search(r'_bucket\{[^}]*le="\+Inf"\}', text)
 
 

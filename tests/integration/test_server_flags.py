@@ -86,7 +86,11 @@ def test_bad_model_config_file(tfs_testdata: pathlib.Path) -> None:
 def test_version_flag() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
-    assert result.stdout.startswith("TensorFlow ModelServer: tfgate-")
+    first, second = result.stdout.splitlines()
+    assert first.startswith("TensorFlow ModelServer: tfgate-")
+    import importlib.metadata
+
+    assert second == f"TensorFlow Library: {importlib.metadata.version('tensorflow')}"
 
 
 def test_unknown_argument_and_ignored_flags_do_not_stop_the_server(

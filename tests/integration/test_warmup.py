@@ -60,9 +60,16 @@ def test_warmup_records_replayed_before_serving(hp2: pathlib.Path, tmp_path: pat
             assert http.post("/v1/models/m:predict", json={"instances": [2.0]}).json() == {
                 "predictions": [3.0]
             }
+            metrics = http.get("/metrics").text
     finally:
         server.stop()
     assert "Number of warmup records read: 3." in server.log()
+    # one finished warmup of the version directory, labelled as TF Serving labels it
+    warmup = [line for line in metrics.splitlines()
+              if line.startswith(":tensorflow:serving:model_warmup_latency_count{")]
+    assert warmup == [
+        f':tensorflow:serving:model_warmup_latency_count{{model_path="{base / "1"}",status="OK"}} 1'
+    ]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ and TF thread and load thread flags reaching the workers, against a real server.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import os
 import pathlib
@@ -139,8 +140,12 @@ def test_tensorflow_thread_flags_reach_the_workers(model_zoo, tmp_path) -> None:
         (worker,) = proc.child_pids()
         with open(f"/proc/{worker}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        assert argv[argv.index(b"--intra-op-threads") + 1] == b"3"
-        assert argv[argv.index(b"--inter-op-threads") + 1] == b"2"
+        from app import protos
+
+        config = protos.config_pb2.ConfigProto.FromString(
+            base64.b64decode(argv[argv.index(b"--session-config") + 1])
+        )
+        assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (3, 2)
         assert argv[argv.index(b"--load-threads") + 1] == b"2"
         assert predict(proc.rest_url, "tiny", 2.0).json() == {"predictions": [[3.0]]}
     finally:

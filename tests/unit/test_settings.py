@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 
 import pytest
 
@@ -57,11 +58,16 @@ def test_ignored_and_unknown_flags_are_reported_not_fatal() -> None:
         (["--enable_batching=maybe", "--model_base_path=/m"], "Illegal value 'maybe'"),
         ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
         (["--port=0", "--model_base_path=/m"], "At least one of server_options.grpc_port"),
-        (["--model_base_path=/m", "--batching_parameters_file=/b"], "requires --enable_batching"),
+        (["--model_base_path=/m", "--batching_parameters_file=/b"],
+         "server_options.batching_parameters_file is set without setting "
+         "server_options.enable_batching to true."),
+        (["--model_base_path=/m", "--tensorflow_session_parallelism=2",
+          "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1"],
+         "Either configure server_options.tensorflow_session_parallelism or"),
     ],
 )
 def test_startup_errors(argv: list[str], message: str) -> None:
-    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SettingsError, match=re.escape(message)):
         load_settings(argv)
 
 
@@ -194,19 +200,26 @@ def test_batching_parameters_defaults_and_errors() -> None:
         model_config.parse_batching_parameters("max_batch_size: oops")
 
 
+def _policy(argv: list[str]):  # type: ignore[no-untyped-def]
+    from app.batching_policy import BatchingPolicy
+    from app.session_bundle import session_bundle_settings
+
+    settings = load_settings(argv)
+    return BatchingPolicy(session_bundle_settings(settings), settings.config)
+
+
 def test_batching_thread_pool_name_follows_server_cc(tmp_path: pathlib.Path) -> None:
     """The name labels the batching metrics: "model_server_batch_threads" for --enable_batching
     without a file, the file's thread_pool_name (default "batch_threads") with one."""
-    from app.batching_policy import BatchingPolicy
     from app.types import ServableId
 
     servable = ServableId("m", 1)
-    plain = BatchingPolicy(load_settings(["--model_base_path=/m", "--enable_batching"]))
+    plain = _policy(["--model_base_path=/m", "--enable_batching"])
     assert plain(servable).thread_pool_name == "model_server_batch_threads"  # type: ignore[union-attr]
     for text, name in (("", "batch_threads"), ('thread_pool_name { value: "gpu_pool" }', "gpu_pool")):
         path = tmp_path / "batching.pbtxt"
         path.write_text(text)
-        policy = BatchingPolicy(load_settings(
+        policy = _policy(
             ["--model_base_path=/m", "--enable_batching", f"--batching_parameters_file={path}"]
-        ))
+        )
         assert policy(servable).thread_pool_name == name  # type: ignore[union-attr]
