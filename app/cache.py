@@ -169,6 +169,7 @@ class ResultCache:
         cache_control: str | None,
         deadline: float | None,
         compute: Compute,
+        fingerprint: bytes = b"",
     ) -> Tensors:
         """The request's outputs: cached rows from Redis, rows other requests are computing
         right now, and the rest from `compute` (the batcher), merged in row order."""
@@ -181,7 +182,9 @@ class ResultCache:
             return await compute(inputs)
         if not policy.read:
             self._bypass(servable.model, "no_cache")
-        request = self._request(servable, signature, inputs, output_aliases, settings, policy)
+        request = self._request(
+            servable, signature, inputs, output_aliases, settings, policy, fingerprint
+        )
         request.deadline = deadline  # followers wait for a leader no longer than this
         await self._lookup(request)
         try:
@@ -206,8 +209,11 @@ class ResultCache:
         output_aliases: Sequence[str],
         settings: ModelCacheConfig,
         policy: CachePolicy,
+        fingerprint: bytes,
     ) -> _Request:
-        context = KeyContext(servable.model, servable.version, signature, tuple(output_aliases))
+        context = KeyContext(
+            servable.model, servable.version, signature, tuple(output_aliases), fingerprint
+        )
         rows = row_count(inputs)
         if rows:
             keys = row_keys(context, inputs, rows)

@@ -97,6 +97,9 @@ class KeyContext:
     version: int
     signature: str
     output_aliases: tuple[str, ...]  # resolved, in the order the outputs are returned
+    # registry.VersionRecord.fingerprint: the loaded files' digest, so a version replaced
+    # in place (model sync, a swapped directory) never answers from the old files' entries
+    fingerprint: bytes = b""
 
 
 def _field(hasher: hashlib._Hash, data: bytes) -> None:
@@ -132,6 +135,7 @@ def _cached_prefix(
     _field(hasher, kind)
     _field(hasher, context.model.encode("utf-8", "surrogateescape"))
     _field(hasher, _I64.pack(context.version))
+    _field(hasher, context.fingerprint)
     _field(hasher, context.signature.encode("utf-8", "surrogateescape"))
     _field(hasher, _U32.pack(len(context.output_aliases)))
     for alias in context.output_aliases:

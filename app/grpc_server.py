@@ -172,6 +172,7 @@ async def start(server: Server) -> grpc.aio.Server:
             server.reload_model_config,
             server.inference_auth,
             server.metrics.counter_total,
+            server.admin_tokens,
         ),
         grpc_server,
     )

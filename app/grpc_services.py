@@ -20,6 +20,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from app import codec_example, codec_proto, codec_status, model_config
+from app.admin import AdminTokens
 from app.auth import InferenceAuth, credential_from
 from app.errors import Code, ServingError
 from app.protos import (
@@ -393,10 +394,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         reload_model_config: ReloadConfig,
         auth: InferenceAuth | None = None,
         counter_total: Callable[[str], int] = lambda _name: 0,
+        admin_tokens: AdminTokens | None = None,
     ) -> None:
         self.service = service
         self.reload_model_config = reload_model_config
         self.auth = auth or InferenceAuth.disabled()
+        self.admin_tokens = admin_tokens or AdminTokens([])
         self.counter_total = counter_total  # Metrics.counter_total, for metric_names
 
     @translated
@@ -421,6 +424,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         request: model_management_pb2.ReloadConfigRequest,
         context: grpc.aio.ServicerContext,
     ) -> model_management_pb2.ReloadConfigResponse:
+        # TF Serving has no auth, so an open tfgate takes reloads from anyone, as it does.
+        # Once inference keys or admin tokens are configured, replacing the model list is
+        # an admin action: it needs an admin token, as POST /v1/admin/reload-config does.
+        if self.auth.enabled or self.admin_tokens.configured:
+            metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+            self.admin_tokens.check(metadata.get("authorization"))
         if request.config.WhichOneof("config") != "model_config_list":
             raise ServingError(
                 Code.INVALID_ARGUMENT,

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from app.errors import Code, ServingError
+from app.model_fingerprint import version_fingerprint
 from app.registry import Action, ModelRecord, Registry, VersionRecord, plan_next_action
 from app.signatures import ServableMetadata
 from app.types import ServableId, VersionState
@@ -146,7 +147,11 @@ class VersionManager:
             try:
                 if self.before_load is not None:
                     self.before_load(servable, record.path)
+                # Read before the load: requests answered by the old copy meanwhile must
+                # not be cached under the new files' digest.
+                fingerprint = await asyncio.to_thread(version_fingerprint, record.path)
                 data = await self._attempt(record.path, self.pool.load(servable, spec))
+                record.fingerprint = fingerprint
                 record.metadata = ServableMetadata.from_bytes(data)
                 record.needs_reload = False
                 self._set_state(model, version, VersionState.AVAILABLE, None)

@@ -70,6 +70,9 @@ class VersionRecord:
     load_attempts: int = 0
     # The directory was replaced in place while loaded: load it again and swap.
     needs_reload: bool = False
+    # Digest of the files the loaded copy came from (model_fingerprint.py); the result
+    # cache keys on it.
+    fingerprint: bytes = b""
 
 
 @dataclasses.dataclass
@@ -284,6 +287,11 @@ class Registry:
     def acquire(self, servable: ServableId) -> None:
         """Count a request in flight on a version, so its unload waits for it."""
         self.models[servable.model].versions[servable.version].in_flight += 1
+
+    def fingerprint(self, servable: ServableId) -> bytes:
+        model = self.models.get(servable.model)
+        record = model.versions.get(servable.version) if model else None
+        return record.fingerprint if record is not None else b""
 
     def release(self, servable: ServableId) -> None:
         model = self.models.get(servable.model)

@@ -157,6 +157,7 @@ class ServingService:
                 cache_control=cache_control,
                 deadline=deadline,
                 compute=submit,
+                fingerprint=self.registry.fingerprint(servable),
             )
         finally:
             self.registry.release(servable)

@@ -240,3 +240,27 @@ def test_inference_auth_grpc(auth_server, metadata, code) -> None:  # type: igno
             except grpc.RpcError as exc:
                 outcome = exc.code().name
             assert outcome == code
+
+
+def test_grpc_reload_config_needs_an_admin_token_once_auth_is_on(auth_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With inference keys configured, HandleReloadConfigRequest replaces the model list only
+    for an admin token (this server has none, so the admin API is off): an inference key,
+    even one for every model, cannot point a model at another directory."""
+    import grpc
+
+    from app.protos import model_management_pb2, model_service_pb2_grpc
+
+    request = model_management_pb2.ReloadConfigRequest()
+    entry = request.config.model_config_list.config.add()
+    entry.name, entry.base_path, entry.model_platform = "hp2", str(tmp_path), "tensorflow"
+    with grpc.insecure_channel(f"127.0.0.1:{auth_server.grpc_port}") as channel:
+        reload = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest
+        for metadata in ((), (("authorization", "Bearer k-all"),)):
+            with pytest.raises(grpc.RpcError) as info:
+                reload(request, metadata=metadata, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "The admin API is disabled" in (info.value.details() or "")
+    with auth_server.client() as http:
+        response = http.post("/v1/models/hp2:predict", json={"instances": [2.0]},
+                             headers={"Authorization": "Bearer k-all"})
+        assert response.json() == {"predictions": [3.0]}

@@ -263,3 +263,31 @@ def test_every_numeric_dtype_hashes_per_row(dtype: type) -> None:
     keys = row_keys(BASE, {"x": array}, 3)
     assert keys[0] == keys[2] != keys[1]
     assert keys[1] == row_keys(BASE, {"x": array[1:2].copy()}, 1)[0]
+
+
+def test_keys_change_with_the_loaded_files_fingerprint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A version replaced in place (same number, new weights) gets new keys: the digest of
+    its graph and variables index is part of every key."""
+    import shutil
+
+    from app.model_fingerprint import version_fingerprint
+
+    version = tmp_path / "1"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    (version / "variables" / "variables.index").write_bytes(b"index with crc32c a")
+    (version / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights a")
+    first = version_fingerprint(str(version))
+    shutil.copytree(version, tmp_path / "copy")
+    assert version_fingerprint(str(tmp_path / "copy")) == first  # same files, same digest
+    (version / "variables" / "variables.index").write_bytes(b"index with crc32c b")
+    second = version_fingerprint(str(version))
+    assert first != second and len(first) == 16
+    assert version_fingerprint(str(tmp_path / "missing")) == b""
+
+    x = {"x": np.arange(4, dtype=np.float32).reshape(2, 2)}
+    old = dataclasses.replace(BASE, fingerprint=first)
+    new = dataclasses.replace(BASE, fingerprint=second)
+    assert set(row_keys(old, x, 2)).isdisjoint(row_keys(new, x, 2))
+    assert whole_key(old, x) != whole_key(new, x)
+    assert row_keys(old, x, 2) == row_keys(dataclasses.replace(BASE, fingerprint=first), x, 2)
