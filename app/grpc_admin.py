@@ -14,6 +14,7 @@ import orjson
 
 from app.admin import AdminApi, AdminTokens
 from app.errors import ServingError
+from app.grpc_services import call_metadata
 from proto import admin_pb2, admin_pb2_grpc
 
 
@@ -26,8 +27,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, context: grpc.aio.ServicerContext, action: Callable[[], Awaitable[Any] | Any]
     ) -> admin_pb2.AdminReply:
         try:
-            metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-            self.tokens.check(metadata.get("authorization"))
+            self.tokens.check(call_metadata(context).get("authorization"))
             result = action()
             if isinstance(result, Awaitable):
                 result = await result

@@ -127,10 +127,15 @@ def translated(
     return wrapper
 
 
+def call_metadata(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """The call's metadata by lower-case key (what the auth checks read)."""
+    return {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+
+
 def authorize(auth: InferenceAuth, context: grpc.aio.ServicerContext, model: str) -> None:
     """Inference auth (app/auth.py) from the call's metadata, when keys are configured."""
     if auth.enabled:
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        metadata = call_metadata(context)
         credential = credential_from(metadata.get("authorization"), metadata.get("x-api-key"))
         auth.check(credential, model)
 
@@ -428,8 +433,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         # Once inference keys or admin tokens are configured, replacing the model list is
         # an admin action: it needs an admin token, as POST /v1/admin/reload-config does.
         if self.auth.enabled or self.admin_tokens.configured:
-            metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-            self.admin_tokens.check(metadata.get("authorization"))
+            self.admin_tokens.check(call_metadata(context).get("authorization"))
         if request.config.WhichOneof("config") != "model_config_list":
             raise ServingError(
                 Code.INVALID_ARGUMENT,

@@ -288,14 +288,16 @@ class Registry:
         """Count a request in flight on a version, so its unload waits for it."""
         self.models[servable.model].versions[servable.version].in_flight += 1
 
-    def fingerprint(self, servable: ServableId) -> bytes:
+    def _record(self, servable: ServableId) -> VersionRecord | None:
         model = self.models.get(servable.model)
-        record = model.versions.get(servable.version) if model else None
+        return model.versions.get(servable.version) if model else None
+
+    def fingerprint(self, servable: ServableId) -> bytes:
+        record = self._record(servable)
         return record.fingerprint if record is not None else b""
 
     def release(self, servable: ServableId) -> None:
-        model = self.models.get(servable.model)
-        record = model.versions.get(servable.version) if model else None
+        record = self._record(servable)
         if record is not None:
             record.in_flight -= 1
 

@@ -47,6 +47,7 @@ def generate(out_dir: pathlib.Path) -> None:
         descriptor_set.write(tensorflow_descriptor_set())
         descriptor_set.flush()
         for proto in sorted((ROOT / "proto").glob("*.proto")):
+            source = proto.read_text()
             args = [
                 "protoc",
                 f"-I{ROOT}",
@@ -54,9 +55,9 @@ def generate(out_dir: pathlib.Path) -> None:
                 f"--python_out={out_dir}",
                 str(proto.relative_to(ROOT)),
             ]
-            if "import \"tensorflow/" in proto.read_text():
+            if "import \"tensorflow/" in source:
                 args.insert(1, f"--descriptor_set_in={descriptor_set.name}")
-            if "\nservice " in proto.read_text():
+            if "\nservice " in source:
                 args.insert(-1, f"--grpc_python_out={out_dir}")
             if protoc.main(args) != 0:
                 raise SystemExit(f"protoc failed for {proto}")
