@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--url", help="REST predict URL, e.g. "
                       "http://127.0.0.1:8501/v1/models/dnn:predict")
     load.add_argument("--grpc", help="host:port of a TF Serving gRPC endpoint")
+    load.add_argument("--grpc-client", choices=("h2", "aio"), default="h2",
+                      help="gRPC client: raw HTTP/2 (bench/grpc_h2.py) or grpc.aio")
     load.add_argument("--model", default="dnn", help="workload: tiny, dnn, cnn, image")
     load.add_argument("--rows", type=int, default=1, help="rows per request")
     load.add_argument("--concurrency", type=_ints, default=(1, 16, 64, 256))
@@ -107,7 +109,9 @@ async def run_load_command(args: argparse.Namespace) -> int:
     workload = Workload(args.model, args.rows)
     if args.grpc:
         host, port = args.grpc.rsplit(":", 1)
-        target: HttpTarget | GrpcTarget = GrpcTarget(host, int(port), workload.grpc_request())
+        target: HttpTarget | GrpcTarget = GrpcTarget(
+            host, int(port), workload.grpc_request(), client=args.grpc_client
+        )
     elif args.url:
         url = urllib.parse.urlsplit(args.url)
         target = HttpTarget(url.hostname or "127.0.0.1", url.port or 80, url.path,

@@ -1,11 +1,13 @@
-"""Load generators: raw asyncio HTTP/1.1 keep-alive and grpc.aio, closed or open loop.
+"""Load generators: raw asyncio HTTP/1.1 keep-alive and raw HTTP/2 gRPC, closed or open loop.
 
 Data path position: outside the server. bench/suite.py (or `tfgate bench load`) builds a
 Target, and run_level() drives it at a fixed concurrency (N requests always outstanding,
 one per keep-alive connection, like perf_analyzer's concurrency mode) or at a fixed request
 rate (open loop; latency counts from the scheduled send time, so a slow server cannot hide
 its queueing). Requests are pre-built bytes; the client parses only the status line and
-the body length, so one Python core drives well over 10k requests/s. Traffic goes to
+the body length, so one Python core drives well over 10k requests/s. gRPC goes over
+bench/grpc_h2.py's raw HTTP/2 connections by default, or through grpc.aio (`client="aio"`)
+to cross-check them. Traffic goes to
 127.0.0.1 only and every level is bounded in time.
 """
 
@@ -16,10 +18,12 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import grpc
 
+from bench.grpc_h2 import H2Connection
 from bench.stats import Window, stable
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -69,6 +73,7 @@ class GrpcTarget:
     port: int
     request: bytes  # a serialized tensorflow.serving.PredictRequest
     protocol: str = "grpc"
+    client: str = "h2"  # "h2": bench/grpc_h2.py; "aio": grpc.aio
 
 
 Target = HttpTarget | GrpcTarget
@@ -152,6 +157,24 @@ def _parse_chunked(buffer: bytearray, pos: int, status: int) -> tuple[int, int]:
             return status, pos
 
 
+class _Connection(Protocol):
+    busy: bool
+    closed: asyncio.Future[None]
+
+    def close(self) -> None: ...
+
+
+async def _drain_and_close(connections: Sequence[_Connection], drain_seconds: float) -> None:
+    """Let outstanding requests finish (bounded), then close every connection."""
+    deadline = time.monotonic() + drain_seconds
+    while any(c.busy for c in connections) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    for conn in connections:
+        conn.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(c.closed for c in connections)), timeout=2.0)
+
+
 class _HttpDriver:
     """Closed loop (concurrency) or open loop (rate) over raw keep-alive connections."""
 
@@ -214,15 +237,7 @@ class _HttpDriver:
 
     async def stop(self, drain_seconds: float) -> None:
         self.running = False
-        deadline = time.monotonic() + drain_seconds
-        while any(c.busy for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for conn in self.connections:
-            conn.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(c.closed for c in self.connections)), timeout=2.0
-            )
+        await _drain_and_close(self.connections, drain_seconds)
 
 
 class _GrpcDriver:
@@ -286,6 +301,61 @@ class _GrpcDriver:
             await channel.close()
 
 
+class _H2GrpcDriver:
+    """Unary Predict calls over raw HTTP/2 connections, any number outstanding on each."""
+
+    def __init__(self, target: GrpcTarget, recorder: Recorder, connections: int = 1) -> None:
+        self.target = target
+        self.recorder = recorder
+        self.running = True
+        self.count = connections
+        self.connections: list[H2Connection] = []
+        self.open_loop = False
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port, request = self.target.host, self.target.port, self.target.request
+        for _ in range(self.count):
+            _, conn = await loop.create_connection(
+                lambda: H2Connection(host, port, request), host, port
+            )
+            self.connections.append(conn)
+
+    def _done(self, conn: H2Connection, sent_ns: int, error: str | None) -> None:
+        now = time.perf_counter_ns()
+        if error is None:
+            self.recorder.ok(now - sent_ns)
+        else:
+            self.recorder.error(error)
+        # A dead connection fails calls at once: resending from here would recurse.
+        if self.running and not self.open_loop and conn.transport is not None and not conn.failed:
+            conn.call(time.perf_counter_ns(), lambda sent, err: self._done(conn, sent, err))
+
+    def start_closed(self, concurrency: int) -> None:
+        for i in range(concurrency):
+            conn = self.connections[i % len(self.connections)]
+            conn.call(time.perf_counter_ns(), lambda sent, err, c=conn: self._done(c, sent, err))
+
+    async def run_open(self, rate: float, poisson: bool) -> None:
+        self.open_loop = True
+        interval_ns = 1e9 / rate
+        next_ns = float(time.perf_counter_ns())
+        i = 0
+        while self.running:
+            now = time.perf_counter_ns()
+            while next_ns <= now:
+                conn = self.connections[i % len(self.connections)]
+                conn.call(int(next_ns), lambda sent, err, c=conn: self._done(c, sent, err))
+                i += 1
+                gap = random.expovariate(1.0) * interval_ns if poisson else interval_ns
+                next_ns += gap
+            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+
+    async def stop(self, drain_seconds: float) -> None:
+        self.running = False
+        await _drain_and_close(self.connections, drain_seconds)
+
+
 @dataclasses.dataclass(frozen=True)
 class LevelOptions:
     concurrency: int = 1  # closed loop when request_rate == 0
@@ -311,7 +381,7 @@ async def run_level(
     """Drive one level until it is stable (or max_windows); returns the windows, the probe
     snapshots taken at every window boundary (len = windows + 1) and whether it was stable."""
     recorder = Recorder()
-    driver: _HttpDriver | _GrpcDriver
+    driver: _HttpDriver | _GrpcDriver | _H2GrpcDriver
     open_task: asyncio.Task[None] | None = None
     if isinstance(target, HttpTarget):
         driver = _HttpDriver(target, recorder)
@@ -319,8 +389,11 @@ async def run_level(
         if options.request_rate:
             count = min(MAX_OPEN_LOOP_CONNECTIONS, max(8, int(options.request_rate * 0.05)))
         await driver.connect(count)
-    else:
+    elif target.client == "aio":
         driver = _GrpcDriver(target, recorder, channels=1 + options.concurrency // 64)
+    else:
+        driver = _H2GrpcDriver(target, recorder, connections=1 + options.concurrency // 64)
+        await driver.connect()
     try:
         if options.request_rate:
             open_task = asyncio.create_task(

@@ -1,0 +1,306 @@
+"""A raw asyncio HTTP/2 client for unary gRPC calls: the load generator's default gRPC driver.
+
+Data path position: outside the server, beside bench/loadgen.py's raw HTTP/1.1 driver. The
+load generator shares this machine's 2 cores with the server it measures, so every
+microsecond it spends is taken from the server. grpc.aio's client spends ~250 us of CPU on a
+64-row dnn call (64 kB); this client writes pre-built frames and reads only frame headers
+and the status in the trailers, so what it costs per call is mostly the socket writes.
+
+It speaks just enough HTTP/2 (RFC 9113) for one kind of call repeated: SETTINGS and their
+ACK, PING ACK, both directions of flow control (the request is larger than the default
+64 kB window), HEADERS/CONTINUATION decoded with hpack (header blocks repeat, so decoded
+blocks are reused while the peer's dynamic table is unchanged), RST_STREAM and GOAWAY.
+Request headers are literals that never enter the server's dynamic table, so one encoded
+block serves every stream. Responses are not parsed beyond their status: a call succeeds
+when its trailers carry grpc-status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import struct
+from collections.abc import Callable
+
+import grpc
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+
+# Frame types and flags (RFC 9113 section 6).
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    0, 1, 3, 4, 6, 7, 8, 9,
+)
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY = 0x20
+SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+SETTINGS_MAX_FRAME_SIZE = 0x5
+DEFAULT_WINDOW = 65_535
+MAX_WINDOW = 2**31 - 1
+# Received DATA is acknowledged to the server in connection-level WINDOW_UPDATEs of at
+# least this much, so the replies never stall and the updates stay rare.
+WINDOW_UPDATE_BYTES = 1 << 20
+
+# Error kinds named as the grpc.aio driver names them (grpc_UNAVAILABLE, ...).
+STATUS_NAMES = {str(code.value[0]): code.name for code in grpc.StatusCode}
+
+Done = Callable[[int, str | None], None]  # (sent_ns, error kind or None)
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
+    return struct.pack(">IBBI", len(payload), kind, flags, stream_id)[1:] + payload
+
+
+class HeaderDecoder:
+    """hpack decoding with memoized blocks.
+
+    A block whose decoding left the dynamic table as it was (only indexed fields, or literals
+    without indexing) means the same headers for as long as the table stays unchanged, so it
+    is stored; any block that changes the table drops the stored ones.
+    """
+
+    def __init__(self) -> None:
+        self.decoder = hpack.Decoder()
+        self.known: dict[bytes, list[tuple[str, str]]] = {}
+
+    def _table_state(self) -> tuple[int, int, object]:
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        return len(entries), table.maxsize, entries[0] if entries else None
+
+    def decode(self, block: bytes) -> list[tuple[str, str]]:
+        headers = self.known.get(block)
+        if headers is not None:
+            return headers
+        before = self._table_state()
+        headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
+        after = self._table_state()
+        # Identity, not equality, for the newest entry: a repeated insert makes a new tuple.
+        if before[:2] == after[:2] and before[2] is after[2]:
+            self.known[block] = headers
+        else:
+            self.known.clear()
+        return headers
+
+
+class _Stream:
+    __slots__ = ("body", "done", "sent_ns", "stream_id", "window")
+
+    def __init__(self, stream_id: int, sent_ns: int, done: Done, body: memoryview, window: int):
+        self.stream_id = stream_id
+        self.sent_ns = sent_ns
+        self.done = done
+        self.body = body  # what is still to be sent
+        self.window = window  # the server's receive window for this stream
+
+
+class H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection carrying any number of concurrent unary calls."""
+
+    def __init__(self, host: str, port: int, request: bytes, timeout_seconds: float = 60.0):
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self.streams: dict[int, _Stream] = {}
+        self.blocked: collections.deque[_Stream] = collections.deque()  # waiting for window
+        self.next_stream_id = 1
+        self.send_window = DEFAULT_WINDOW  # connection level, grown only by WINDOW_UPDATE
+        self.initial_stream_window = DEFAULT_WINDOW
+        self.max_frame_bytes = 16_384
+        self.unacknowledged_bytes = 0
+        self.buffer = bytearray()
+        self.header_block = bytearray()  # a HEADERS block waiting for its CONTINUATIONs
+        self.header_stream = 0
+        self.header_end_stream = False
+        self.decoder = HeaderDecoder()
+        self.failed: str | None = None
+        timeout_ms = max(1, int(timeout_seconds * 1000))
+        fields = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", PREDICT_PATH),
+            (":authority", f"{host}:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("grpc-timeout", f"{timeout_ms}m"),
+        ]
+        # sensitive=True: "literal never indexed", so the block has no dynamic-table effect.
+        self.request_headers = hpack.Encoder().encode([(k, v, True) for k, v in fields])
+        self.message = b"\x00" + struct.pack(">I", len(request)) + request
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        settings = struct.pack(">HIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE,
+                               MAX_WINDOW)
+        self.transport.write(
+            PREFACE
+            + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - DEFAULT_WINDOW))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail_all(self.failed or "disconnected")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        pos = 0
+        end = len(buffer)
+        while end - pos >= 9:
+            length = int.from_bytes(buffer[pos : pos + 3], "big")
+            if end - pos < 9 + length:
+                break
+            kind = buffer[pos + 3]
+            flags = buffer[pos + 4]
+            stream_id = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & MAX_WINDOW
+            payload = bytes(buffer[pos + 9 : pos + 9 + length])
+            pos += 9 + length
+            self._on_frame(kind, flags, stream_id, payload)
+        del buffer[:pos]
+
+    # -- calls --------------------------------------------------------------------------
+
+    def call(self, sent_ns: int, done: Done) -> None:
+        """Start one Predict call; done(sent_ns, error) runs when it ends."""
+        if self.next_stream_id > MAX_WINDOW:
+            self.failed = self.failed or "stream_ids_exhausted"
+        if self.transport is None or self.failed:
+            done(sent_ns, self.failed or "disconnected")
+            return
+        stream_id = self.next_stream_id
+        self.next_stream_id += 2
+        stream = _Stream(stream_id, sent_ns, done, memoryview(self.message),
+                         self.initial_stream_window)
+        self.streams[stream_id] = stream
+        self.transport.write(frame(HEADERS, END_HEADERS, stream_id, self.request_headers))
+        self._send_body(stream)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.streams)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+            self.transport.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _send_body(self, stream: _Stream) -> None:
+        """Send what the windows allow; a stream still holding data waits in `blocked`."""
+        assert self.transport is not None
+        chunks = []
+        while stream.body:
+            room = min(len(stream.body), self.send_window, stream.window, self.max_frame_bytes)
+            if room <= 0:
+                self.blocked.append(stream)
+                break
+            piece = stream.body[:room]
+            stream.body = stream.body[room:]
+            self.send_window -= room
+            stream.window -= room
+            chunks.append(frame(DATA, 0 if stream.body else END_STREAM, stream.stream_id, piece))
+        if chunks:
+            self.transport.writelines(chunks)
+
+    def _unblock(self) -> None:
+        waiting, self.blocked = self.blocked, collections.deque()
+        for stream in waiting:
+            if stream.stream_id in self.streams and self.transport is not None:
+                self._send_body(stream)
+
+    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if kind == DATA:
+            self.unacknowledged_bytes += len(payload)
+            if self.unacknowledged_bytes >= WINDOW_UPDATE_BYTES and self.transport is not None:
+                increment = struct.pack(">I", self.unacknowledged_bytes)
+                self.transport.write(frame(WINDOW_UPDATE, 0, 0, increment))
+                self.unacknowledged_bytes = 0
+            if flags & END_STREAM:  # a reply without trailers is not a gRPC success
+                self._finish(stream_id, "no_trailers")
+        elif kind == HEADERS:
+            if flags & PADDED:
+                payload = payload[1 : len(payload) - payload[0]]
+            if flags & PRIORITY:
+                payload = payload[5:]
+            self.header_block = bytearray(payload)
+            self.header_stream = stream_id
+            self.header_end_stream = bool(flags & END_STREAM)
+            if flags & END_HEADERS:
+                self._on_header_block()
+        elif kind == CONTINUATION:
+            self.header_block += payload
+            if flags & END_HEADERS:
+                self._on_header_block()
+        elif kind == WINDOW_UPDATE:
+            increment = struct.unpack(">I", payload)[0] & MAX_WINDOW
+            if stream_id == 0:
+                self.send_window += increment
+            elif (stream := self.streams.get(stream_id)) is not None:
+                stream.window += increment
+            if self.blocked:
+                self._unblock()
+        elif kind == SETTINGS and not flags & ACK:
+            self._on_settings(payload)
+        elif kind == PING and not flags & ACK and self.transport is not None:
+            self.transport.write(frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            code = struct.unpack(">I", payload)[0]
+            self._finish(stream_id, f"rst_stream_{code}")
+        elif kind == GOAWAY:
+            code = struct.unpack(">I", payload[4:8])[0]
+            self.failed = f"goaway_{code}"
+            self._fail_all(self.failed)
+            if self.transport is not None:
+                self.transport.close()
+
+    def _on_settings(self, payload: bytes) -> None:
+        for offset in range(0, len(payload) - 5, 6):
+            key, value = struct.unpack_from(">HI", payload, offset)
+            if key == SETTINGS_INITIAL_WINDOW_SIZE:
+                delta = value - self.initial_stream_window
+                self.initial_stream_window = value
+                for stream in self.streams.values():
+                    stream.window += delta
+            elif key == SETTINGS_MAX_FRAME_SIZE:
+                self.max_frame_bytes = value
+        if self.transport is not None:
+            self.transport.write(frame(SETTINGS, ACK, 0))
+        if self.blocked:
+            self._unblock()
+
+    def _on_header_block(self) -> None:
+        headers = self.decoder.decode(bytes(self.header_block))
+        if not self.header_end_stream:
+            return  # the reply's leading headers; the status comes in the trailers
+        status = None
+        for name, value in headers:
+            if name == "grpc-status":
+                status = value
+                break
+        if status == "0":
+            self._finish(self.header_stream, None)
+        else:
+            name = STATUS_NAMES.get(status or "", f"status_{status or 'missing'}")
+            self._finish(self.header_stream, f"grpc_{name}")
+
+    def _finish(self, stream_id: int, error: str | None) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.done(stream.sent_ns, error)
+
+    def _fail_all(self, error: str) -> None:
+        streams, self.streams = self.streams, {}
+        self.blocked.clear()
+        for stream in streams.values():
+            stream.done(stream.sent_ns, error)
