@@ -145,6 +145,13 @@ FLAGS: tuple[Flag, ...] = (
         120.0,
         "tfgate: kill and restart a worker that runs one batch longer than this.",
     ),
+    Flag(
+        "tensorflow_thread_spinning",
+        bool,
+        False,
+        "tfgate: let TF's idle op threads spin (TF's default); off, they sleep and leave the "
+        "cores to the gateway.",
+    ),
     Flag("worker_arena_bytes", int, 64 << 20, "tfgate: shared-memory arena size per direction."),
     Flag("rest_api_host", str, "0.0.0.0", "tfgate: address the REST server binds."),
     Flag("grpc_host", str, "0.0.0.0", "tfgate: address the gRPC server binds."),
@@ -238,7 +245,8 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], list[st
         if not has_value:
             if flag.kind is bool:
                 text = "true"
-            elif i < len(args):
+            elif i < len(args) and not args[i].startswith("--"):
+                # `--model_name --port=9000` must not name the model "--port=9000"
                 text = args[i]
                 i += 1
             else:

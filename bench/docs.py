@@ -162,13 +162,18 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
             "--enable_batching", "--batching_parameters_file=bench/batching_parameters.pbtxt",
             "--config=bench/tfgate.toml", *results.tfgate_args,
         ]) + "`",
+        "- The in-process limit uses the TF session setting tfgate's workers get by default "
+        "(idle TF threads sleep: `experimental.disable_thread_spinning`); on this machine it "
+        "runs faster so than with TF's spinning default (bench/analysis.md).",
         "- Batching: max_batch_size 256, batch_timeout_micros 0 for every model; cnn and tiny "
         "(1-row workloads only) are capped at 32 rows by bench/tfgate.toml, which says why.",
         "- Ceilings: `constant REST` and `constant gRPC` are one uvicorn + grpc.aio process "
         "(bench/baselines/fastapi_servers.py) that reads each request and sends a fixed reply "
         "without running a model: the most a Python HTTP or gRPC front does on these cores.",
         "- Load: bench/loadgen.py, closed loop (N requests always outstanding, one per "
-        "keep-alive connection; gRPC: N concurrent unary calls), a warm-up, then windows "
+        "keep-alive connection; gRPC: N concurrent unary calls over raw HTTP/2 "
+        "(bench/grpc_h2.py, ~100 us of client CPU per 64-row call where grpc.aio's client "
+        "spends ~250-300 us)), a warm-up, then windows "
         "until the last 3 agree within 10% on throughput and p99 (perf_analyzer's rule). "
         "Every server is measured back to back at each level; each figure is the median of "
         "the repeats, each ratio the median of per-repeat ratios.",

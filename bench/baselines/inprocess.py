@@ -1,7 +1,9 @@
 """Baseline (b): the in-process batched limit.
 
 The model called directly, in one process, at a fixed batch size, through the same Session
-callable the tfgate worker uses (workers.runner): no HTTP, no JSON, no IPC. Prints one JSON
+callable the tfgate worker uses (workers.runner) and the session setting tfgate's workers
+get by default (TF's idle threads sleep instead of spinning; --thread_spinning for TF's
+own default, which is slower here): no HTTP, no JSON, no IPC. Prints one JSON
 line per batch size: {"model", "batch_size", "rows_per_second", "ms_per_call"}.
 Run by bench/suite.py as `python -m bench.baselines.inprocess MODEL_DIR --batch_sizes 1,64`.
 """
@@ -13,6 +15,8 @@ import json
 import time
 
 import numpy as np
+
+from tensorflow.core.protobuf import config_pb2
 
 from workers.runner import SavedModelRunner
 
@@ -37,8 +41,12 @@ def main() -> None:
     parser.add_argument("version_dir")
     parser.add_argument("--batch_sizes", default="1,16,64,256")
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--thread_spinning", action="store_true",
+                        help="TF's default; tfgate's --tensorflow_thread_spinning")
     args = parser.parse_args()
-    runner = SavedModelRunner(args.version_dir)
+    config = config_pb2.ConfigProto()
+    config.experimental.disable_thread_spinning = not args.thread_spinning
+    runner = SavedModelRunner(args.version_dir, session_config=config)
     rng = np.random.default_rng(0)
     for size in (int(s) for s in args.batch_sizes.split(",")):
         x = rng.random((size, *INPUT_SHAPES[args.model]), dtype=np.float32)

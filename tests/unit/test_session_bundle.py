@@ -189,6 +189,32 @@ def test_text_format_of_the_docs_example_parses() -> None:
     assert bundle.batching is not None
 
 
+def test_thread_spinning_off_unless_asked_for(tmp_path: pathlib.Path) -> None:
+    """tfgate's one change to TF's session defaults, on every path the config can take."""
+    def config(*argv: str) -> protos.config_pb2.ConfigProto:
+        settings = load_settings(["--model_base_path=/m", *argv])
+        return _config_proto(session_bundle_settings(settings).session_config)
+
+    assert config().experimental.disable_thread_spinning
+    assert not config("--tensorflow_thread_spinning").experimental.disable_thread_spinning
+    session_file = tmp_path / "session.pbtxt"
+    session_file.write_text("intra_op_parallelism_threads: 2 experimental { use_tfrt: false }")
+    from_file = config(f"--tensorflow_session_config_file={session_file}")
+    assert from_file.experimental.disable_thread_spinning
+    assert from_file.intra_op_parallelism_threads == 2
+    platform_file = tmp_path / "platform.pbtxt"
+    platform_file.write_text(_platform_config(
+        "session_config { experimental { disable_thread_spinning: true } }"
+    ))
+    assert config(f"--platform_config_file={platform_file}").experimental.disable_thread_spinning
+    # With the flag the file is used as written, its own disable_thread_spinning included.
+    spinning = config(f"--platform_config_file={platform_file}", "--tensorflow_thread_spinning")
+    assert spinning.experimental.disable_thread_spinning
+    assert not config(
+        f"--tensorflow_session_config_file={session_file}", "--tensorflow_thread_spinning"
+    ).experimental.disable_thread_spinning
+
+
 def test_worker_sessions_use_the_gateway_config(model_zoo) -> None:  # type: ignore[no-untyped-def]
     """The serialized ConfigProto the pool passes (--session-config) is what a worker's
     loader creates each session with."""
