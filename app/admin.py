@@ -27,7 +27,8 @@ from app.types import VersionState
 
 log = logging.getLogger("tfgate.admin")
 
-# How long a pin or an explicit load waits for the version to become AVAILABLE.
+# How long a pin, an explicit load or a config reload waits for its versions to become
+# AVAILABLE by default ([admin] load_wait_seconds).
 LOAD_WAIT_SECONDS = 600.0
 
 
@@ -90,10 +91,18 @@ class PinState:
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
-            return {str(k): int(v) for k, v in data.get("pins", {}).items()}
+            entries = data.get("pins", {}).items()
         except (OSError, ValueError, AttributeError) as exc:
             log.error("Ignoring unreadable admin state file %s: %s", self.path, exc)
             return {}
+        pins = {}
+        for name, version in entries:
+            if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+                pins[str(name)] = version
+            else:
+                log.error("Ignoring the pin of model %s in %s: %r is not a version number",
+                          name, self.path, version)
+        return pins
 
     def save(self, pins: dict[str, int]) -> None:
         if not self.path:
@@ -110,17 +119,23 @@ class AdminApi:
         manager: VersionManager,
         discovery: Discovery,
         state: PinState,
-        reload_config: Callable[[], Awaitable[None]],
+        reload_config: Callable[[float | None], Awaitable[None]],
         describe_extras: Callable[[str], dict[str, Any]] | None = None,
+        load_wait_seconds: float = LOAD_WAIT_SECONDS,
     ) -> None:
         self.registry = registry
         self.manager = manager
         self.discovery = discovery
         self.state = state
         self._reload_config = reload_config
+        self.load_wait_seconds = load_wait_seconds
         # extra per-model fields from other components (sync status, cache hit ratio)
         self.describe_extras = describe_extras or (lambda name: {})
         self._lock = asyncio.Lock()
+        self._settling: set[asyncio.Task[ServingError | None]] = set()
+        # The pins in the state file: each pin once its version loaded (a pin still waiting
+        # is only in its model's record), and those of models not configured at startup.
+        self._saved_pins: dict[str, int] = {}
 
     def add_describe_extras(self, extras: Callable[[str], dict[str, Any]]) -> None:
         """Compose another component's per-model fields with those already registered
@@ -132,10 +147,13 @@ class AdminApi:
 
     def restore_pins(self) -> None:
         """Apply persisted pins before the initial load, so a pinned version loads too."""
-        for name, version in self.state.load().items():
+        self._saved_pins = self.state.load()
+        for name, version in self._saved_pins.items():
             model = self.registry.models.get(name)
             if model is None:
-                log.warning("Persisted pin for unknown model %s ignored", name)
+                # Kept in the file: a later start may configure the model again.
+                log.warning("Persisted pin of model %s not applied: the model is not "
+                            "configured", name)
                 continue
             model.pinned = version
             log.info("Restored pin of model %s to version %d", name, version)
@@ -199,28 +217,32 @@ class AdminApi:
         async with self._lock:
             model = self._model(name)
             self._require_on_disk(model, version)
-            previous = model.pinned
+            # A pin that could not be persisted would silently vanish at the next restart:
+            # find out before changing anything that the state file can be written.
+            self._save_pins(self._saved_pins)
             model.pinned = version
             model.excluded.discard(version)
-            error = await self._apply_and_wait(model, version)
-            if error is not None:
-                model.pinned = previous
-                self._apply(model)
-                raise ServingError(
-                    Code.FAILED_PRECONDITION,
-                    f"Cannot pin model {name} to version {version}: it failed to load: "
-                    f"{error.message}",
-                )
-            self._save_pins()
-            log.info("Pinned model %s to version %d", name, version)
-            return self.describe(name)
+            self._apply_for(model, version)
+        error = await self._settle(
+            model,
+            version,
+            still_wanted=lambda: model.pinned == version,
+            undo=lambda: self._undo_pin(model),
+            commit=lambda: self._commit_pin(name, version),
+        )
+        if error is not None:
+            raise _admin_error(error, f"Cannot pin model {name} to version {version}")
+        log.info("Pinned model %s to version %d", name, version)
+        return self.describe(name)
 
     async def unpin(self, name: str) -> dict[str, Any]:
         async with self._lock:
             model = self._model(name)
+            saved = {n: v for n, v in self._saved_pins.items() if n != name}
+            self._save_pins(saved)
+            self._saved_pins = saved
             model.pinned = None
             self._apply(model)
-            self._save_pins()
             log.info("Unpinned model %s; the version policy decides again", name)
             return self.describe(name)
 
@@ -230,15 +252,16 @@ class AdminApi:
             self._require_on_disk(model, version)
             model.excluded.discard(version)
             model.forced.add(version)
-            error = await self._apply_and_wait(model, version)
-            if error is not None:
-                model.forced.discard(version)
-                self._apply(model)
-                raise ServingError(
-                    Code.FAILED_PRECONDITION,
-                    f"Version {version} of model {name} failed to load: {error.message}",
-                )
-            return self.describe(name)
+            self._apply_for(model, version)
+        error = await self._settle(
+            model,
+            version,
+            still_wanted=lambda: version in model.forced,
+            undo=lambda: self._undo_load(model, version),
+        )
+        if error is not None:
+            raise _admin_error(error, f"Version {version} of model {name} did not load")
+        return self.describe(name)
 
     async def unload_version(self, name: str, version: int) -> dict[str, Any]:
         async with self._lock:
@@ -248,40 +271,142 @@ class AdminApi:
                     Code.FAILED_PRECONDITION,
                     f"Version {version} of model {name} is pinned; unpin it first",
                 )
+            self.discovery.scan([name])
+            if version not in model.on_disk and version not in model.versions:
+                # Excluding a version nobody has seen would hide it for good once published.
+                raise ServingError(
+                    Code.NOT_FOUND,
+                    f"Version {version} of model {name} is neither loaded nor on disk under "
+                    f"{model.config.base_path}",
+                )
             model.forced.discard(version)
             model.excluded.add(version)
             self._apply(model)
-            await self.manager.wait_idle(name)
-            return self.describe(name)
+        await self.manager.wait_idle(name)
+        return self.describe(name)
 
     async def reload_config(self) -> dict[str, Any]:
-        async with self._lock:
-            await self._reload_config()
-            return self.list_models()
+        # Not under the admin lock: the server's reload lock orders config changes, and a
+        # new model that takes long to appear must not hold up pins of the others.
+        await self._reload_config(self.load_wait_seconds)
+        return self.list_models()
+
+    async def close(self) -> None:
+        """Stop the outcomes still being waited for (at shutdown)."""
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
 
     def _apply(self, model: ModelRecord) -> None:
         self.registry.recompute_aspired(model.name)
         self.manager.reconcile(model.name)
 
-    async def _apply_and_wait(self, model: ModelRecord, version: int) -> ServingError | None:
-        """Re-aspire, then wait until `version` is AVAILABLE (None) or has failed (its error)."""
+    def _apply_for(self, model: ModelRecord, version: int) -> None:
+        """Re-aspire after an explicit request for `version`, which retries it if it failed."""
         record = model.versions.get(version)
         if record is not None and record.state is VersionState.END and record.error:
-            del model.versions[version]  # an explicit request retries a failed version
+            del model.versions[version]
         self._apply(model)
+
+    async def _settle(
+        self,
+        model: ModelRecord,
+        version: int,
+        still_wanted: Callable[[], bool],
+        undo: Callable[[], None],
+        commit: Callable[[], ServingError | None] = lambda: None,
+    ) -> ServingError | None:
+        """Wait until `version` is AVAILABLE, then `commit` (None, or an error after which
+        the request is undone), or until it failed (its error; `undo` runs). Both run under
+        the admin lock and only while the request is still in force.
+
+        The wait runs in its own task and the caller only watches it: a client that
+        disconnects or whose deadline passes does not stop it, so the outcome is the same
+        whether or not anyone is still waiting for the answer.
+        """
+
+        async def settle() -> ServingError | None:
+            error = await self._wait_loaded(model, version, still_wanted)
+            if error is not None and error.code is Code.ABORTED:
+                return error
+            async with self._lock:
+                if not still_wanted():
+                    return error
+                if error is None:
+                    error = commit()
+                if error is not None:
+                    undo()
+            return error
+
+        task = asyncio.create_task(settle(), name=f"admin-settle-{model.name}-{version}")
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[ServingError | None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Admin change failed while waiting for its version",
+                      exc_info=task.exception())
+
+    def _commit_pin(self, name: str, version: int) -> ServingError | None:
+        saved = {**self._saved_pins, name: version}
+        try:
+            self._save_pins(saved)
+        except ServingError as exc:
+            return exc
+        self._saved_pins = saved
+        return None
+
+    def _undo_pin(self, model: ModelRecord) -> None:
+        """Back to the pin in the state file (the last one that loaded), or none."""
+        model.pinned = self._saved_pins.get(model.name)
+        self._apply(model)
+
+    def _undo_load(self, model: ModelRecord, version: int) -> None:
+        model.forced.discard(version)
+        self._apply(model)
+
+    async def _wait_loaded(
+        self, model: ModelRecord, version: int, still_wanted: Callable[[], bool]
+    ) -> ServingError | None:
+        """None once `version` is AVAILABLE; its error if it failed; ABORTED once a later
+        admin change replaced the request; DEADLINE_EXCEEDED after load_wait_seconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOAD_WAIT_SECONDS
+        deadline = loop.time() + self.load_wait_seconds
         while loop.time() < deadline:
             record = model.versions.get(version)
             if record is not None and record.state is VersionState.AVAILABLE:
                 return None
             if record is not None and record.state is VersionState.END and record.error:
-                return record.error
+                return ServingError(record.error.code, f"it failed to load: {record.error.message}")
+            if not still_wanted():
+                return ServingError(
+                    Code.ABORTED, "a later admin change replaced this request before it loaded"
+                )
             async with self.manager.changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.manager.changed.wait(), 0.5)
-        return ServingError(Code.DEADLINE_EXCEEDED, "Timed out waiting for the version to load")
+        return ServingError(
+            Code.DEADLINE_EXCEEDED,
+            f"it was not available after {self.load_wait_seconds:g} s; the request was undone",
+        )
 
-    def _save_pins(self) -> None:
-        pins = {n: m.pinned for n, m in self.registry.models.items() if m.pinned is not None}
-        self.state.save(pins)  # type: ignore[arg-type]
+    def _save_pins(self, pins: dict[str, int]) -> None:
+        try:
+            self.state.save(pins)
+        except OSError as exc:
+            raise ServingError(
+                Code.UNAVAILABLE,
+                f"Cannot write the admin state file {self.state.path}: "
+                f"{exc.strerror or exc}; nothing was changed",
+            ) from None
+
+
+def _admin_error(error: ServingError, what: str) -> ServingError:
+    """A failed pin or load as the admin API reports it: a replaced request (ABORTED), a
+    version still loading after the wait (DEADLINE_EXCEEDED) or a state file that cannot be
+    written (UNAVAILABLE) keep their codes; a load error is FAILED_PRECONDITION."""
+    kept = (Code.ABORTED, Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE)
+    code = error.code if error.code in kept else Code.FAILED_PRECONDITION
+    return ServingError(code, f"{what}: {error.message}")

@@ -52,12 +52,12 @@ def admin_router(admin: AdminApi, tokens: AdminTokens) -> APIRouter:
         return _json(await admin.unpin(name))
 
     @router.post("/models/{name}/versions/{version}/load")
-    async def load(name: str, version: int) -> Response:
-        return _json(await admin.load_version(name, version))
+    async def load(name: str, version: str) -> Response:
+        return _json(await admin.load_version(name, _version_from_path(version)))
 
     @router.post("/models/{name}/versions/{version}/unload")
-    async def unload(name: str, version: int) -> Response:
-        return _json(await admin.unload_version(name, version))
+    async def unload(name: str, version: str) -> Response:
+        return _json(await admin.unload_version(name, _version_from_path(version)))
 
     @router.post("/reload-config")
     async def reload_config() -> Response:
@@ -78,3 +78,13 @@ def _version_from_body(body: bytes) -> int:
             Code.INVALID_ARGUMENT, 'Body must be {"version": N} with N a version number'
         )
     return version
+
+
+def _version_from_path(text: str) -> int:
+    """The {version} of a route: digits only (FastAPI's own int check would answer 422 in
+    its {"detail": ...} shape instead of the API's {"error": ...})."""
+    if not text.isascii() or not text.isdigit():
+        raise ServingError(
+            Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {text!r}"
+        )
+    return int(text)

@@ -23,7 +23,7 @@ import uvicorn
 
 from app import grpc_server, http_server, model_config
 from app import metrics as metrics_module
-from app.admin import AdminApi, AdminTokens, PinState
+from app.admin import LOAD_WAIT_SECONDS, AdminApi, AdminTokens, PinState
 from app.auth import InferenceAuth
 from app.batcher import Batcher
 from app.batching_policy import BatchingPolicy
@@ -114,23 +114,54 @@ class Server:
     # gRPC HandleReloadConfigRequest, the config file watcher and admin all reload configs.
     _reload_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
-    async def reload_config_file(self) -> None:
-        """Admin 'reload config': re-read --model_config_file now."""
+    async def reload_config_file(self, wait_seconds: float | None = None) -> None:
+        """Admin 'reload config': re-read --model_config_file now; then as
+        reload_model_config."""
         if self.config_watcher is None:
             raise ServingError(
                 Code.FAILED_PRECONDITION,
                 "The server was not started with --model_config_file; nothing to reload",
             )
-        configs = model_config.load_model_server_config(self.config_watcher.path)
-        await self.reload_model_config(configs)
+        try:
+            configs = model_config.load_model_server_config(self.config_watcher.path)
+        except model_config.ConfigError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
+        await self.reload_model_config(configs, wait_seconds)
 
-    async def reload_model_config(self, configs: list[ModelConfig]) -> None:
+    async def reload_model_config(
+        self, configs: list[ModelConfig], wait_seconds: float | None = None
+    ) -> None:
         """Full replacement (TF Serving's ReloadConfig): models not listed unload, new ones
-        load; returns once every new model has an AVAILABLE version, raises if one failed."""
-        async with self._reload_lock:
-            await self._reload_model_config(configs)
+        load; returns once every new model has an AVAILABLE version, raises if one failed.
 
-    async def _reload_model_config(self, configs: list[ModelConfig]) -> None:
+        Only applying the config holds the reload lock. The wait for the new models does
+        not: a new model with no version on disk yet keeps its caller waiting (as in TF
+        Serving) but must not stop the next reload, admin change or config file poll.
+        `wait_seconds` bounds the wait (DEADLINE_EXCEEDED); None waits as long as the caller
+        does (gRPC: until its deadline).
+        """
+        async with self._reload_lock:
+            new = await self._apply_model_config(configs)
+        try:
+            async with asyncio.timeout(wait_seconds):
+                await self._wait_available(new)
+        except TimeoutError:
+            waiting = self._unavailable(new)
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"The model config was applied, but model(s) {', '.join(waiting)} have no "
+                f"available version after {wait_seconds:g} s (is there a version directory "
+                "under the base path?); they load when one appears",
+            ) from None
+
+    async def apply_model_config(self, configs: list[ModelConfig]) -> None:
+        """Apply a model config without waiting for its new models (the file watcher:
+        their loads and failures are logged by the manager)."""
+        async with self._reload_lock:
+            await self._apply_model_config(configs)
+
+    async def _apply_model_config(self, configs: list[ModelConfig]) -> list[str]:
+        """The config change itself; returns the names of the models it added."""
         self._check_platforms(configs)
         sync_configs = self._sync_configs_for(configs)  # a bad table rejects the whole reload
         label_error = self.registry.reload_label_error(configs)
@@ -147,16 +178,27 @@ class Server:
         self.discovery.scan([c.name for c in configs])
         for config in configs:
             self.manager.reconcile(config.name)  # labels or policy may have changed
-        new = [c.name for c in configs if c.name not in before]
-        while True:
-            for name in new:
+        return [c.name for c in configs if c.name not in before]
+
+    def _unavailable(self, names: list[str]) -> list[str]:
+        """Those of `names` still configured (a later reload may have removed one) that
+        have no AVAILABLE version."""
+        return [
+            name for name in names
+            if (record := self.registry.configured(name)) is not None
+            and not record.available_versions()
+        ]
+
+    async def _wait_available(self, new: list[str]) -> None:
+        """Until every model of `new` that is still configured has an AVAILABLE version;
+        raises TF Serving's error if a load failed."""
+        while waiting := self._unavailable(new):
+            for name in waiting:
                 await self.manager.wait_idle(name)
-            error = initial_load_error(self.registry, new)
+            error = initial_load_error(self.registry, self._unavailable(waiting))
             if error is not None:
                 raise error
-            if all(self.registry.models[n].available_versions() for n in new):
-                return
-            self.discovery.scan(new)
+            self.discovery.scan(waiting)
             await asyncio.sleep(0.1)
 
     def _check_platforms(self, configs: list[ModelConfig]) -> None:
@@ -200,6 +242,7 @@ class Server:
             await self.config_watcher.close()
         if self.model_sync is not None:
             await self.model_sync.close()
+        await self.admin.close()  # admin changes still waiting for their versions
         await self.discovery.close()
         await self.manager.close()
         await self.batcher.close()
@@ -264,6 +307,7 @@ async def build_server(settings: Settings) -> Server:
         discovery,
         PinState(admin_section.get("state_file")),
         server.reload_config_file,
+        load_wait_seconds=admin_load_wait_seconds(admin_section),
     )
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
@@ -289,9 +333,18 @@ async def build_server(settings: Settings) -> Server:
         server.config_watcher = ConfigWatcher(
             settings.model_config_file,
             settings.model_config_file_poll_wait_seconds,
-            server.reload_model_config,
+            server.apply_model_config,
         )
     return server
+
+
+def admin_load_wait_seconds(admin_section: dict[str, Any]) -> float:
+    value = admin_section.get("load_wait_seconds", LOAD_WAIT_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise SettingsError(
+            f"[admin] load_wait_seconds must be a positive number of seconds, got {value!r}"
+        )
+    return float(value)
 
 
 def inference_auth(settings: Settings) -> InferenceAuth:

@@ -249,3 +249,28 @@ def test_reload_rejects_platform_changes_and_other_platforms(
         assert (info.value.code(), info.value.details()) == (
             grpc.StatusCode.INVALID_ARGUMENT, message)
     np.testing.assert_allclose(predict(channel, "half_plus_three", 2.0), [[4.0]])
+
+
+def test_a_reload_waiting_for_a_model_without_versions_does_not_block_the_next(
+    channel: grpc.Channel, tfs_testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """As in TF Serving, a reload adding a model with no version yet waits for one (here with
+    no deadline at all); unlike a lock held for the wait, the next reload still applies, and
+    once the awaited model leaves the config the first call returns too."""
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    half_plus_two = model_entry("half_plus_two", tfs_testdata / "saved_model_half_plus_two_cpu")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    waiting = stub.HandleReloadConfigRequest.future(
+        reload_request(half_plus_two, model_entry("empty", empty))
+    )
+    try:
+        time.sleep(1.0)
+        assert not waiting.done()
+        started = time.monotonic()
+        reply = stub.HandleReloadConfigRequest(reload_request(half_plus_two), timeout=20)
+        assert reply.status.error_code == 0
+        assert time.monotonic() - started < 10
+        assert waiting.result(timeout=20).status.error_code == 0
+    finally:
+        waiting.cancel()
