@@ -146,6 +146,7 @@ class ResultCache:
             config.breaker_failure_threshold, config.breaker_reset_seconds
         )
         self._outage_logged = False
+        self._last_failure = ""  # why the last Redis call failed, for the outage log line
         self.breaker.on_change.append(self._log_breaker)
         self.metrics = CacheMetrics(self.breaker)
         self._in_flight: dict[bytes, RowFuture] = {}
@@ -435,6 +436,7 @@ class ResultCache:
             return None
         except RedisUnavailable as exc:
             self.metrics.errors.inc(op)
+            self._last_failure = str(exc)
             self.breaker.failure(began)
             log.debug("redis %s failed: %s", op, exc)
             return None
@@ -452,10 +454,12 @@ class ResultCache:
             self.client.drop()  # the probe gets a fresh connection, never a black-holed one
         if state is BreakerState.OPEN and not self._outage_logged:
             self._outage_logged = True
+            # The cause matters: a wrong password or database never heals by itself.
             log.warning(
-                "Redis at %s is failing: cache breaker open, serving from the model "
+                "Redis at %s is failing (%s): cache breaker open, serving from the model "
                 "(probing every %.1fs)",
                 self.config.address.describe(),
+                self._last_failure or "no answer",
                 self.config.breaker_reset_seconds,
             )
         elif state is BreakerState.CLOSED:

@@ -273,6 +273,7 @@ class PassResult:
     bytes_downloaded: int = 0
     failures: list[VersionFailure] = dataclasses.field(default_factory=list)
     locked_out: bool = False  # another process was syncing this base path
+    remote_missing: bool = False  # the bucket or prefix does not exist (nothing published)
     cancelled: bool = False
     seconds: float = 0.0
 
@@ -354,7 +355,9 @@ def _pass_with_store(
     cancelled: Callable[[], bool],
     can_failover: bool,
 ) -> None:
-    manifests = {v: store.read_manifest(v) for v in store.list_versions()}
+    listed = store.list_versions()
+    result.remote_missing = listed is None
+    manifests = {v: store.read_manifest(v) for v in listed or []}
     for version in sorted(v for v, m in manifests.items() if m is None):
         log.warning(
             "Model %s: version %d at %s has no %s (yet); skipped",

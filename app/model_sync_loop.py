@@ -184,6 +184,7 @@ class SyncStatus:
     last_error: dict[str, Any] | None = None
     consecutive_failures: int = 0
     versions_synced: list[int] = dataclasses.field(default_factory=list)
+    remote_missing: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -194,6 +195,7 @@ class SyncStatus:
             "last_error": self.last_error,
             "consecutive_failures": self.consecutive_failures,
             "versions_synced": self.versions_synced,
+            "remote_missing": self.remote_missing,
         }
 
 
@@ -420,6 +422,18 @@ class ModelSync:
         if result.locked_out or result.cancelled:
             return
         status.versions_synced = sorted(set(status.versions_synced) | set(result.downloaded))
+        if result.remote_missing and not status.remote_missing:
+            # Not a failure (a model may be configured before its first version is
+            # published), but a misspelt bucket or prefix looks the same: say so once.
+            log.warning(
+                "Model %s: %s does not exist (no such bucket or prefix); nothing to sync "
+                "until a version is published there",
+                result.model,
+                result.endpoint or result.source,
+            )
+        elif status.remote_missing and not result.remote_missing:
+            log.info("Model %s: %s exists now", result.model, result.endpoint or result.source)
+        status.remote_missing = result.remote_missing
         if self.metrics is not None:
             self.metrics.bytes.inc(result.model, amount=result.bytes_downloaded)
             if result.downloaded:

@@ -346,13 +346,14 @@ class RemoteStore:
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def list_versions(self) -> list[int]:
-        """Numeric child directories of the model root; [] when the root does not exist."""
+    def list_versions(self) -> list[int] | None:
+        """Numeric child directories of the model root; None when the root (bucket or
+        prefix) does not exist."""
         with storage_errors(f"listing {self.url}"):
             try:
                 entries = self.fs.ls(self.root, detail=True)
             except FileNotFoundError:
-                return []
+                return None
         versions = []
         for entry in entries:
             name = posixpath.basename(entry["name"].rstrip("/"))

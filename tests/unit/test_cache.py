@@ -371,3 +371,27 @@ async def test_full_redis_still_serves(cache: ResultCache, redis: RedisProcess) 
         np.testing.assert_array_equal(outputs["y"], expected(rows(1)))
     assert count(cache, "errors", "set") == 3
     assert cache.breaker.state is BreakerState.CLOSED  # full is not down: reads still go
+
+
+async def test_wrong_password_is_named_in_the_outage_warning(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misconfigured password never heals: the one WARNING line must say why."""
+    with running_redis(tmp_path, ("--requirepass", "right")) as locked:
+        url = f"redis://:wrong@127.0.0.1:{locked.port}/0"
+        config = CacheConfig(url, parse_redis_url(url), models={"m": ModelCacheConfig(60, 1 << 20)},
+                             timeout_ms=500.0, breaker_failure_threshold=2,
+                             breaker_reset_seconds=30.0)
+        cache = ResultCache(config)
+        caplog.set_level("WARNING", logger="tfgate")
+        try:
+            model = Model()
+            for value in (1.0, 2.0, 3.0):  # answered by the model every time
+                outputs = await run(cache, model, rows(value))
+                np.testing.assert_array_equal(outputs["y"], expected(rows(value)))
+        finally:
+            await cache.close()
+    outage = [r.getMessage() for r in caplog.records if "cache breaker open" in r.getMessage()]
+    assert len(outage) == 1
+    assert "set-up failed" in outage[0]
+    assert "WRONGPASS" in outage[0] or "invalid" in outage[0].lower()

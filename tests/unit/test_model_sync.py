@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import pathlib
 
 import pytest
@@ -263,3 +264,21 @@ def test_status_for_admin_listing() -> None:
     assert sync["consecutive_failures"] == 0
     assert sync["last_error"]["version"] == 3  # kept as history, with its time
     assert sync["versions_synced"] == [4]
+
+
+def test_missing_remote_root_warns_once_and_shows_in_the_listing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (config,) = load_sync_configs({"models": {"m": {"sync": {"source": "s3://typo/m"}}}}, BASE)
+    syncer = ModelSync([config])
+    caplog.set_level(logging.INFO, logger="tfgate")
+    for _ in range(3):
+        syncer.record(PassResult("m", "s3://typo/m", remote_missing=True))
+    warnings = [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "s3://typo/m does not exist (no such bucket or prefix)" in warnings[0].getMessage()
+    sync = syncer.describe("m")["sync"]
+    assert sync["remote_missing"] is True and sync["consecutive_failures"] == 0
+    syncer.record(PassResult("m", "s3://typo/m", downloaded=[1]))
+    assert syncer.describe("m")["sync"]["remote_missing"] is False
+    assert "s3://typo/m exists now" in caplog.text

@@ -241,3 +241,13 @@ def test_exchange_dirs_swaps_atomically(tmp_path: pathlib.Path) -> None:
     if not exchange_dirs(str(a), str(b)):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported here")
     assert (a / "f").read_bytes() == b"B" and (b / "f").read_bytes() == b"A"
+
+
+def test_missing_remote_root_is_not_a_failure_but_is_reported(world: World) -> None:
+    result = world.sync()  # nothing published: the remote model root does not exist
+    assert result.ok and result.remote_missing
+    assert result.downloaded == [] and world.numeric_dirs() == []
+    world.publish(1)
+    result = world.sync()
+    assert result.ok and not result.remote_missing
+    assert result.downloaded == [1]

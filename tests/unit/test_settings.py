@@ -56,6 +56,9 @@ def test_ignored_and_unknown_flags_are_reported_not_fatal() -> None:
     [
         (["--port=abc", "--model_base_path=/m"], "Illegal value 'abc' for flag --port"),
         (["--enable_batching=maybe", "--model_base_path=/m"], "Illegal value 'maybe'"),
+        # a flag without its value never swallows the next flag
+        (["--model_base_path=/m", "--model_name", "--port=9000"],
+         "Missing value for flag --model_name"),
         ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
         (["--port=0", "--model_base_path=/m"], "At least one of server_options.grpc_port"),
         (["--model_base_path=/m", "--batching_parameters_file=/b"],
