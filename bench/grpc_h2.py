@@ -7,9 +7,11 @@ microsecond it spends is taken from the server. grpc.aio's client spends ~250 us
 and the status in the trailers, so what it costs per call is mostly the socket writes.
 
 It speaks just enough HTTP/2 (RFC 9113) for one kind of call repeated: SETTINGS and their
-ACK, PING ACK, both directions of flow control (the request is larger than the default
-64 kB window), HEADERS/CONTINUATION decoded with hpack (header blocks repeat, so decoded
-blocks are reused while the peer's dynamic table is unchanged), RST_STREAM and GOAWAY.
+ACK (window size, frame size, concurrent stream limit: calls beyond it wait), PING ACK, both
+directions of flow control (the request is larger than the default 64 kB window),
+HEADERS/CONTINUATION decoded with hpack (header blocks repeat, so decoded blocks are reused
+while the peer's dynamic table is unchanged), RST_STREAM (REFUSED_STREAM is retried), and GOAWAY (the streams the server
+still answers finish; the connection then closes and the driver opens another).
 Request headers are literals that never enter the server's dynamic table, so one encoded
 block serves every stream. Responses are not parsed beyond their status: a call succeeds
 when its trailers carry grpc-status 0.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import struct
 from collections.abc import Callable
 
@@ -38,6 +41,7 @@ END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY = 0x20
 SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 SETTINGS_MAX_FRAME_SIZE = 0x5
 DEFAULT_WINDOW = 65_535
@@ -45,11 +49,29 @@ MAX_WINDOW = 2**31 - 1
 # Received DATA is acknowledged to the server in connection-level WINDOW_UPDATEs of at
 # least this much, so the replies never stall and the updates stay rare.
 WINDOW_UPDATE_BYTES = 1 << 20
+REFUSED_STREAM = 0x7  # RST_STREAM code: the server did not process the stream (retryable)
+CANCEL = 0x8  # RST_STREAM code for a stream whose answer came before its request was sent
+MAX_REFUSED_RETRIES = 3
+# Error replies can carry long grpc-message texts: hpack's 64 KiB default would end the
+# connection on one.
+MAX_HEADER_LIST_BYTES = 16 << 20
+# Decoded header blocks kept for reuse: replies repeat a handful; error texts may not.
+MEMO_ENTRIES = 64
+MEMO_BLOCK_BYTES = 256
 
 # Error kinds named as the grpc.aio driver names them (grpc_UNAVAILABLE, ...).
 STATUS_NAMES = {str(code.value[0]): code.name for code in grpc.StatusCode}
 
 Done = Callable[[int, str | None], None]  # (sent_ns, error kind or None)
+
+
+def grpc_timeout(seconds: float) -> str:
+    """The grpc-timeout header: at most 8 digits, in the finest unit that fits."""
+    for unit, per_second in (("m", 1000), ("S", 1), ("M", 1 / 60), ("H", 1 / 3600)):
+        value = max(1, math.ceil(seconds * per_second))
+        if value < 10**8:
+            return f"{value}{unit}"
+    return "99999999H"
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
@@ -65,7 +87,7 @@ class HeaderDecoder:
     """
 
     def __init__(self) -> None:
-        self.decoder = hpack.Decoder()
+        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_BYTES)
         self.known: dict[bytes, list[tuple[str, str]]] = {}
 
     def _table_state(self) -> tuple[int, int, object]:
@@ -81,20 +103,26 @@ class HeaderDecoder:
         headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
         after = self._table_state()
         # Identity, not equality, for the newest entry: a repeated insert makes a new tuple.
-        if before[:2] == after[:2] and before[2] is after[2]:
-            self.known[block] = headers
-        else:
+        if before[:2] != after[:2] or before[2] is not after[2]:
             self.known.clear()
+        elif len(block) <= MEMO_BLOCK_BYTES:
+            if len(self.known) >= MEMO_ENTRIES:
+                self.known.clear()
+            self.known[block] = headers
         return headers
 
 
 class _Stream:
-    __slots__ = ("body", "done", "sent_ns", "stream_id", "window")
+    __slots__ = ("body", "done", "retries", "sent_ns", "stream_id", "window")
 
-    def __init__(self, stream_id: int, sent_ns: int, done: Done, body: memoryview, window: int):
+    def __init__(
+        self, stream_id: int, sent_ns: int, done: Done, body: memoryview, window: int,
+        retries: int,
+    ) -> None:
         self.stream_id = stream_id
         self.sent_ns = sent_ns
         self.done = done
+        self.retries = retries  # times the server refused this call's earlier streams
         self.body = body  # what is still to be sent
         self.window = window  # the server's receive window for this stream
 
@@ -118,7 +146,10 @@ class H2Connection(asyncio.Protocol):
         self.header_end_stream = False
         self.decoder = HeaderDecoder()
         self.failed: str | None = None
-        timeout_ms = max(1, int(timeout_seconds * 1000))
+        self.draining = False  # GOAWAY received: no new streams; open ones may finish
+        self.max_streams: int | None = None  # SETTINGS_MAX_CONCURRENT_STREAMS, if any
+        # calls waiting for a stream: (sent_ns, done, times refused)
+        self.waiting: collections.deque[tuple[int, Done, int]] = collections.deque()
         fields = [
             (":method", "POST"),
             (":scheme", "http"),
@@ -126,7 +157,7 @@ class H2Connection(asyncio.Protocol):
             (":authority", f"{host}:{port}"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
-            ("grpc-timeout", f"{timeout_ms}m"),
+            ("grpc-timeout", grpc_timeout(timeout_seconds)),
         ]
         # sensitive=True: "literal never indexed", so the block has no dynamic-table effect.
         self.request_headers = hpack.Encoder().encode([(k, v, True) for k, v in fields])
@@ -155,38 +186,58 @@ class H2Connection(asyncio.Protocol):
         buffer += data
         pos = 0
         end = len(buffer)
-        while end - pos >= 9:
-            length = int.from_bytes(buffer[pos : pos + 3], "big")
-            if end - pos < 9 + length:
-                break
-            kind = buffer[pos + 3]
-            flags = buffer[pos + 4]
-            stream_id = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & MAX_WINDOW
-            payload = bytes(buffer[pos + 9 : pos + 9 + length])
-            pos += 9 + length
-            self._on_frame(kind, flags, stream_id, payload)
+        try:
+            while end - pos >= 9:
+                length = int.from_bytes(buffer[pos : pos + 3], "big")
+                if end - pos < 9 + length:
+                    break
+                kind = buffer[pos + 3]
+                flags = buffer[pos + 4]
+                stream_id = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & MAX_WINDOW
+                payload = bytes(buffer[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                self._on_frame(kind, flags, stream_id, payload)
+        except Exception as exc:  # a frame this client cannot read: the connection is lost
+            self.failed = f"protocol_error_{type(exc).__name__}"
+            self._fail_all(self.failed)
+            if self.transport is not None:
+                self.transport.close()
+            return
         del buffer[:pos]
 
     # -- calls --------------------------------------------------------------------------
 
+    @property
+    def usable(self) -> bool:
+        """Whether new calls can start here."""
+        return self.transport is not None and not self.failed and not self.draining
+
     def call(self, sent_ns: int, done: Done) -> None:
-        """Start one Predict call; done(sent_ns, error) runs when it ends."""
+        """Start one Predict call; done(sent_ns, error) runs when it ends. Beyond the
+        server's concurrent stream limit the call waits for a stream to finish."""
         if self.next_stream_id > MAX_WINDOW:
             self.failed = self.failed or "stream_ids_exhausted"
-        if self.transport is None or self.failed:
-            done(sent_ns, self.failed or "disconnected")
+        if not self.usable:
+            done(sent_ns, self.failed or ("goaway" if self.draining else "disconnected"))
             return
+        if self.max_streams is not None and len(self.streams) >= self.max_streams:
+            self.waiting.append((sent_ns, done, 0))
+            return
+        self._open_stream(sent_ns, done, 0)
+
+    def _open_stream(self, sent_ns: int, done: Done, retries: int) -> None:
+        assert self.transport is not None
         stream_id = self.next_stream_id
         self.next_stream_id += 2
         stream = _Stream(stream_id, sent_ns, done, memoryview(self.message),
-                         self.initial_stream_window)
+                         self.initial_stream_window, retries)
         self.streams[stream_id] = stream
         self.transport.write(frame(HEADERS, END_HEADERS, stream_id, self.request_headers))
         self._send_body(stream)
 
     @property
     def busy(self) -> bool:
-        return bool(self.streams)
+        return bool(self.streams or self.waiting)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -256,13 +307,19 @@ class H2Connection(asyncio.Protocol):
             self.transport.write(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             code = struct.unpack(">I", payload)[0]
-            self._finish(stream_id, f"rst_stream_{code}")
+            stream = self.streams.get(stream_id)
+            if code == REFUSED_STREAM and stream and stream.retries < MAX_REFUSED_RETRIES:
+                # Not processed (RFC 9113 section 8.7), as gRPC clients retry it: grpc's
+                # server can refuse a stream opened as another one is still closing.
+                del self.streams[stream_id]
+                self.waiting.appendleft((stream.sent_ns, stream.done, stream.retries + 1))
+                if not self.streams:
+                    self._start_waiting()
+            else:
+                self._finish(stream_id, f"rst_stream_{code}")
         elif kind == GOAWAY:
-            code = struct.unpack(">I", payload[4:8])[0]
-            self.failed = f"goaway_{code}"
-            self._fail_all(self.failed)
-            if self.transport is not None:
-                self.transport.close()
+            last_stream_id, code = struct.unpack(">II", payload[:8])
+            self._on_goaway(last_stream_id & MAX_WINDOW, code)
 
     def _on_settings(self, payload: bytes) -> None:
         for offset in range(0, len(payload) - 5, 6):
@@ -274,10 +331,34 @@ class H2Connection(asyncio.Protocol):
                     stream.window += delta
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 self.max_frame_bytes = value
+            elif key == SETTINGS_MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
         if self.transport is not None:
             self.transport.write(frame(SETTINGS, ACK, 0))
         if self.blocked:
             self._unblock()
+        self._start_waiting()
+
+    def _on_goaway(self, last_stream_id: int, code: int) -> None:
+        """Streams up to last_stream_id may still be answered; later ones never will be."""
+        self.draining = True
+        refused = [sid for sid in self.streams if sid > last_stream_id]
+        for sid in refused:
+            self._finish(sid, f"goaway_{code}")
+        waiting, self.waiting = self.waiting, collections.deque()
+        for sent_ns, done, _ in waiting:
+            done(sent_ns, f"goaway_{code}")
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.draining and not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def _start_waiting(self) -> None:
+        while self.waiting and self.usable and (
+            self.max_streams is None or len(self.streams) < self.max_streams
+        ):
+            self._open_stream(*self.waiting.popleft())
 
     def _on_header_block(self) -> None:
         headers = self.decoder.decode(bytes(self.header_block))
@@ -296,11 +377,22 @@ class H2Connection(asyncio.Protocol):
 
     def _finish(self, stream_id: int, error: str | None) -> None:
         stream = self.streams.pop(stream_id, None)
-        if stream is not None:
-            stream.done(stream.sent_ns, error)
+        if stream is None:
+            return
+        if stream.body and self.transport is not None:
+            # Answered before its request was all sent: close our half, or the stream
+            # would count against the server's limit for good.
+            self.transport.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", CANCEL)))
+            stream.body = memoryview(b"")
+        stream.done(stream.sent_ns, error)
+        self._start_waiting()
+        self._close_if_drained()
 
     def _fail_all(self, error: str) -> None:
         streams, self.streams = self.streams, {}
+        waiting, self.waiting = self.waiting, collections.deque()
         self.blocked.clear()
         for stream in streams.values():
             stream.done(stream.sent_ns, error)
+        for sent_ns, done, _ in waiting:
+            done(sent_ns, error)

@@ -302,39 +302,88 @@ class _GrpcDriver:
 
 
 class _H2GrpcDriver:
-    """Unary Predict calls over raw HTTP/2 connections, any number outstanding on each."""
+    """Unary Predict calls over raw HTTP/2 connections, any number outstanding on each.
+
+    A connection that goes away (GOAWAY at a max connection age, a reset, a protocol error)
+    is replaced in its slot. The closed loop's calls wait for the replacement; every failed
+    attempt to connect counts as an error, so a level against a dead server shows errors,
+    never an empty but clean window.
+    """
+
+    RECONNECT_PAUSE_SECONDS = 0.1
+    CONNECT_TIMEOUT_SECONDS = 5.0
 
     def __init__(self, target: GrpcTarget, recorder: Recorder, connections: int = 1) -> None:
         self.target = target
         self.recorder = recorder
         self.running = True
         self.count = connections
-        self.connections: list[H2Connection] = []
+        self.slots: list[H2Connection] = []
+        self.retired: list[H2Connection] = []  # replaced ones, maybe still finishing calls
+        self.parked: list[int] = []  # per slot: closed-loop calls waiting for a connection
+        self.replacing: dict[int, asyncio.Task[None]] = {}
         self.open_loop = False
 
-    async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _open(self) -> H2Connection:
         host, port, request = self.target.host, self.target.port, self.target.request
-        for _ in range(self.count):
-            _, conn = await loop.create_connection(
+        _, conn = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
                 lambda: H2Connection(host, port, request), host, port
-            )
-            self.connections.append(conn)
+            ),
+            self.CONNECT_TIMEOUT_SECONDS,
+        )
+        return conn
 
-    def _done(self, conn: H2Connection, sent_ns: int, error: str | None) -> None:
+    async def connect(self) -> None:
+        for _ in range(self.count):
+            self.slots.append(await self._open())
+        self.parked = [0] * self.count
+
+    def _issue(self, slot: int, sent_ns: int) -> None:
+        conn = self.slots[slot]
+        if conn.usable:
+            conn.call(sent_ns, lambda sent, err: self._done(slot, sent, err))
+        else:
+            self.parked[slot] += 1
+            self._replace(slot)
+
+    def _done(self, slot: int, sent_ns: int, error: str | None) -> None:
         now = time.perf_counter_ns()
         if error is None:
             self.recorder.ok(now - sent_ns)
         else:
             self.recorder.error(error)
-        # A dead connection fails calls at once: resending from here would recurse.
-        if self.running and not self.open_loop and conn.transport is not None and not conn.failed:
-            conn.call(time.perf_counter_ns(), lambda sent, err: self._done(conn, sent, err))
+        if self.running and not self.open_loop:
+            self._issue(slot, time.perf_counter_ns())
+
+    def _replace(self, slot: int) -> None:
+        if self.running and slot not in self.replacing:
+            self.replacing[slot] = asyncio.get_running_loop().create_task(self._reconnect(slot))
+
+    async def _reconnect(self, slot: int) -> None:
+        try:
+            while self.running:
+                try:
+                    conn = await self._open()
+                except (OSError, TimeoutError):
+                    for _ in range(max(1, self.parked[slot])):
+                        self.recorder.error("connect_failed")
+                    await asyncio.sleep(self.RECONNECT_PAUSE_SECONDS)
+                    continue
+                self.retired.append(self.slots[slot])
+                self.slots[slot] = conn
+                parked, self.parked[slot] = self.parked[slot], 0
+                now = time.perf_counter_ns()
+                for _ in range(parked):
+                    self._issue(slot, now)
+                if not self.parked[slot]:  # else the new one went away at once: again
+                    return
+        finally:
+            del self.replacing[slot]
 
     def start_closed(self, concurrency: int) -> None:
         for i in range(concurrency):
-            conn = self.connections[i % len(self.connections)]
-            conn.call(time.perf_counter_ns(), lambda sent, err, c=conn: self._done(c, sent, err))
+            self._issue(i % len(self.slots), time.perf_counter_ns())
 
     async def run_open(self, rate: float, poisson: bool) -> None:
         self.open_loop = True
@@ -344,8 +393,13 @@ class _H2GrpcDriver:
         while self.running:
             now = time.perf_counter_ns()
             while next_ns <= now:
-                conn = self.connections[i % len(self.connections)]
-                conn.call(int(next_ns), lambda sent, err, c=conn: self._done(c, sent, err))
+                slot = i % len(self.slots)
+                conn = self.slots[slot]
+                if conn.usable:
+                    conn.call(int(next_ns), lambda sent, err, s=slot: self._done(s, sent, err))
+                else:
+                    self.recorder.error("no_connection")
+                    self._replace(slot)
                 i += 1
                 gap = random.expovariate(1.0) * interval_ns if poisson else interval_ns
                 next_ns += gap
@@ -353,7 +407,11 @@ class _H2GrpcDriver:
 
     async def stop(self, drain_seconds: float) -> None:
         self.running = False
-        await _drain_and_close(self.connections, drain_seconds)
+        tasks = list(self.replacing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _drain_and_close([*self.slots, *self.retired], drain_seconds)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ import grpc
 import hpack
 import pytest
 
-from bench.grpc_h2 import H2Connection, HeaderDecoder
+from bench.grpc_h2 import H2Connection, HeaderDecoder, grpc_timeout
 from bench.loadgen import GrpcTarget, LevelOptions, run_level
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -19,10 +19,10 @@ class _Server:
     """A grpc.aio server whose Predict answers with the request's length, or fails on
     requests that start with b"fail"."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: tuple[tuple[str, int], ...] = ()) -> None:
         self.received: list[bytes] = []
         self.server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", -1)]
+            options=[("grpc.max_receive_message_length", -1), *options]
         )
         handler = grpc.unary_unary_rpc_method_handler(self._predict)
         self.server.add_generic_rpc_handlers(
@@ -34,6 +34,8 @@ class _Server:
 
     async def _predict(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.received.append(request)
+        if request.startswith(b"fail long"):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "x" * 100_000)
         if request.startswith(b"fail"):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
         return str(len(request)).encode()
@@ -77,6 +79,11 @@ async def test_a_failed_call_reports_its_grpc_status_name(server: _Server) -> No
     conn = await _connect(server.port, b"fail please")
     assert await _calls(conn, 3) == ["grpc_RESOURCE_EXHAUSTED"] * 3
     conn.close()
+    # A 100 kB grpc-message is over hpack's default header list limit: still read.
+    conn = await _connect(server.port, b"fail long")
+    assert await _calls(conn, 3) == ["grpc_RESOURCE_EXHAUSTED"] * 3
+    assert conn.usable
+    conn.close()
 
 
 async def test_server_going_away_fails_calls_instead_of_hanging(server: _Server) -> None:
@@ -116,3 +123,54 @@ def test_header_decoder_drops_reused_blocks_when_the_table_changes() -> None:
     decoder.decode(encoder.encode([("grpc-message", "queue full")]))
     assert not decoder.known
     assert decoder.decode(indexed) == [("grpc-message", "queue full")]
+
+
+async def _closed_level(port: int, concurrency: int) -> list:
+    target = GrpcTarget("127.0.0.1", port, b"z" * 2_000)
+    options = LevelOptions(concurrency=concurrency, warmup_seconds=0.2, window_seconds=0.4,
+                           min_windows=4, max_windows=4, drain_seconds=5)
+    windows, _, _ = await run_level(target, options)
+    return windows
+
+
+async def test_connections_that_reach_their_max_age_are_replaced() -> None:
+    """GOAWAY at grpc.max_connection_age_ms: the calls the server still answers finish, the
+    slot reconnects, and every window keeps completing calls."""
+    server = _Server((("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 5000)))
+    await server.server.start()
+    try:
+        windows = await _closed_level(server.port, 8)
+    finally:
+        await server.server.stop(None)
+    assert all(len(w.latencies_ns) > 20 for w in windows), [len(w.latencies_ns) for w in windows]
+    assert sum(sum(w.errors.values()) for w in windows) <= sum(len(w.latencies_ns) for w in windows) // 20
+
+
+async def test_calls_beyond_the_concurrent_stream_limit_wait() -> None:
+    server = _Server((("grpc.max_concurrent_streams", 2),))
+    await server.server.start()
+    try:
+        windows = await _closed_level(server.port, 12)
+    finally:
+        await server.server.stop(None)
+    assert not any(w.errors for w in windows), [w.errors for w in windows]
+    assert all(w.latencies_ns for w in windows)
+
+
+async def test_a_server_that_is_gone_shows_as_errors_not_as_silence(server: _Server) -> None:
+    target = GrpcTarget("127.0.0.1", server.port, b"z" * 100)
+    options = LevelOptions(concurrency=4, warmup_seconds=0.2, window_seconds=0.3,
+                           min_windows=3, max_windows=3, drain_seconds=2)
+    level = asyncio.create_task(run_level(target, options))
+    await asyncio.sleep(0.1)
+    await server.server.stop(None)
+    windows, _, _ = await asyncio.wait_for(level, 20)
+    assert all(w.errors.get("connect_failed") for w in windows[1:]), [w.errors for w in windows]
+
+
+def test_grpc_timeout_header_stays_within_eight_digits() -> None:
+    assert grpc_timeout(60) == "60000m"
+    assert grpc_timeout(0.0001) == "1m"
+    assert grpc_timeout(200_000) == "200000S"
+    assert grpc_timeout(1e9) == "16666667M"
+    assert all(len(grpc_timeout(t)) <= 9 for t in (1e5, 1e8, 1e11))
