@@ -202,6 +202,23 @@ class AdminApi:
             raise ServingError(Code.NOT_FOUND, f"Model {name} is not configured")
         return model
 
+    def _configured(self, name: str, version: int | None = None) -> ModelRecord:
+        """The model a change may touch: listed by the current config (one removed by a
+        reload but not yet unloaded is only described), with a valid version number."""
+        if version is not None and version < 0:
+            raise ServingError(
+                Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {version}"
+            )
+        model = self.registry.configured(name)
+        if model is None:
+            raise ServingError(Code.NOT_FOUND, f"Model {name} is not configured")
+        return model
+
+    def _in_force(self, model: ModelRecord) -> bool:
+        """Whether `model` is still the config's record of its name (a reload may have
+        removed it while a change waited)."""
+        return self.registry.configured(model.name) is model
+
     def _require_on_disk(self, model: ModelRecord, version: int) -> None:
         self.discovery.scan([model.name])
         if version not in model.on_disk:
@@ -215,11 +232,12 @@ class AdminApi:
 
     async def pin(self, name: str, version: int) -> dict[str, Any]:
         async with self._lock:
-            model = self._model(name)
+            model = self._configured(name, version)
             self._require_on_disk(model, version)
             # A pin that could not be persisted would silently vanish at the next restart:
             # find out before changing anything that the state file can be written.
             self._save_pins(self._saved_pins)
+            was_excluded = version in model.excluded
             model.pinned = version
             model.excluded.discard(version)
             self._apply_for(model, version)
@@ -227,7 +245,7 @@ class AdminApi:
             model,
             version,
             still_wanted=lambda: model.pinned == version,
-            undo=lambda: self._undo_pin(model),
+            undo=lambda: self._undo_pin(model, version, was_excluded),
             commit=lambda: self._commit_pin(name, version),
         )
         if error is not None:
@@ -237,10 +255,15 @@ class AdminApi:
 
     async def unpin(self, name: str) -> dict[str, Any]:
         async with self._lock:
-            model = self._model(name)
+            model = self.registry.configured(name)
+            if model is None and name not in self._saved_pins:
+                raise ServingError(Code.NOT_FOUND, f"Model {name} is not configured")
             saved = {n: v for n, v in self._saved_pins.items() if n != name}
             self._save_pins(saved)
             self._saved_pins = saved
+            if model is None:  # a persisted pin of a model this server does not serve
+                log.info("Removed the persisted pin of unconfigured model %s", name)
+                return {"name": name, "pinned_version": None}
             model.pinned = None
             self._apply(model)
             log.info("Unpinned model %s; the version policy decides again", name)
@@ -248,8 +271,9 @@ class AdminApi:
 
     async def load_version(self, name: str, version: int) -> dict[str, Any]:
         async with self._lock:
-            model = self._model(name)
+            model = self._configured(name, version)
             self._require_on_disk(model, version)
+            was_excluded = version in model.excluded
             model.excluded.discard(version)
             model.forced.add(version)
             self._apply_for(model, version)
@@ -257,7 +281,7 @@ class AdminApi:
             model,
             version,
             still_wanted=lambda: version in model.forced,
-            undo=lambda: self._undo_load(model, version),
+            undo=lambda: self._undo_load(model, version, was_excluded),
         )
         if error is not None:
             raise _admin_error(error, f"Version {version} of model {name} did not load")
@@ -265,8 +289,9 @@ class AdminApi:
 
     async def unload_version(self, name: str, version: int) -> dict[str, Any]:
         async with self._lock:
-            model = self._model(name)
-            if model.pinned == version:
+            model = self._configured(name, version)
+            # The saved pin too: a pin still waiting for its version falls back to it.
+            if version in (model.pinned, self._saved_pins.get(name)):
                 raise ServingError(
                     Code.FAILED_PRECONDITION,
                     f"Version {version} of model {name} is pinned; unpin it first",
@@ -282,7 +307,10 @@ class AdminApi:
             model.forced.discard(version)
             model.excluded.add(version)
             self._apply(model)
-        await self.manager.wait_idle(name)
+        # The unload is in force either way; the answer waits for it, within the bound.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.load_wait_seconds):
+                await self.manager.wait_idle(name)
         return self.describe(name)
 
     async def reload_config(self) -> dict[str, Any]:
@@ -325,13 +353,16 @@ class AdminApi:
         whether or not anyone is still waiting for the answer.
         """
 
+        def wanted() -> bool:
+            return self._in_force(model) and still_wanted()
+
         async def settle() -> ServingError | None:
-            error = await self._wait_loaded(model, version, still_wanted)
+            error = await self._wait_loaded(model, version, wanted)
             if error is not None and error.code is Code.ABORTED:
                 return error
             async with self._lock:
-                if not still_wanted():
-                    return error
+                if not wanted():
+                    return _replaced()
                 if error is None:
                     error = commit()
                 if error is not None:
@@ -341,7 +372,12 @@ class AdminApi:
         task = asyncio.create_task(settle(), name=f"admin-settle-{model.name}-{version}")
         self._settling.add(task)
         task.add_done_callback(self._settled)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # the caller was cancelled; the task goes on
+            raise ServingError(Code.UNAVAILABLE, "The server is shutting down") from None
 
     def _settled(self, task: asyncio.Task[ServingError | None]) -> None:
         self._settling.discard(task)
@@ -358,13 +394,20 @@ class AdminApi:
         self._saved_pins = saved
         return None
 
-    def _undo_pin(self, model: ModelRecord) -> None:
-        """Back to the pin in the state file (the last one that loaded), or none."""
+    def _undo_pin(self, model: ModelRecord, version: int, was_excluded: bool) -> None:
+        """Back to the pin in the state file (the last one that loaded), or none, and to
+        the version's exclusion as it was."""
         model.pinned = self._saved_pins.get(model.name)
+        if model.pinned is not None:
+            model.excluded.discard(model.pinned)
+        if was_excluded and version != model.pinned:
+            model.excluded.add(version)
         self._apply(model)
 
-    def _undo_load(self, model: ModelRecord, version: int) -> None:
+    def _undo_load(self, model: ModelRecord, version: int, was_excluded: bool) -> None:
         model.forced.discard(version)
+        if was_excluded:
+            model.excluded.add(version)
         self._apply(model)
 
     async def _wait_loaded(
@@ -375,14 +418,16 @@ class AdminApi:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.load_wait_seconds
         while loop.time() < deadline:
+            if not still_wanted():
+                return _replaced()
             record = model.versions.get(version)
             if record is not None and record.state is VersionState.AVAILABLE:
                 return None
             if record is not None and record.state is VersionState.END and record.error:
-                return ServingError(record.error.code, f"it failed to load: {record.error.message}")
-            if not still_wanted():
+                # Whatever the load's own code (UNAVAILABLE for a worker that died...), a
+                # failed load is the request's failed precondition.
                 return ServingError(
-                    Code.ABORTED, "a later admin change replaced this request before it loaded"
+                    Code.FAILED_PRECONDITION, f"it failed to load: {record.error.message}"
                 )
             async with self.manager.changed:
                 with contextlib.suppress(TimeoutError):
@@ -403,10 +448,15 @@ class AdminApi:
             ) from None
 
 
+def _replaced() -> ServingError:
+    return ServingError(
+        Code.ABORTED,
+        "a later admin change or config reload replaced this request before it loaded",
+    )
+
+
 def _admin_error(error: ServingError, what: str) -> ServingError:
-    """A failed pin or load as the admin API reports it: a replaced request (ABORTED), a
-    version still loading after the wait (DEADLINE_EXCEEDED) or a state file that cannot be
-    written (UNAVAILABLE) keep their codes; a load error is FAILED_PRECONDITION."""
-    kept = (Code.ABORTED, Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE)
-    code = error.code if error.code in kept else Code.FAILED_PRECONDITION
-    return ServingError(code, f"{what}: {error.message}")
+    """A failed pin or load as the admin API reports it, with the code _settle gave it:
+    FAILED_PRECONDITION (the load failed), ABORTED (replaced), DEADLINE_EXCEEDED (still
+    loading after the wait) or UNAVAILABLE (the state file cannot be written)."""
+    return ServingError(error.code, f"{what}: {error.message}")

@@ -113,6 +113,8 @@ class Server:
     draining: bool = False
     # gRPC HandleReloadConfigRequest, the config file watcher and admin all reload configs.
     _reload_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    # models added by a reload and not AVAILABLE yet: every reload listing one waits for it
+    _awaited: set[str] = dataclasses.field(default_factory=set)
 
     async def reload_config_file(self, wait_seconds: float | None = None) -> None:
         """Admin 'reload config': re-read --model_config_file now; then as
@@ -132,7 +134,8 @@ class Server:
         self, configs: list[ModelConfig], wait_seconds: float | None = None
     ) -> None:
         """Full replacement (TF Serving's ReloadConfig): models not listed unload, new ones
-        load; returns once every new model has an AVAILABLE version, raises if one failed.
+        load; returns once every new model (and every model of this config an earlier
+        reload still waits for) has an AVAILABLE version, raises if one failed.
 
         Only applying the config holds the reload lock. The wait for the new models does
         not: a new model with no version on disk yet keeps its caller waiting (as in TF
@@ -141,12 +144,15 @@ class Server:
         does (gRPC: until its deadline).
         """
         async with self._reload_lock:
-            new = await self._apply_model_config(configs)
+            self._awaited |= set(await self._apply_model_config(configs))
+            # As TF Serving, whose reloads hold its config lock while they wait: a reload
+            # also waits for models of its config that an earlier reload is waiting for.
+            awaited = [c.name for c in configs if c.name in self._awaited]
         try:
             async with asyncio.timeout(wait_seconds):
-                await self._wait_available(new)
+                await self._wait_available(awaited)
         except TimeoutError:
-            waiting = self._unavailable(new)
+            waiting = self._unavailable(awaited)
             raise ServingError(
                 Code.DEADLINE_EXCEEDED,
                 f"The model config was applied, but model(s) {', '.join(waiting)} have no "
@@ -158,10 +164,11 @@ class Server:
         """Apply a model config without waiting for its new models (the file watcher:
         their loads and failures are logged by the manager)."""
         async with self._reload_lock:
-            await self._apply_model_config(configs)
+            self._awaited |= set(await self._apply_model_config(configs))
 
     async def _apply_model_config(self, configs: list[ModelConfig]) -> list[str]:
         """The config change itself; returns the names of the models it added."""
+        self._awaited &= {c.name for c in configs}
         self._check_platforms(configs)
         sync_configs = self._sync_configs_for(configs)  # a bad table rejects the whole reload
         label_error = self.registry.reload_label_error(configs)
@@ -189,17 +196,26 @@ class Server:
             and not record.available_versions()
         ]
 
-    async def _wait_available(self, new: list[str]) -> None:
-        """Until every model of `new` that is still configured has an AVAILABLE version;
-        raises TF Serving's error if a load failed."""
-        while waiting := self._unavailable(new):
+    async def _wait_available(self, names: list[str]) -> None:
+        """Until every model of `names` has an AVAILABLE version; raises TF Serving's error
+        if a load failed, ABORTED if a later reload removed one of them."""
+        while waiting := self._unavailable(names):
             for name in waiting:
                 await self.manager.wait_idle(name)
             error = initial_load_error(self.registry, self._unavailable(waiting))
             if error is not None:
+                self._awaited -= set(waiting)  # failed: later reloads need not wait for it
                 raise error
             self.discovery.scan(waiting)
             await asyncio.sleep(0.1)
+        removed = [n for n in names if self.registry.configured(n) is None]
+        if removed:
+            raise ServingError(
+                Code.ABORTED,
+                f"Model(s) {', '.join(removed)} were removed by a later config reload before "
+                "they became available",
+            )
+        self._awaited -= set(names)
 
     def _check_platforms(self, configs: list[ModelConfig]) -> None:
         """ServerCore::ValidateNoModelsChangePlatforms, then the platforms tfgate serves."""
@@ -231,6 +247,9 @@ class Server:
     async def close(self) -> None:
         """Reverse order: stop listening, drain, stop background tasks, stop workers."""
         self.draining = True
+        # Admin changes still waiting for a version answer 503 now instead of holding up
+        # the HTTP servers' graceful drain.
+        await self.admin.close()
         for http in (self.rest_server, self.admin_server):
             if http is not None:
                 with contextlib.suppress(Exception):
@@ -242,7 +261,6 @@ class Server:
             await self.config_watcher.close()
         if self.model_sync is not None:
             await self.model_sync.close()
-        await self.admin.close()  # admin changes still waiting for their versions
         await self.discovery.close()
         await self.manager.close()
         await self.batcher.close()

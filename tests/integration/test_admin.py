@@ -76,14 +76,16 @@ def patient_admin_server(tmp_path: pathlib.Path, model_zoo):  # type: ignore[no-
     server.stop()
 
 
-def _publish_slow_version(model_zoo, base: pathlib.Path, version: int, tmp: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
-    """A version whose load replays 12 warmup records through a 300 ms model (>= 3.6 s)."""
+def _publish_slow_version(model_zoo, base: pathlib.Path, version: int, tmp: pathlib.Path,  # type: ignore[no-untyped-def]
+                          records: int = 12) -> None:
+    """A version whose load replays `records` warmup records through a 300 ms model
+    (12: >= 3.6 s)."""
     staging = tmp / f"slow-staging-{version}"
     shutil.copytree(model_zoo.base_path("slow") / "1", staging)
     (staging / "assets.extra").mkdir()
     subprocess.run(
         [sys.executable, "-c", WRITE_WARMUP,
-         str(staging / "assets.extra" / "tf_serving_warmup_requests"), "12"],
+         str(staging / "assets.extra" / "tf_serving_warmup_requests"), str(records)],
         check=True,
     )
     staging.rename(base / str(version))
@@ -151,7 +153,7 @@ def test_a_pin_outlives_its_caller_and_a_later_unpin_replaces_a_waiting_one(
         assert time.monotonic() - started < 2.0
         waiting.join(60)
         assert answer["pin"].status_code == 409
-        assert "a later admin change replaced this request" in answer["pin"].json()["error"]
+        assert "replaced this request before it loaded" in answer["pin"].json()["error"]
         assert _describe(http)["pinned_version"] is None
         assert json.loads(server.state.read_text()) == {"pins": {}}
 
@@ -210,3 +212,91 @@ def test_reload_config_errors_and_a_new_model_without_versions(
         # The config is in force: the version appears and loads.
         copy_version(model_zoo.base_path("half_plus_two") / "1", fresh, 1)
         wait_for(lambda: available(http, "fresh") == {1}, timeout=60)
+
+
+def _in_thread(http: httpx.Client, answer: dict[str, httpx.Response], key: str, method: str,
+               path: str, **kwargs: object) -> threading.Thread:
+    thread = threading.Thread(target=lambda: answer.update({key: http.request(
+        method, path, headers=admin_headers(), timeout=90, **kwargs  # type: ignore[arg-type]
+    )}))
+    thread.start()
+    return thread
+
+
+def test_an_undone_pin_or_load_puts_back_what_was_there(
+    admin_server, model_zoo, tmp_path: pathlib.Path
+) -> None:  # type: ignore[no-untyped-def]
+    """While a pin waits, the saved pin's version cannot be unloaded (the pin falls back to
+    it); an undone load leaves an unloaded version unloaded again."""
+    _publish_slow_version(model_zoo, admin_server.base, 0, tmp_path)  # >= 3.6 s; wait is 3 s
+    with admin_server.client() as http:
+        assert http.post("/v1/admin/models/m/pin", json={"version": 1},
+                         headers=admin_headers()).status_code == 200
+        answer: dict[str, httpx.Response] = {}
+        pin = _in_thread(http, answer, "pin", "POST", "/v1/admin/models/m/pin",
+                         json={"version": 0})
+        wait_for(lambda: versions(http, "m").get("0") == "LOADING", interval=0.05)
+        unload = http.post("/v1/admin/models/m/versions/1/unload", headers=admin_headers())
+        assert unload.status_code == 400
+        assert unload.json()["error"] == "Version 1 of model m is pinned; unpin it first"
+        pin.join(60)
+        assert answer["pin"].status_code == 504
+        described = _describe(http)
+        assert (described["pinned_version"], described["serving_version"]) == (1, 1)
+        assert described["excluded_versions"] == []
+        assert json.loads(admin_server.state.read_text()) == {"pins": {"m": 1}}
+
+        wait_for(lambda: versions(http, "m").get("0") in (None, "END"), timeout=30)
+        assert http.post("/v1/admin/models/m/versions/0/unload",
+                         headers=admin_headers()).status_code == 200
+        assert _describe(http)["excluded_versions"] == [0]
+        load = http.post("/v1/admin/models/m/versions/0/load", headers=admin_headers(),
+                         timeout=60)
+        assert load.status_code == 504
+        assert "the request was undone" in load.json()["error"]
+        assert _describe(http)["excluded_versions"] == [0]
+
+
+def test_a_reload_removing_the_model_ends_a_waiting_pin(
+    admin_server, model_zoo, tmp_path: pathlib.Path
+) -> None:  # type: ignore[no-untyped-def]
+    _publish_slow_version(model_zoo, admin_server.base, 0, tmp_path, records=40)  # >= 12 s
+    other = tmp_path / "other"
+    other.mkdir()
+    copy_version(model_zoo.base_path("half_plus_two") / "1", other, 1)
+    with admin_server.client() as http:
+        answer: dict[str, httpx.Response] = {}
+        started = time.monotonic()
+        pin = _in_thread(http, answer, "pin", "POST", "/v1/admin/models/m/pin",
+                         json={"version": 0})
+        wait_for(lambda: versions(http, "m").get("0") == "LOADING", interval=0.05)
+        admin_server.config.write_text(CONFIG.format(m=other).replace('"m"', '"other"'))
+        # "other" loads after the slow version (one load at a time per worker), so the
+        # reload may answer 504 after its 3 s; its config is in force either way.
+        reload = http.post("/v1/admin/reload-config", headers=admin_headers(), timeout=60)
+        assert reload.status_code in (200, 504), reload.text
+        pin.join(60)
+        assert answer["pin"].status_code == 409
+        assert "config reload replaced this request" in answer["pin"].json()["error"]
+        assert time.monotonic() - started < 10  # not the 12 s load, not a 500 after it
+        wait_for(lambda: available(http, "other") == {1}, timeout=60)
+    assert "Traceback" not in admin_server.log()
+
+
+def test_shutdown_answers_a_waiting_pin_at_once(
+    patient_admin_server, model_zoo, tmp_path: pathlib.Path
+) -> None:  # type: ignore[no-untyped-def]
+    server = patient_admin_server
+    _publish_slow_version(model_zoo, server.base, 0, tmp_path, records=100)  # >= 30 s
+    with server.client() as http:
+        answer: dict[str, httpx.Response] = {}
+        pin = _in_thread(http, answer, "pin", "POST", "/v1/admin/models/m/pin",
+                         json={"version": 0})
+        wait_for(lambda: versions(http, "m").get("0") == "LOADING", interval=0.05)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 20
+        pin.join(30)
+    assert answer["pin"].status_code == 503
+    assert answer["pin"].json() == {"error": "The server is shutting down"}
+    assert not server.state.exists() or json.loads(server.state.read_text()) == {"pins": {}}

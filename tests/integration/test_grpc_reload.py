@@ -5,6 +5,9 @@ Serving's validation errors. The server has its own process since reloads change
 from __future__ import annotations
 
 import pathlib
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -27,6 +30,7 @@ from tests.integration.test_grpc import (
     wait_for_channel,
     x_input,
 )
+from tests.integration.test_warmup import WRITE_WARMUP
 from tests.serverproc import ServerProcess
 
 
@@ -256,7 +260,7 @@ def test_a_reload_waiting_for_a_model_without_versions_does_not_block_the_next(
 ) -> None:
     """As in TF Serving, a reload adding a model with no version yet waits for one (here with
     no deadline at all); unlike a lock held for the wait, the next reload still applies, and
-    once the awaited model leaves the config the first call returns too."""
+    once it removes the awaited model the first call ends with ABORTED."""
     stub = model_service_pb2_grpc.ModelServiceStub(channel)
     half_plus_two = model_entry("half_plus_two", tfs_testdata / "saved_model_half_plus_two_cpu")
     empty = tmp_path / "empty"
@@ -271,6 +275,36 @@ def test_a_reload_waiting_for_a_model_without_versions_does_not_block_the_next(
         reply = stub.HandleReloadConfigRequest(reload_request(half_plus_two), timeout=20)
         assert reply.status.error_code == 0
         assert time.monotonic() - started < 10
-        assert waiting.result(timeout=20).status.error_code == 0
+        error = waiting.exception(timeout=20)
+        assert error is not None and error.code() == grpc.StatusCode.ABORTED
+        assert "empty were removed by a later config reload" in error.details()
     finally:
         waiting.cancel()
+
+
+def test_a_reload_repeating_a_config_waits_for_the_model_an_earlier_one_awaits(
+    channel: grpc.Channel, tfs_testdata: pathlib.Path, tmp_path: pathlib.Path, model_zoo
+) -> None:  # type: ignore[no-untyped-def]
+    """TF Serving's reloads hold its config lock while they wait, so the second of two
+    identical reloads cannot answer before the model the first one added is AVAILABLE."""
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    half_plus_two = model_entry("half_plus_two", tfs_testdata / "saved_model_half_plus_two_cpu")
+    slow = tmp_path / "slow"
+    shutil.copytree(model_zoo.base_path("slow") / "1", slow / "1")
+    (slow / "1" / "assets.extra").mkdir()
+    subprocess.run(  # 12 warmup records through a 300 ms model: >= 3.6 s of load
+        [sys.executable, "-c", WRITE_WARMUP,
+         str(slow / "1" / "assets.extra" / "tf_serving_warmup_requests"), "12"],
+        check=True,
+    )
+    config = reload_request(half_plus_two, model_entry("slow", slow))
+    first = stub.HandleReloadConfigRequest.future(config, timeout=60)
+    try:
+        time.sleep(0.5)
+        assert stub.HandleReloadConfigRequest(config, timeout=60).status.error_code == 0
+        assert not first.done() or first.result().status.error_code == 0
+        assert versions(channel, "slow") == [(1, 30)]  # AVAILABLE
+        assert first.result(timeout=60).status.error_code == 0
+    finally:
+        first.cancel()
+        stub.HandleReloadConfigRequest(reload_request(half_plus_two), timeout=60)
