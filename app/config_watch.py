@@ -1,7 +1,10 @@
 """Polls --model_config_file every --model_config_file_poll_wait_seconds and applies a
-changed file through Server.reload_model_config (full replacement, as TF Serving does).
+changed file through Server.apply_model_config (full replacement, as TF Serving does).
 
-A file that fails to parse is logged and skipped: the running config stays in force.
+A file that fails to parse, or a config the server refuses (a label on a version that is not
+AVAILABLE yet, a platform change...), is logged and the running config stays in force. As
+TF Serving's poller, the next poll tries the same file again: a refusal can pass later (the
+labelled version has loaded meanwhile).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from app import model_config
+from app.errors import ServingError
 from app.registry import ModelConfig
 
 log = logging.getLogger("tfgate.config_watch")
@@ -42,7 +46,8 @@ class ConfigWatcher:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def check_once(self) -> bool:
-        """Apply the file if its text changed; True when a new config was applied."""
+        """Apply the file if its text differs from the last one applied; True when a new
+        config was applied. A refused apply raises, and is tried again next time."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
@@ -51,7 +56,6 @@ class ConfigWatcher:
             return False
         if text == self._last_text:
             return False
-        self._last_text = text
         try:
             configs = model_config.parse_model_server_config(text)
         except model_config.ConfigError as exc:
@@ -59,18 +63,27 @@ class ConfigWatcher:
             return False
         log.info("Model config file %s changed: applying %d model(s)", self.path, len(configs))
         await self.apply(configs)
+        self._last_text = text
         return True
 
     async def _poll(self) -> None:
-        """Bounded and cancellable; a failure is logged, and the file is applied again once
-        its text changes (re-applying the same text would fail the same way)."""
+        """Bounded (one apply per poll) and cancellable; a failure is logged and the file
+        is tried again at the next poll."""
         while True:
             await asyncio.sleep(self.poll_wait_seconds)
             try:
                 await self.check_once()
             except asyncio.CancelledError:
                 raise
+            except ServingError as exc:  # refused, as TF Serving would refuse it
+                log.error(
+                    "Not applying %s: %s; trying again in %gs",
+                    self.path,
+                    exc.message,
+                    self.poll_wait_seconds,
+                )
             except Exception:
                 log.exception(
-                    "Applying the model config file failed; it is applied again when it changes"
+                    "Applying the model config file failed; trying again in %gs",
+                    self.poll_wait_seconds,
                 )

@@ -35,7 +35,8 @@ CONFIG_WITH_NEW = (
 )
 
 
-def start_admin_server(tmp_path: pathlib.Path, model_zoo, load_wait_seconds: float):  # type: ignore[no-untyped-def]
+def start_admin_server(tmp_path: pathlib.Path, model_zoo, load_wait_seconds: float,  # type: ignore[no-untyped-def]
+                       extra_args: tuple[str, ...] = ()):
     """Model m (half_plus_two version 1) from a model config file; admin with a token, a
     state file and the given load wait."""
     base = tmp_path / "m"
@@ -53,7 +54,7 @@ def start_admin_server(tmp_path: pathlib.Path, model_zoo, load_wait_seconds: flo
     )
     server = ServerProcess(
         [f"--model_config_file={config}", f"--config={toml}",
-         "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"],
+         "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0", *extra_args],
         tmp_path / "server.log",
     ).start()
     server.base = base  # type: ignore[attr-defined]
@@ -300,3 +301,29 @@ def test_shutdown_answers_a_waiting_pin_at_once(
     assert answer["pin"].status_code == 503
     assert answer["pin"].json() == {"error": "The server is shutting down"}
     assert not server.state.exists() or json.loads(server.state.read_text()) == {"pins": {}}
+
+
+def test_the_config_poll_retries_a_refused_label_until_its_version_loads(
+    model_zoo, tmp_path: pathlib.Path
+) -> None:  # type: ignore[no-untyped-def]
+    """As TF Serving's poller: a label on a version still loading is refused, and the same
+    file applies at a later poll once the version is AVAILABLE."""
+    server = start_admin_server(tmp_path, model_zoo, load_wait_seconds=3,
+                                extra_args=("--model_config_file_poll_wait_seconds=1",))
+    try:
+        _publish_slow_version(model_zoo, server.base, 2, tmp_path)  # >= 3.6 s of load
+        server.config.write_text(
+            f'model_config_list {{ config {{ name: "m" base_path: "{server.base}" '
+            'model_platform: "tensorflow" version_labels { key: "stable" value: 2 } } }\n'
+        )
+        with server.client() as http:
+            wait_for(lambda: "Request to assign label to version 2 of model m" in server.log(),
+                     timeout=30)
+            # Until the label applies, predicting by it is refused (unknown label).
+            labelled = wait_for(lambda: (r := http.post(
+                "/v1/models/m/labels/stable:predict", json={"instances": [[2.0]]}
+            )).status_code == 200 and r.json(), timeout=60)
+            assert labelled == {"predictions": [[3.0]]}
+            assert available(http, "m") == {1, 2} or available(http, "m") == {2}
+    finally:
+        server.stop()
