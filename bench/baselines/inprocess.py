@@ -15,7 +15,6 @@ import json
 import time
 
 import numpy as np
-
 from tensorflow.core.protobuf import config_pb2
 
 from workers.runner import SavedModelRunner
