@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -175,6 +176,22 @@ async def _drain_and_close(connections: Sequence[_Connection], drain_seconds: fl
         await asyncio.wait_for(asyncio.gather(*(c.closed for c in connections)), timeout=2.0)
 
 
+async def _open_loop(
+    rate: float, poisson: bool, running: Callable[[], bool], send: Callable[[int], None]
+) -> None:
+    """Open loop: send(scheduled_ns) at `rate` requests/s (exponential gaps with `poisson`)
+    while running(); a request's latency counts from its scheduled time, so a slow server
+    cannot hide its queueing behind late sends."""
+    interval_ns = 1e9 / rate
+    next_ns = float(time.perf_counter_ns())
+    while running():
+        now = time.perf_counter_ns()
+        while next_ns <= now:
+            send(int(next_ns))
+            next_ns += random.expovariate(1.0) * interval_ns if poisson else interval_ns
+        await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+
+
 class _HttpDriver:
     """Closed loop (concurrency) or open loop (rate) over raw keep-alive connections."""
 
@@ -221,19 +238,14 @@ class _HttpDriver:
     async def run_open(self, rate: float, poisson: bool) -> None:
         self.open_loop = True
         self.idle = list(self.connections)
-        interval_ns = 1e9 / rate
-        next_ns = float(time.perf_counter_ns())
-        while self.running:
-            now = time.perf_counter_ns()
-            while next_ns <= now:
-                scheduled = int(next_ns)
-                if self.idle:
-                    self.idle.pop().send(scheduled)
-                else:
-                    self.backlog.append(scheduled)
-                gap = random.expovariate(1.0) * interval_ns if poisson else interval_ns
-                next_ns += gap
-            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+
+        def send(scheduled_ns: int) -> None:
+            if self.idle:
+                self.idle.pop().send(scheduled_ns)
+            else:
+                self.backlog.append(scheduled_ns)
+
+        await _open_loop(rate, poisson, lambda: self.running, send)
 
     async def stop(self, drain_seconds: float) -> None:
         self.running = False
@@ -274,21 +286,15 @@ class _GrpcDriver:
         self.tasks = [asyncio.create_task(self._closed_loop(i)) for i in range(concurrency)]
 
     async def run_open(self, rate: float, poisson: bool) -> None:
-        interval = 1.0 / rate
-        loop = asyncio.get_running_loop()
-        next_time = loop.time()
         pending: set[asyncio.Task[None]] = set()
-        i = 0
-        while self.running:
-            now = loop.time()
-            while next_time <= now:
-                sent_ns = time.perf_counter_ns() - int((now - next_time) * 1e9)
-                task = asyncio.create_task(self._one(self.calls[i % len(self.calls)], sent_ns))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                i += 1
-                next_time += random.expovariate(1.0) * interval if poisson else interval
-            await asyncio.sleep(max(0.0, next_time - loop.time()))
+        calls = itertools.cycle(self.calls)
+
+        def send(scheduled_ns: int) -> None:
+            task = asyncio.create_task(self._one(next(calls), scheduled_ns))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        await _open_loop(rate, poisson, lambda: self.running, send)
         self.tasks = list(pending)
 
     async def stop(self, drain_seconds: float) -> None:
@@ -387,23 +393,18 @@ class _H2GrpcDriver:
 
     async def run_open(self, rate: float, poisson: bool) -> None:
         self.open_loop = True
-        interval_ns = 1e9 / rate
-        next_ns = float(time.perf_counter_ns())
-        i = 0
-        while self.running:
-            now = time.perf_counter_ns()
-            while next_ns <= now:
-                slot = i % len(self.slots)
-                conn = self.slots[slot]
-                if conn.usable:
-                    conn.call(int(next_ns), lambda sent, err, s=slot: self._done(s, sent, err))
-                else:
-                    self.recorder.error("no_connection")
-                    self._replace(slot)
-                i += 1
-                gap = random.expovariate(1.0) * interval_ns if poisson else interval_ns
-                next_ns += gap
-            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+        slots = itertools.cycle(range(len(self.slots)))
+
+        def send(scheduled_ns: int) -> None:
+            slot = next(slots)
+            conn = self.slots[slot]
+            if conn.usable:
+                conn.call(scheduled_ns, lambda sent, err: self._done(slot, sent, err))
+            else:
+                self.recorder.error("no_connection")
+                self._replace(slot)
+
+        await _open_loop(rate, poisson, lambda: self.running, send)
 
     async def stop(self, drain_seconds: float) -> None:
         self.running = False

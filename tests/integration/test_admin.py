@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from tests.integration.test_lifecycle import (
-    TOKEN,
     admin_headers,
     available,
     copy_version,
     versions,
     wait_for,
+    write_admin_config,
 )
 from tests.integration.test_warmup import WRITE_WARMUP
 from tests.serverproc import ServerProcess
@@ -44,14 +44,7 @@ def start_admin_server(tmp_path: pathlib.Path, model_zoo, load_wait_seconds: flo
     copy_version(model_zoo.base_path("half_plus_two") / "1", base, 1)
     config = tmp_path / "models.config"
     config.write_text(CONFIG.format(m=base))
-    tokens = tmp_path / "tokens"
-    tokens.write_text(TOKEN + "\n")
-    state = tmp_path / "state" / "pins.json"
-    toml = tmp_path / "tfgate.toml"
-    toml.write_text(
-        f'[admin]\ntokens_file = "{tokens}"\nstate_file = "{state}"\n'
-        f"load_wait_seconds = {load_wait_seconds}\n"
-    )
+    toml, state = write_admin_config(tmp_path, f"load_wait_seconds = {load_wait_seconds}\n")
     server = ServerProcess(
         [f"--model_config_file={config}", f"--config={toml}",
          "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0", *extra_args],

@@ -59,18 +59,23 @@ def admin_headers(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def write_admin_config(tmp_path: pathlib.Path, extra: str = "") -> tuple[pathlib.Path, pathlib.Path]:
+    """A tfgate TOML with the admin token file and a state file (not created yet) under
+    tmp_path, plus `extra` [admin] lines; returns (toml, state file)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    state = tmp_path / "state" / "pins.json"
+    config = tmp_path / "tfgate.toml"
+    config.write_text(f'[admin]\ntokens_file = "{tokens}"\nstate_file = "{state}"\n{extra}')
+    return config, state
+
+
 @pytest.fixture
 def lifecycle_server(tmp_path: pathlib.Path, hp2: pathlib.Path):  # type: ignore[no-untyped-def]
     base = tmp_path / "m"
     base.mkdir()
     copy_version(hp2, base, 1)
-    tokens = tmp_path / "tokens"
-    tokens.write_text(TOKEN + "\n")
-    state = tmp_path / "state" / "pins.json"
-    config = tmp_path / "tfgate.toml"
-    config.write_text(
-        f'[admin]\ntokens_file = "{tokens}"\nstate_file = "{state}"\n'
-    )
+    config, state = write_admin_config(tmp_path)
     args = [
         "--model_name=m", f"--model_base_path={base}", f"--config={config}",
         "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0",
