@@ -1,28 +1,35 @@
-"""gRPC front: the grpc.aio server that TF Serving's clients talk to, on --port and
---grpc_socket_path.
+"""gRPC front: the server TF Serving's clients talk to, on --port and --grpc_socket_path.
 
 Data path position: gRPC request -> grpc_services (ModelSpec + codec_proto decode) ->
 service -> codec_proto encode -> gRPC response. This module only builds and starts the
 server the way TF Serving's server.cc does: listening addresses, INT32_MAX message sizes,
---grpc_channel_arguments, --grpc_max_threads (a limit on concurrent RPCs), TLS / mutual TLS
-from --ssl_config_file, grpc.health.v1 behind --enable_grpc_healthcheck_service, and
-server reflection (always on; a tfgate addition).
+--grpc_max_threads (a limit on concurrent RPCs), TLS / mutual TLS from --ssl_config_file,
+grpc.health.v1 behind --enable_grpc_healthcheck_service, and server reflection (always on;
+a tfgate addition).
+
+Two servers carry the same servicers: tfgate's own HTTP/2 one (app/grpc_h2_server.py, the
+default: it costs a fraction of grpc.aio's CPU per call) and grpc.aio
+(--grpc_implementation=grpcio). --grpc_channel_arguments are grpc core's, so they select
+grpc.aio.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from app import model_config
 from app.errors import StartupError
 from app.grpc_admin import AdminServicer
+from app.grpc_h2_server import GrpcH2Server
 from app.grpc_services import ModelServicer, PredictionServicer
 from app.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
 from proto import admin_pb2, admin_pb2_grpc
@@ -82,11 +89,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     return list(options.items())
 
 
-def server_credentials(ssl_config_file: str) -> grpc.ServerCredentials | None:
-    """SSLConfig -> server credentials; None means plaintext. client_verify requires and
-    verifies a client certificate (mutual TLS) against custom_ca, or the system roots."""
-    if not ssl_config_file:
-        return None
+def _ssl_config(ssl_config_file: str) -> Any:
     try:
         config = model_config.load_ssl_config(ssl_config_file)
     except model_config.ConfigError as exc:
@@ -95,6 +98,16 @@ def server_credentials(ssl_config_file: str) -> grpc.ServerCredentials | None:
         raise GrpcStartupError(
             f"SSL config {ssl_config_file} must set both server_key and server_cert"
         )
+    return config
+
+
+def server_credentials(ssl_config_file: str) -> grpc.ServerCredentials | None:
+    """SSLConfig -> grpc.aio server credentials; None means plaintext. client_verify
+    requires and verifies a client certificate (mutual TLS) against custom_ca, or the
+    system roots."""
+    if not ssl_config_file:
+        return None
+    config = _ssl_config(ssl_config_file)
     roots: bytes | None = None
     if config.client_verify:
         roots = config.custom_ca.encode() if config.custom_ca else _system_roots()
@@ -103,6 +116,41 @@ def server_credentials(ssl_config_file: str) -> grpc.ServerCredentials | None:
         root_certificates=roots,
         require_client_auth=config.client_verify,
     )
+
+
+def server_ssl_context(ssl_config_file: str) -> ssl.SSLContext | None:
+    """SSLConfig -> the TLS context of tfgate's HTTP/2 server (ALPN h2, TLS 1.2+), with the
+    same client_verify rule as server_credentials()."""
+    if not ssl_config_file:
+        return None
+    config = _ssl_config(ssl_config_file)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    # load_cert_chain reads files only: the PEM texts go through a private directory.
+    with tempfile.TemporaryDirectory(prefix="tfgate-tls-") as directory:
+        cert_path = os.path.join(directory, "cert.pem")
+        key_path = os.path.join(directory, "key.pem")
+        for path, text in ((cert_path, config.server_cert), (key_path, config.server_key)):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(text)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise GrpcStartupError(
+                f"Failed to BuildAndStart gRPC server: SSL config {ssl_config_file}: {exc}"
+            ) from None
+    if config.client_verify:
+        context.verify_mode = ssl.CERT_REQUIRED
+        roots = config.custom_ca or _system_roots().decode()
+        try:
+            context.load_verify_locations(cadata=roots)
+        except ssl.SSLError as exc:
+            raise GrpcStartupError(
+                f"Failed to BuildAndStart gRPC server: SSL config {ssl_config_file} custom_ca: "
+                f"{exc}"
+            ) from None
+    return context
 
 
 def _system_roots() -> bytes:
@@ -136,28 +184,13 @@ def listen_addresses(settings: Settings) -> list[tuple[str, str]]:
     return addresses
 
 
-def _bind(
-    grpc_server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
-) -> None:
-    try:
-        if credentials is None:
-            bound = grpc_server.add_insecure_port(address)
-        else:
-            bound = grpc_server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        raise GrpcStartupError(f"Failed to BuildAndStart gRPC server: {exc}") from None
-    if bound == 0 and not address.startswith("unix:"):
-        raise GrpcStartupError(f"Failed to BuildAndStart gRPC server: cannot bind {address}")
+def uses_grpcio(settings: Settings) -> bool:
+    return settings.grpc_implementation == "grpcio" or bool(settings.grpc_channel_arguments)
 
 
-async def start(server: Server) -> grpc.aio.Server:
-    """Build, bind and start the gRPC server for `server` (main.Server); returns it so
-    main.Server.close() can stop it with a grace period."""
+def _add_servicers(server: Server, grpc_server: Any) -> list[str]:
+    """Register tfgate's services on either server; returns their names for reflection."""
     settings = server.settings
-    max_rpcs = settings.grpc_max_threads if settings.grpc_max_threads > 0 else None
-    grpc_server = grpc.aio.server(
-        options=server_options(settings), maximum_concurrent_rpcs=max_rpcs
-    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(
             server.service,
@@ -179,23 +212,92 @@ async def start(server: Server) -> grpc.aio.Server:
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(server.admin, server.admin_tokens), grpc_server
     )
-    service_names = [PREDICTION_SERVICE, MODEL_SERVICE, ADMIN_SERVICE]
+    return [PREDICTION_SERVICE, MODEL_SERVICE, ADMIN_SERVICE]
+
+
+def _add_health_and_reflection(
+    settings: Settings, grpc_server: Any, service_names: list[str]
+) -> grpc_health.aio.HealthServicer | None:
     health: grpc_health.aio.HealthServicer | None = None
     if settings.enable_grpc_healthcheck_service:
         health = grpc_health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
         service_names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     service_names.append(reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(service_names, grpc_server)
+    # The asyncio reflection servicer whichever server it runs on (enable_server_reflection
+    # picks the threaded one for anything but a grpc.aio server).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(service_names), grpc_server
+    )
+    return health
 
-    credentials = server_credentials(settings.ssl_config_file)
+
+async def start(server: Server) -> grpc.aio.Server | GrpcH2Server:
+    """Build, bind and start the gRPC server for `server` (main.Server); returns it so
+    main.Server.close() can stop it with a grace period."""
+    settings = server.settings
     addresses = listen_addresses(settings)
-    for address, _ in addresses:
-        _bind(grpc_server, address, credentials)
-    await grpc_server.start()
-    if health is not None:
-        for name in HEALTH_SERVICE_NAMES:
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if uses_grpcio(settings):
+        grpc_server: Any = await _start_grpcio(server, addresses)
+        why = (
+            "--grpc_channel_arguments" if settings.grpc_channel_arguments
+            else "--grpc_implementation=grpcio"
+        )
+        log.info("gRPC served by grpc.aio (%s)", why)
+    else:
+        grpc_server = await _start_h2(server, addresses)
     for _, description in addresses:
         log.info("Running gRPC ModelServer at %s ...", description)
     return grpc_server
+
+
+async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2Server:
+    settings = server.settings
+    h2_server = GrpcH2Server(max_concurrent_calls=max(0, settings.grpc_max_threads))
+    health = _add_health_and_reflection(settings, h2_server, _add_servicers(server, h2_server))
+    context = server_ssl_context(settings.ssl_config_file)
+    for address, _ in addresses:
+        try:
+            await h2_server.listen(address, context)
+        except OSError as exc:
+            await h2_server.stop(0)
+            raise GrpcStartupError(
+                f"Failed to BuildAndStart gRPC server: cannot bind {address}: {exc.strerror}"
+            ) from None
+    await _mark_serving(health)
+    return h2_server
+
+
+async def _start_grpcio(server: Server, addresses: list[tuple[str, str]]) -> grpc.aio.Server:
+    settings = server.settings
+    max_rpcs = settings.grpc_max_threads if settings.grpc_max_threads > 0 else None
+    grpc_server = grpc.aio.server(
+        options=server_options(settings), maximum_concurrent_rpcs=max_rpcs
+    )
+    health = _add_health_and_reflection(settings, grpc_server, _add_servicers(server, grpc_server))
+    credentials = server_credentials(settings.ssl_config_file)
+    for address, _ in addresses:
+        _bind(grpc_server, address, credentials)
+    await grpc_server.start()
+    await _mark_serving(health)
+    return grpc_server
+
+
+async def _mark_serving(health: grpc_health.aio.HealthServicer | None) -> None:
+    if health is not None:
+        for name in HEALTH_SERVICE_NAMES:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def _bind(
+    grpc_server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> None:
+    try:
+        if credentials is None:
+            bound = grpc_server.add_insecure_port(address)
+        else:
+            bound = grpc_server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise GrpcStartupError(f"Failed to BuildAndStart gRPC server: {exc}") from None
+    if bound == 0 and not address.startswith("unix:"):
+        raise GrpcStartupError(f"Failed to BuildAndStart gRPC server: cannot bind {address}")

@@ -155,6 +155,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("worker_arena_bytes", int, 64 << 20, "tfgate: shared-memory arena size per direction."),
     Flag("rest_api_host", str, "0.0.0.0", "tfgate: address the REST server binds."),
     Flag("grpc_host", str, "0.0.0.0", "tfgate: address the gRPC server binds."),
+    Flag(
+        "grpc_implementation",
+        str,
+        "h2",
+        "tfgate: h2 (tfgate's asyncio HTTP/2 gRPC server) or grpcio (grpc.aio); "
+        "--grpc_channel_arguments implies grpcio.",
+    ),
     Flag("log_format", str, "text", "tfgate: text or json."),
     Flag(
         "cache_url",
@@ -332,5 +339,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             "--rest_api_ssl_cert_file and --rest_api_ssl_key_file must be given together"
         )
+    if flags["grpc_implementation"] not in ("h2", "grpcio"):
+        raise SettingsError("--grpc_implementation must be h2 or grpcio")
     if flags["log_format"] not in ("text", "json"):
         raise SettingsError("--log_format must be text or json")

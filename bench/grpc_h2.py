@@ -29,36 +29,39 @@ from collections.abc import Callable
 import grpc
 import hpack
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+from app.h2_frames import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_ENABLE_PUSH,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE,
+    WINDOW_UPDATE,
+    HeaderDecoder,
+    frame,
+)
+
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 
-# Frame types and flags (RFC 9113 section 6).
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    0, 1, 3, 4, 6, 7, 8, 9,
-)
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY = 0x20
-SETTINGS_ENABLE_PUSH = 0x2
-SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
-SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-SETTINGS_MAX_FRAME_SIZE = 0x5
-DEFAULT_WINDOW = 65_535
-MAX_WINDOW = 2**31 - 1
 # Received DATA is acknowledged to the server in connection-level WINDOW_UPDATEs of at
 # least this much, so the replies never stall and the updates stay rare.
 WINDOW_UPDATE_BYTES = 1 << 20
-REFUSED_STREAM = 0x7  # RST_STREAM code: the server did not process the stream (retryable)
-CANCEL = 0x8  # RST_STREAM code for a stream whose answer came before its request was sent
 MAX_REFUSED_RETRIES = 3
-# Error replies can carry long grpc-message texts: hpack's 64 KiB default would end the
-# connection on one.
-MAX_HEADER_LIST_BYTES = 16 << 20
-# Decoded header blocks kept for reuse: replies repeat a handful; error texts may not.
-MEMO_ENTRIES = 64
-MEMO_BLOCK_BYTES = 256
-
 # Error kinds named as the grpc.aio driver names them (grpc_UNAVAILABLE, ...).
 STATUS_NAMES = {str(code.value[0]): code.name for code in grpc.StatusCode}
 
@@ -72,44 +75,6 @@ def grpc_timeout(seconds: float) -> str:
         if value < 10**8:
             return f"{value}{unit}"
     return "99999999H"
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
-    return struct.pack(">IBBI", len(payload), kind, flags, stream_id)[1:] + payload
-
-
-class HeaderDecoder:
-    """hpack decoding with memoized blocks.
-
-    A block whose decoding left the dynamic table as it was (only indexed fields, or literals
-    without indexing) means the same headers for as long as the table stays unchanged, so it
-    is stored; any block that changes the table drops the stored ones.
-    """
-
-    def __init__(self) -> None:
-        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_BYTES)
-        self.known: dict[bytes, list[tuple[str, str]]] = {}
-
-    def _table_state(self) -> tuple[int, int, object]:
-        table = self.decoder.header_table
-        entries = table.dynamic_entries
-        return len(entries), table.maxsize, entries[0] if entries else None
-
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        headers = self.known.get(block)
-        if headers is not None:
-            return headers
-        before = self._table_state()
-        headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
-        after = self._table_state()
-        # Identity, not equality, for the newest entry: a repeated insert makes a new tuple.
-        if before[:2] != after[:2] or before[2] is not after[2]:
-            self.known.clear()
-        elif len(block) <= MEMO_BLOCK_BYTES:
-            if len(self.known) >= MEMO_ENTRIES:
-                self.known.clear()
-            self.known[block] = headers
-        return headers
 
 
 class _Stream:

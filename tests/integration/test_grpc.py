@@ -157,8 +157,19 @@ def wait_for_channel(channel: grpc.Channel, server: ServerProcess, timeout: floa
         raise AssertionError(f"gRPC did not become ready:\n{server.log()}") from None
 
 
-@pytest.fixture(scope="module")
-def server(tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+# Every test here runs against both gRPC servers: tfgate's HTTP/2 one (the default) and
+# grpc.aio, which grpc core's channel arguments select.
+GRPC_SERVERS = {
+    "h2": ["--grpc_implementation=h2"],
+    "grpcio": [
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=3600000,"
+        "grpc.http2.max_pings_without_data=0,grpc.primary_user_agent=tfgate-test",
+    ],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(GRPC_SERVERS))
+def server(request, tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("grpc")
     for name in ZOO_MODELS:
         model_zoo.base_path(name)
@@ -171,12 +182,12 @@ def server(tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]
             f"--grpc_socket_path={tmp / 'grpc.sock'}",
             "--enable_grpc_healthcheck_service",
             "--grpc_max_threads=64",
-            "--grpc_channel_arguments=grpc.max_connection_age_ms=3600000,"
-            "grpc.http2.max_pings_without_data=0,grpc.primary_user_agent=tfgate-test",
+            *GRPC_SERVERS[request.param],
         ],
         tmp / "server.log",
     )
     proc.socket_path = tmp / "grpc.sock"  # type: ignore[attr-defined]
+    proc.grpc_server = request.param  # type: ignore[attr-defined]
     proc.start()
     yield proc
     proc.stop()
@@ -682,6 +693,11 @@ def test_reflection(channel: grpc.Channel) -> None:
         first = descriptor_pb2.FileDescriptorProto.FromString(
             found.file_descriptor_response.file_descriptor_proto[0])
         assert first.name == file_name
+
+
+def test_log_names_the_grpc_server(server: ServerProcess) -> None:
+    line = "gRPC served by grpc.aio (--grpc_channel_arguments)"
+    assert (line in server.log()) == (server.grpc_server == "grpcio")  # type: ignore[attr-defined]
 
 
 def test_server_log_has_no_tracebacks(server: ServerProcess) -> None:

@@ -1,0 +1,574 @@
+"""One client connection of tfgate's HTTP/2 gRPC server: frames in, frames out.
+
+Data path position: under app/grpc_h2_server.py (which accepts connections) and above
+app/grpc_h2_call.py (which runs each call's servicer). GrpcH2Connection parses the frames
+a client sends (RFC 9113), opens an H2Call per stream, keeps both directions of flow
+control, and writes each call's response as HEADERS, DATA and trailers (or one trailers-only
+HEADERS for an error). It also enforces the call deadline (grpc-timeout) and the server's
+concurrent call cap, and ends with GOAWAY at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import hpack
+
+from app import h2_frames as h2
+from app.grpc_h2_call import (
+    ACCEPT_ENCODING,
+    END_OF_REQUESTS,
+    CallFailed,
+    H2Call,
+    serve,
+    take_messages,
+)
+from app.grpc_h2_context import (
+    CallContext,
+    call_metadata,
+    encode_grpc_message,
+    metadata_fields,
+    parse_grpc_timeout,
+)
+
+if TYPE_CHECKING:
+    from app.grpc_h2_server import GrpcH2Server
+
+log = logging.getLogger("tfgate.grpc")
+
+# The receive window each stream starts with, and how much a connection reads before it
+# returns credit: large, so a 64 kB request never waits for a WINDOW_UPDATE.
+STREAM_WINDOW_BYTES = 8 << 20
+CONNECTION_CREDIT_BYTES = 1 << 20
+MAX_FRAME_BYTES = 1 << 20  # advertised: a 64 kB request arrives in one DATA frame
+# A request's header block, compressed and decoded (grpc's own hard limit is 16 KiB):
+# enough for any metadata, and bounded so a CONTINUATION flood cannot grow without end.
+MAX_HEADER_BLOCK_BYTES = 64 << 10
+MAX_HEADER_LIST_BYTES = 64 << 10
+GRPC_CONTENT_TYPE = "application/grpc"
+RESPONSE_FIELDS = [(":status", "200"), ("content-type", GRPC_CONTENT_TYPE),
+                   ("grpc-accept-encoding", ACCEPT_ENCODING)]
+RESPONSE_HEADERS = h2.literal_block(RESPONSE_FIELDS)
+OK_TRAILERS = h2.literal_block([("grpc-status", "0")])
+OK_TRAILERS_ONLY = h2.literal_block([*RESPONSE_FIELDS, ("grpc-status", "0")])
+# grpc.aio's texts for the same situations.
+METHOD_NOT_FOUND = "Method not found!"
+LIMIT_EXCEEDED = "Concurrent RPC limit exceeded!"
+DEADLINE_EXCEEDED = "Deadline Exceeded"
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/2: the connection ends with GOAWAY(code)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GrpcH2Connection(asyncio.Protocol):
+    """One client connection: frames in, frames out, one task per call."""
+
+    def __init__(self, server: GrpcH2Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.buffer = bytearray()
+        self.preface_seen = False
+        self.decoder = h2.HeaderDecoder(MAX_HEADER_LIST_BYTES)
+        self.calls: dict[int, H2Call] = {}
+        self.last_stream_id = 0
+        self.send_window = h2.DEFAULT_WINDOW  # connection level, peer's credit to us
+        self.peer_stream_window = h2.DEFAULT_WINDOW
+        self.peer_max_frame = h2.DEFAULT_MAX_FRAME_BYTES
+        self.receive_credit = 0
+        self.blocked: dict[int, H2Call] = {}  # calls with data waiting for window
+        self.header_stream = 0  # a HEADERS block waiting for CONTINUATION frames
+        self.header_flags = 0
+        self.header_block = bytearray()
+        self.going_away = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = _peer_name(transport)
+        self.server.connections.add(self)
+        settings = h2.settings_payload({
+            h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
+            h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_BYTES,
+        })
+        self.transport.write(
+            h2.frame(h2.SETTINGS, 0, 0, settings)
+            + h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.u32(h2.MAX_WINDOW - h2.DEFAULT_WINDOW))
+        )
+        if self.server.closing:
+            self.go_away()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.server.connections.discard(self)
+        for call in list(self.calls.values()):
+            self._cancel(call)
+        self.server.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        pos = 0
+        try:
+            if not self.preface_seen:
+                if not h2.PREFACE.startswith(bytes(buffer[: len(h2.PREFACE)])):
+                    raise ProtocolError(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                if len(buffer) < len(h2.PREFACE):
+                    return
+                self.preface_seen = True
+                pos = len(h2.PREFACE)
+            end = len(buffer)
+            while end - pos >= h2.FRAME_HEADER_BYTES:
+                length = int.from_bytes(buffer[pos : pos + 3], "big")
+                if length > MAX_FRAME_BYTES:
+                    raise ProtocolError(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                if end - pos < h2.FRAME_HEADER_BYTES + length:
+                    break
+                kind = buffer[pos + 3]
+                flags = buffer[pos + 4]
+                stream_id = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & h2.MAX_WINDOW
+                start = pos + h2.FRAME_HEADER_BYTES
+                payload = bytes(buffer[start : start + length])
+                pos = start + length
+                self._on_frame(kind, flags, stream_id, payload)
+                if self.transport is None:
+                    return
+        except ProtocolError as exc:
+            log.debug("gRPC connection from %s: %s", self.peer, exc)
+            self._close_with(exc.code)
+            return
+        except Exception:
+            log.exception("gRPC connection from %s failed; closing it", self.peer)
+            self._close_with(h2.INTERNAL_ERROR)
+            return
+        del buffer[:pos]
+
+    # -- frames in ------------------------------------------------------------------------
+
+    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.header_stream and kind != h2.CONTINUATION:
+            raise ProtocolError(h2.PROTOCOL_ERROR, "header block interrupted")
+        if kind == h2.DATA:
+            self._on_data(flags, stream_id, payload)
+        elif kind == h2.HEADERS:
+            if stream_id == 0:
+                raise ProtocolError(h2.PROTOCOL_ERROR, "HEADERS on stream 0")
+            payload = _strip(flags, payload)
+            if flags & h2.PRIORITY:
+                payload = payload[5:]
+            if len(payload) > MAX_HEADER_BLOCK_BYTES:
+                raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header block too large")
+            self.header_stream, self.header_flags = stream_id, flags
+            self.header_block = bytearray(payload)
+            if flags & h2.END_HEADERS:
+                self._on_header_block()
+        elif kind == h2.CONTINUATION:
+            if stream_id != self.header_stream or not stream_id:
+                raise ProtocolError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
+            self.header_block += payload
+            if len(self.header_block) > MAX_HEADER_BLOCK_BYTES:
+                raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header block too large")
+            if flags & h2.END_HEADERS:
+                self._on_header_block()
+        elif kind == h2.WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == h2.SETTINGS:
+            if not flags & h2.ACK:
+                self._on_settings(payload)
+        elif kind == h2.PING:
+            if len(payload) != 8:
+                raise ProtocolError(h2.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
+            if not flags & h2.ACK:
+                self._write(h2.frame(h2.PING, h2.ACK, 0, payload))
+        elif kind == h2.RST_STREAM:
+            call = self.calls.get(stream_id)
+            if call is not None:
+                self._cancel(call)
+        elif kind == h2.PUSH_PROMISE:
+            raise ProtocolError(h2.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        # GOAWAY from the client: its open calls still get their answers; PRIORITY and
+        # unknown frame types are ignored (RFC 9113 section 5.5).
+
+    def _on_header_block(self) -> None:
+        stream_id, flags = self.header_stream, self.header_flags
+        self.header_stream = 0
+        # Always decoded: hpack's dynamic table must follow every block.
+        try:
+            headers = self.decoder.decode(bytes(self.header_block))
+        except hpack.HPACKError as exc:
+            raise ProtocolError(h2.COMPRESSION_ERROR, f"header block: {exc}") from None
+        self.header_block = bytearray()
+        call = self.calls.get(stream_id)
+        if call is not None:  # trailers from the client end its request
+            if flags & h2.END_STREAM:
+                self._end_of_request(call)
+            return
+        if stream_id <= self.last_stream_id or not stream_id % 2:
+            if stream_id > self.last_stream_id:
+                raise ProtocolError(h2.PROTOCOL_ERROR, f"even stream id {stream_id}")
+            return  # a stream this side already closed
+        self.last_stream_id = stream_id
+        if self.going_away:
+            self._write(h2.frame(h2.RST_STREAM, 0, stream_id, h2.u32(h2.REFUSED_STREAM)))
+            return
+        self._start_call(stream_id, headers, bool(flags & h2.END_STREAM))
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise ProtocolError(h2.PROTOCOL_ERROR, "DATA on stream 0")
+        self.receive_credit += len(payload)
+        if self.receive_credit >= CONNECTION_CREDIT_BYTES:
+            self._write(h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.u32(self.receive_credit)))
+            self.receive_credit = 0
+        call = self.calls.get(stream_id)
+        if call is None or call.remote_closed:
+            if stream_id > self.last_stream_id:
+                raise ProtocolError(h2.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+            return  # a call already answered or cancelled: its remaining data is dropped
+        data = _strip(flags, payload)
+        if flags & h2.END_STREAM:
+            self._end_of_request(call, data)
+            return
+        call.body += data
+        call.receive_credit += len(payload)
+        if call.receive_credit >= STREAM_WINDOW_BYTES // 2:
+            self._write(h2.frame(h2.WINDOW_UPDATE, 0, stream_id, h2.u32(call.receive_credit)))
+            call.receive_credit = 0
+        if call.requests is not None:
+            self._queue_requests(call)
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolError(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE payload is not 4 bytes")
+        increment = int.from_bytes(payload, "big") & h2.MAX_WINDOW
+        if stream_id == 0:
+            self.send_window += increment
+            if self.send_window > h2.MAX_WINDOW:
+                raise ProtocolError(h2.FLOW_CONTROL_ERROR, "connection window overflow")
+            for call in list(self.blocked.values()):
+                self._flush(call)
+        elif (call := self.calls.get(stream_id)) is not None:
+            call.send_window += increment
+            if stream_id in self.blocked:
+                self._flush(call)
+
+    def _on_settings(self, payload: bytes) -> None:
+        try:
+            settings = h2.parse_settings(payload)
+        except ValueError as exc:
+            raise ProtocolError(h2.FRAME_SIZE_ERROR, str(exc)) from None
+        for key, value in settings:
+            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > h2.MAX_WINDOW:
+                    raise ProtocolError(h2.FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self.peer_stream_window
+                self.peer_stream_window = value
+                for call in self.calls.values():
+                    call.send_window += delta
+            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
+                if not h2.DEFAULT_MAX_FRAME_BYTES <= value <= 2**24 - 1:
+                    raise ProtocolError(h2.PROTOCOL_ERROR, f"max frame size {value}")
+                self.peer_max_frame = value
+        self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
+        for call in list(self.blocked.values()):
+            self._flush(call)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def _start_call(self, stream_id: int, headers: list[tuple[str, str]], end: bool) -> None:
+        path = content_type = ""
+        method = None
+        timeout = None
+        encoding = "identity"
+        for name, value in headers:
+            if name == ":path":
+                path = value
+            elif name == ":method":
+                method = value
+            elif name == "content-type":
+                content_type = value
+            elif name == "grpc-timeout":
+                timeout = parse_grpc_timeout(value)
+            elif name == "grpc-encoding":
+                encoding = value
+        if method != "POST" or not content_type.startswith(GRPC_CONTENT_TYPE):
+            # Not a gRPC request: HTTP's answer, as gRPC servers give it.
+            block = h2.literal_block([(":status", "415"), ("content-type", "text/plain")])
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
+            if not end:
+                self._write(h2.frame(h2.RST_STREAM, 0, stream_id, h2.u32(h2.NO_ERROR)))
+            return
+        server = self.server
+        call = H2Call(stream_id, None, self.peer_stream_window, encoding)
+        call.remote_closed = end
+        self.calls[stream_id] = call
+        server.active_calls += 1
+        handler = server.registry.lookup(path)
+        if handler is None:
+            self.end_call(call, grpc.StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
+            return
+        if server.max_concurrent_calls and server.active_calls > server.max_concurrent_calls:
+            self.end_call(call, grpc.StatusCode.RESOURCE_EXHAUSTED, LIMIT_EXCEEDED)
+            return
+        call.handler = handler
+        loop = asyncio.get_running_loop()
+        deadline = None
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            call.deadline_timer = loop.call_at(deadline, self._deadline_passed, call)
+        call.context = CallContext(
+            call_metadata(headers),
+            None if timeout is None else time.monotonic() + timeout,
+            self.peer,
+            lambda message: self.write_message(call, message),
+        )
+        if handler.request_streaming:
+            call.requests = asyncio.Queue()
+            call.task = loop.create_task(serve(self, call, None))
+            if end:
+                call.requests.put_nowait(END_OF_REQUESTS)
+        elif end:
+            self._end_of_request(call)
+
+    def _end_of_request(self, call: H2Call, last: bytes = b"") -> None:
+        """The client finished sending: a unary call starts, a streaming one sees the end.
+        `last` is the final DATA frame's data, parsed in place when it holds the whole
+        request (the usual case)."""
+        call.remote_closed = True
+        if call.ended:
+            return
+        if call.requests is not None:
+            call.body += last
+            self._queue_requests(call)
+            call.requests.put_nowait(END_OF_REQUESTS)
+            return
+        if call.body:
+            call.body += last
+            data: bytes | bytearray = call.body  # not changed again: the request is complete
+        else:
+            data = last
+        try:
+            messages, used = take_messages(data, call.encoding)
+            if len(messages) != 1 or used != len(data):
+                raise CallFailed(grpc.StatusCode.INTERNAL,
+                                 f"Expected one request message, got {len(messages)}")
+        except CallFailed as exc:
+            self.end_call(call, exc.code, exc.details)
+            return
+        call.task = asyncio.get_running_loop().create_task(serve(self, call, messages[0]))
+
+    def _queue_requests(self, call: H2Call) -> None:
+        assert call.requests is not None
+        try:
+            messages, used = take_messages(call.body, call.encoding)
+            for message in messages:
+                call.requests.put_nowait(bytes(message))
+                if isinstance(message, memoryview):
+                    message.release()  # the body must be free to shrink
+            del call.body[:used]
+        except CallFailed as exc:
+            self.end_call(call, exc.code, exc.details)
+            if call.task is not None:
+                call.task.cancel()  # its handler waits for requests that will not come
+
+    async def write_message(self, call: H2Call, message: Any) -> None:
+        """A streamed response message; waits while the peer's window holds it back."""
+        if call.ended:
+            raise asyncio.CancelledError()
+        self.send_message(call, call.handler.response_serializer(message))
+        while call.outbox and not call.ended:
+            call.writable = asyncio.get_running_loop().create_future()
+            await call.writable
+
+    # -- frames out -----------------------------------------------------------------------
+
+    def send_message(self, call: H2Call, body: bytes, *, flush: bool = True) -> None:
+        """Queue one response message (after the response headers, the first time); a
+        unary reply passes flush=False so its headers, message and trailers leave in one
+        write when end_call() follows."""
+        if call.ended:
+            return
+        if not call.headers_sent:
+            call.headers_sent = True
+            call.head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.stream_id, RESPONSE_HEADERS)
+        call.outbox.append(memoryview(b"\x00" + len(body).to_bytes(4, "big") + body))
+        if flush:
+            self._flush(call)
+
+    def end_call(
+        self, call: H2Call, code: grpc.StatusCode, details: str = "",
+        trailing: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
+        """Decide the call's status; the trailers follow whatever data is still queued."""
+        if call.ended:
+            return
+        call.ended = True
+        if call.deadline_timer is not None:
+            call.deadline_timer.cancel()
+        if call.context is not None:
+            call.context.mark_done()
+        try:
+            call.trailers = _status_block(call.headers_sent, code, details, trailing)
+        except Exception:  # e.g. trailing metadata that is not str/bytes
+            log.exception("gRPC status of stream %d cannot be encoded", call.stream_id)
+            call.trailers = _status_block(
+                call.headers_sent, grpc.StatusCode.UNKNOWN, "Status cannot be encoded", ())
+        call.headers_sent = True
+        self._flush(call)
+
+    def _flush(self, call: H2Call) -> None:
+        """Send the call's queued data as far as the windows allow, then its trailers."""
+        transport = self.transport
+        if transport is None:
+            return
+        chunks = []
+        if call.head is not None:  # headers are not flow-controlled
+            chunks.append(call.head)
+            call.head = None
+        outbox = call.outbox
+        while outbox:
+            room = min(len(outbox[0]), self.send_window, call.send_window, self.peer_max_frame)
+            if room <= 0:
+                self.blocked[call.stream_id] = call
+                break
+            piece = outbox.popleft()
+            if room < len(piece):
+                outbox.appendleft(piece[room:])
+                piece = piece[:room]
+            self.send_window -= room
+            call.send_window -= room
+            chunks.append(h2.frame(h2.DATA, 0, call.stream_id, piece))
+        if not outbox:
+            self.blocked.pop(call.stream_id, None)
+            if call.writable is not None and not call.writable.done():
+                call.writable.set_result(None)
+            if call.trailers is not None:
+                chunks += self._header_frames(call.stream_id, call.trailers)
+                if not call.remote_closed:  # the client may stop sending (gRPC's HTTP/2 spec)
+                    chunks.append(h2.frame(h2.RST_STREAM, 0, call.stream_id, h2.u32(h2.NO_ERROR)))
+                transport.writelines(chunks)
+                self._release(call)  # after the write: releasing may close the connection
+                return
+        if chunks:
+            transport.writelines(chunks)
+
+    def _header_frames(self, stream_id: int, block: bytes) -> list[bytes]:
+        """An END_STREAM header block, split into CONTINUATIONs beyond the frame size."""
+        size = self.peer_max_frame
+        if len(block) <= size:
+            return [h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block)]
+        frames = [h2.frame(h2.HEADERS, h2.END_STREAM, stream_id, block[:size])]
+        for start in range(size, len(block), size):
+            last = start + size >= len(block)
+            frames.append(h2.frame(h2.CONTINUATION, h2.END_HEADERS if last else 0, stream_id,
+                                   block[start : start + size]))
+        return frames
+
+    def _release(self, call: H2Call) -> None:
+        if self.calls.pop(call.stream_id, None) is not None:
+            self.server.active_calls -= 1
+        self.blocked.pop(call.stream_id, None)
+        call.outbox.clear()
+        if call.writable is not None and not call.writable.done():
+            call.writable.set_result(None)
+        if self.going_away and not self.calls:
+            self._close_with(h2.NO_ERROR, goaway=False)
+        self.server.call_released()
+
+    def _deadline_passed(self, call: H2Call) -> None:
+        if call.ended:
+            return
+        call.outbox.clear()  # what was not sent never will be
+        self.end_call(call, grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
+        if call.task is not None:
+            call.task.cancel()
+
+    def _cancel(self, call: H2Call) -> None:
+        """The client reset the stream or went away: the handler is cancelled, no reply."""
+        if not call.ended:
+            call.ended = True
+            if call.deadline_timer is not None:
+                call.deadline_timer.cancel()
+            if call.context is not None:
+                call.context.mark_done(grpc.StatusCode.CANCELLED)
+        if call.task is not None:
+            call.task.cancel()
+        self._release(call)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def go_away(self) -> None:
+        """No new calls (GOAWAY with the last stream seen); open calls may finish."""
+        if self.going_away or self.transport is None:
+            return
+        self.going_away = True
+        payload = h2.u32(self.last_stream_id) + h2.u32(h2.NO_ERROR)
+        self._write(h2.frame(h2.GOAWAY, 0, 0, payload))
+        if not self.calls:
+            self._close_with(h2.NO_ERROR, goaway=False)
+
+    def abort_calls(self) -> None:
+        """The grace period is over: open calls end UNAVAILABLE and the connection closes."""
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+            call.outbox.clear()
+            self.end_call(call, grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+        self._close_with(h2.NO_ERROR, goaway=not self.going_away)
+
+    def _close_with(self, code: int, *, goaway: bool = True) -> None:
+        if self.transport is None:
+            return
+        if goaway:
+            payload = h2.u32(self.last_stream_id) + h2.u32(code)
+            with contextlib.suppress(Exception):
+                self.transport.write(h2.frame(h2.GOAWAY, 0, 0, payload))
+        self.transport.close()
+
+
+def _status_block(
+    headers_sent: bool, code: grpc.StatusCode, details: str,
+    trailing: Sequence[tuple[str, str | bytes]],
+) -> bytes:
+    """The trailers; before any response headers, a trailers-only block (one HEADERS frame
+    with the response headers and the status)."""
+    if code == grpc.StatusCode.OK and not trailing:
+        return OK_TRAILERS if headers_sent else OK_TRAILERS_ONLY
+    fields = [("grpc-status", str(code.value[0]))]
+    if details:
+        fields.append(("grpc-message", encode_grpc_message(details)))
+    fields += metadata_fields(trailing)
+    return h2.literal_block(fields if headers_sent else RESPONSE_FIELDS + fields)
+
+
+def _strip(flags: int, payload: bytes) -> bytes:
+    try:
+        return h2.strip_padding(flags, payload)
+    except ValueError as exc:
+        raise ProtocolError(h2.PROTOCOL_ERROR, str(exc)) from None
+
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    """As grpc names peers: ipv4:host:port, ipv6:[host]:port, unix:path."""
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        host, port = name[0], name[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return f"unix:{name or ''}"  # a client's UNIX socket is usually unnamed: "unix:"
