@@ -39,6 +39,29 @@ def inprocess_by_size(results: SuiteResults, model: str) -> dict[int, float]:
             if r["model"] == model}
 
 
+def large_limits(results: SuiteResults, model: str, batch: int) -> dict[int, float]:
+    """Repeat -> the in-process limit around that repeat's large levels (the mean of the
+    measurements just before and just after them)."""
+    by_repeat: dict[int, list[float]] = {}
+    for r in results.inprocess_large:
+        if r["model"] == model and r["batch_size"] == batch:
+            by_repeat.setdefault(int(r["repeat"]), []).append(r["rows_per_second"])
+    return {repeat: statistics.mean(values) for repeat, values in by_repeat.items()}
+
+
+def _per_repeat_share(results: SuiteResults, server: tuple[str, str], batch: int,
+                      fallback: float) -> float:
+    """Median over repeats of the server's large-workload rows/s over the in-process limit
+    of the same repeat (the suite-start limit for runs that did not measure one)."""
+    from bench.suite import LARGE, LARGE_CONCURRENCY
+
+    limits = large_limits(results, LARGE.model, batch)
+    levels = _find(results.levels, *server, LARGE.name, LARGE_CONCURRENCY)
+    values = [r.throughput * r.rows_per_request / limits.get(k, fallback)
+              for k, r in levels.items() if limits.get(k, fallback) > 0]
+    return statistics.median(values) if values else math.nan
+
+
 def _find(levels: list[LevelResult], target: str, protocol: str, workload: str,
           concurrency: int) -> dict[int, LevelResult]:
     return {int(r.extra.get("repeat", 0)): r for r in levels
@@ -107,12 +130,25 @@ def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[s
     from bench.suite import LARGE, LARGE_CONCURRENCY
 
     inproc = inprocess_by_size(results, LARGE.model)
+    size_max = LARGE.rows * LARGE_CONCURRENCY
     limit = inproc.get(LARGE.rows, math.nan)
-    limit_max = inproc.get(LARGE.rows * LARGE_CONCURRENCY, math.nan)
+    limit_max = inproc.get(size_max, math.nan)
+    beside = large_limits(results, LARGE.model, LARGE.rows)
+    beside_max = large_limits(results, LARGE.model, size_max)
+    if beside:
+        where = "median over repeats of the limits measured just before and after each " \
+            "repeat's large runs"
+        limit = statistics.median(beside.values())
+        limit_max = statistics.median(beside_max.values()) if beside_max else limit_max
+    else:
+        where = "measured at the start"
     lines = [
+        f"In-process limits: {_fmt(limit)} rows/s at {LARGE.rows} rows and {_fmt(limit_max)} at"
+        f" {size_max} ({where}). Each share below pairs a repeat's rows/s with the limit of the"
+        " same repeat, then takes the median.",
+        "",
         f"| server | rows/s | requests/s | p99 ms | mean batch | vs in-process at {LARGE.rows}"
-        f" rows ({_fmt(limit)} rows/s) | vs in-process at {LARGE.rows * LARGE_CONCURRENCY} "
-        f"rows ({_fmt(limit_max)} rows/s) | CPU us/request: front process / all server "
+        f" rows | vs in-process at {size_max} rows | CPU us/request: front process / all server "
         "processes |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -123,13 +159,14 @@ def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[s
         if m is None:
             continue
         rows = m.throughput * m.rows_per_request
-        ratios[server] = rows / limit if limit else math.nan
+        ratios[server] = _per_repeat_share(results, server, LARGE.rows, limit)
+        share_max = _per_repeat_share(results, server, size_max, limit_max)
         label = LABELS[server] + (" (no model)" if server[0] == "constant" else "")
         # only tfgate exports its batch sizes
         batch = _fmt(m.values["batch_size_mean"], 1) if server[0] == "tfgate" else "-"
         lines.append(
             f"| {label} | {_fmt(rows)} | {_fmt(m.throughput)} | "
-            f"{_fmt(m.p99_us / 1e3, 1)} | {batch} | {ratios[server]:.0%} | {rows / limit_max:.0%} | "
+            f"{_fmt(m.p99_us / 1e3, 1)} | {batch} | {ratios[server]:.0%} | {share_max:.0%} | "
             f"{_fmt(m.values['gateway_cpu_us_per_request'])} / "
             f"{_fmt(m.values['server_cpu_us_per_request'])} |"
         )
@@ -165,11 +202,15 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         "- The in-process limit uses the TF session setting tfgate's workers get by default "
         "(idle TF threads sleep: `experimental.disable_thread_spinning`); on this machine it "
         "runs faster so than with TF's spinning default (bench/analysis.md).",
+        "The large-request limit is measured again just before and just after each repeat's "
+        "large runs, and each repeat's share uses the mean of the two: the host's speed drifts "
+        "during a run (by up to ~1.5x within minutes on this machine).",
         "- Batching: max_batch_size 256, batch_timeout_micros 0 for every model; cnn and tiny "
         "(1-row workloads only) are capped at 32 rows by bench/tfgate.toml, which says why.",
         "- Ceilings: `constant REST` and `constant gRPC` are one uvicorn + grpc.aio process "
         "(bench/baselines/fastapi_servers.py) that reads each request and sends a fixed reply "
-        "without running a model: the most a Python HTTP or gRPC front does on these cores.",
+        "without running a model: the most a Python HTTP or grpc.aio front does on these cores "
+        "(tfgate's gRPC is its own HTTP/2 server, so it can pass the gRPC one).",
         "- Load: bench/loadgen.py, closed loop (N requests always outstanding, one per "
         "keep-alive connection; gRPC: N concurrent unary calls over raw HTTP/2 "
         "(bench/grpc_h2.py, ~100 us of client CPU per 64-row call where grpc.aio's client "

@@ -59,6 +59,10 @@ def quick_options(out_dir: pathlib.Path, docs_path: pathlib.Path | None, **kw) -
 class SuiteResults:
     levels: list[LevelResult] = dataclasses.field(default_factory=list)
     inprocess: list[dict] = dataclasses.field(default_factory=list)
+    # The large workload's in-process limit again just before and just after each repeat's
+    # large levels, tagged with the repeat: the host's speed drifts over a 20-minute run, so
+    # the large ratios pair each repeat with the mean of the limits measured around it.
+    inprocess_large: list[dict] = dataclasses.field(default_factory=list)
     codec: dict = dataclasses.field(default_factory=dict)
     ipc: dict = dataclasses.field(default_factory=dict)
     machine: dict = dataclasses.field(default_factory=dict)
@@ -216,11 +220,19 @@ def fill_server_side(result: LevelResult, d: dict[str, float]) -> None:
 
 
 async def sweep(
-    options: SuiteOptions, running: dict[str, servers.RunningServer], results: SuiteResults
+    options: SuiteOptions, running: dict[str, servers.RunningServer], results: SuiteResults,
+    model_root: pathlib.Path,
 ) -> None:
     plan = plan_levels(options, list(running))
     progress = Progress(len(plan))
-    for repeat, workload, concurrency, name, protocol in plan:
+    for index, (repeat, workload, concurrency, name, protocol) in enumerate(plan):
+        is_large = workload.name == LARGE.name
+        previous = plan[index - 1] if index else None
+        repeat_starts_large = (
+            previous is None or previous[0] != repeat or previous[1].name != LARGE.name
+        )
+        if is_large and repeat_starts_large:
+            await _measure_large_limit(options, model_root, repeat, results)
         progress.begin(f"r{repeat + 1} {workload.name} c={concurrency} {name}/{protocol}")
         result = await run_one(
             running[name], workload, concurrency, protocol, options.level, progress
@@ -231,6 +243,19 @@ async def sweep(
             f"{result.throughput:,.0f} req/s p99 {result.p99_us / 1e3:.1f} ms"
             f" errors {result.error_count}" + ("" if result.stable else " (unstable)")
         )
+        repeat_ends = index + 1 == len(plan) or plan[index + 1][0] != repeat
+        if is_large and repeat_ends:
+            await _measure_large_limit(options, model_root, repeat, results)
+
+
+async def _measure_large_limit(
+    options: SuiteOptions, model_root: pathlib.Path, repeat: int, results: SuiteResults
+) -> None:
+    rows = await asyncio.to_thread(
+        measure_inprocess, model_root, (LARGE.model,),
+        [LARGE.rows, LARGE.rows * LARGE_CONCURRENCY], 1.0 if options.quick else 2.0,
+    )
+    results.inprocess_large.extend({**row, "repeat": repeat} for row in rows)
 
 
 def run_suite(options: SuiteOptions) -> SuiteResults:
@@ -258,7 +283,7 @@ def run_suite(options: SuiteOptions) -> SuiteResults:
     log("starting servers")
     running = start_servers(options, model_root, work, results)
     try:
-        asyncio.run(sweep(options, running, results))
+        asyncio.run(sweep(options, running, results, model_root))
     finally:
         for server in running.values():
             server.stop()
