@@ -22,19 +22,21 @@ import hpack
 
 from app import h2_frames as h2
 from app.grpc_h2_call import (
-    ACCEPT_ENCODING,
     END_OF_REQUESTS,
     CallFailed,
     H2Call,
     serve,
     take_messages,
 )
-from app.grpc_h2_context import (
-    CallContext,
-    call_metadata,
-    encode_grpc_message,
-    metadata_fields,
-    parse_grpc_timeout,
+from app.grpc_h2_context import CallContext, call_metadata, parse_grpc_timeout, peer_name
+from app.grpc_h2_replies import (
+    DEADLINE_EXCEEDED,
+    GRPC_CONTENT_TYPE,
+    LIMIT_EXCEEDED,
+    METHOD_NOT_FOUND,
+    RESPONSE_HEADERS,
+    header_frames,
+    status_block,
 )
 
 if TYPE_CHECKING:
@@ -51,16 +53,6 @@ MAX_FRAME_BYTES = 1 << 20  # advertised: a 64 kB request arrives in one DATA fra
 # enough for any metadata, and bounded so a CONTINUATION flood cannot grow without end.
 MAX_HEADER_BLOCK_BYTES = 64 << 10
 MAX_HEADER_LIST_BYTES = 64 << 10
-GRPC_CONTENT_TYPE = "application/grpc"
-RESPONSE_FIELDS = [(":status", "200"), ("content-type", GRPC_CONTENT_TYPE),
-                   ("grpc-accept-encoding", ACCEPT_ENCODING)]
-RESPONSE_HEADERS = h2.literal_block(RESPONSE_FIELDS)
-OK_TRAILERS = h2.literal_block([("grpc-status", "0")])
-OK_TRAILERS_ONLY = h2.literal_block([*RESPONSE_FIELDS, ("grpc-status", "0")])
-# grpc.aio's texts for the same situations.
-METHOD_NOT_FOUND = "Method not found!"
-LIMIT_EXCEEDED = "Concurrent RPC limit exceeded!"
-DEADLINE_EXCEEDED = "Deadline Exceeded"
 
 
 class ProtocolError(Exception):
@@ -97,7 +89,7 @@ class GrpcH2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = _peer_name(transport)
+        self.peer = peer_name(transport)
         self.server.connections.add(self)
         settings = h2.settings_payload({
             h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
@@ -420,10 +412,10 @@ class GrpcH2Connection(asyncio.Protocol):
         if call.context is not None:
             call.context.mark_done()
         try:
-            call.trailers = _status_block(call.headers_sent, code, details, trailing)
+            call.trailers = status_block(call.headers_sent, code, details, trailing)
         except Exception:  # e.g. trailing metadata that is not str/bytes
             log.exception("gRPC status of stream %d cannot be encoded", call.stream_id)
-            call.trailers = _status_block(
+            call.trailers = status_block(
                 call.headers_sent, grpc.StatusCode.UNKNOWN, "Status cannot be encoded", ())
         call.headers_sent = True
         self._flush(call)
@@ -455,7 +447,7 @@ class GrpcH2Connection(asyncio.Protocol):
             if call.writable is not None and not call.writable.done():
                 call.writable.set_result(None)
             if call.trailers is not None:
-                chunks += self._header_frames(call.stream_id, call.trailers)
+                chunks += header_frames(call.stream_id, call.trailers, self.peer_max_frame)
                 if not call.remote_closed:  # the client may stop sending (gRPC's HTTP/2 spec)
                     chunks.append(h2.frame(h2.RST_STREAM, 0, call.stream_id, h2.u32(h2.NO_ERROR)))
                 transport.writelines(chunks)
@@ -463,18 +455,6 @@ class GrpcH2Connection(asyncio.Protocol):
                 return
         if chunks:
             transport.writelines(chunks)
-
-    def _header_frames(self, stream_id: int, block: bytes) -> list[bytes]:
-        """An END_STREAM header block, split into CONTINUATIONs beyond the frame size."""
-        size = self.peer_max_frame
-        if len(block) <= size:
-            return [h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block)]
-        frames = [h2.frame(h2.HEADERS, h2.END_STREAM, stream_id, block[:size])]
-        for start in range(size, len(block), size):
-            last = start + size >= len(block)
-            frames.append(h2.frame(h2.CONTINUATION, h2.END_HEADERS if last else 0, stream_id,
-                                   block[start : start + size]))
-        return frames
 
     def _release(self, call: H2Call) -> None:
         if self.calls.pop(call.stream_id, None) is not None:
@@ -542,33 +522,8 @@ class GrpcH2Connection(asyncio.Protocol):
         self.transport.close()
 
 
-def _status_block(
-    headers_sent: bool, code: grpc.StatusCode, details: str,
-    trailing: Sequence[tuple[str, str | bytes]],
-) -> bytes:
-    """The trailers; before any response headers, a trailers-only block (one HEADERS frame
-    with the response headers and the status)."""
-    if code == grpc.StatusCode.OK and not trailing:
-        return OK_TRAILERS if headers_sent else OK_TRAILERS_ONLY
-    fields = [("grpc-status", str(code.value[0]))]
-    if details:
-        fields.append(("grpc-message", encode_grpc_message(details)))
-    fields += metadata_fields(trailing)
-    return h2.literal_block(fields if headers_sent else RESPONSE_FIELDS + fields)
-
-
 def _strip(flags: int, payload: bytes) -> bytes:
     try:
         return h2.strip_padding(flags, payload)
     except ValueError as exc:
         raise ProtocolError(h2.PROTOCOL_ERROR, str(exc)) from None
-
-
-
-def _peer_name(transport: asyncio.BaseTransport) -> str:
-    """As grpc names peers: ipv4:host:port, ipv6:[host]:port, unix:path."""
-    name = transport.get_extra_info("peername")
-    if isinstance(name, tuple) and len(name) >= 2:
-        host, port = name[0], name[1]
-        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
-    return f"unix:{name or ''}"  # a client's UNIX socket is usually unnamed: "unix:"

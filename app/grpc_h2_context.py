@@ -10,6 +10,7 @@ call's header fields (grpc-timeout, binary metadata, grpc-message).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -73,6 +74,15 @@ def encode_grpc_message(message: str) -> str:
     return "".join(
         chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in raw
     )
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    """As grpc names peers: ipv4:host:port, ipv6:[host]:port, unix:path."""
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        host, port = name[0], name[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return f"unix:{name or ''}"  # a client's UNIX socket is usually unnamed: "unix:"
 
 
 class CallContext:
