@@ -463,6 +463,9 @@ class GrpcH2Connection(asyncio.Protocol):
         call.outbox.clear()
         if call.writable is not None and not call.writable.done():
             call.writable.set_result(None)
+        # The context's writer refers back to the call: without this, every call (with its
+        # request bytes) would wait for the cyclic garbage collector to be freed.
+        call.context = None
         if self.going_away and not self.calls:
             self._close_with(h2.NO_ERROR, goaway=False)
         self.server.call_released()
