@@ -202,10 +202,10 @@ class AdminApi:
             raise ServingError(Code.NOT_FOUND, f"Model {name} is not configured")
         return model
 
-    def _configured(self, name: str, version: int | None = None) -> ModelRecord:
+    def _configured(self, name: str, version: int) -> ModelRecord:
         """The model a change may touch: listed by the current config (one removed by a
         reload but not yet unloaded is only described), with a valid version number."""
-        if version is not None and version < 0:
+        if version < 0:
             raise ServingError(
                 Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {version}"
             )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tfgate.grpc")
 
 ACCEPT_ENCODING = "identity,deflate,gzip"
+DESERIALIZE_FAILED = "Exception deserializing request!"  # grpc's text
 END_OF_REQUESTS = object()  # queued after a streaming call's last request message
 
 
@@ -62,9 +63,9 @@ class H2Call:
         "writable",
     )
 
-    def __init__(self, stream_id: int, handler: Any, send_window: int, encoding: str) -> None:
+    def __init__(self, stream_id: int, send_window: int, encoding: str) -> None:
         self.stream_id = stream_id
-        self.handler = handler
+        self.handler: Any = None  # grpc.RpcMethodHandler, once the path is known
         self.encoding = encoding  # grpc-encoding of compressed request messages
         self.body = bytearray()  # request bytes not yet cut into messages
         self.requests: asyncio.Queue[Any] | None = None  # streaming requests only
@@ -117,7 +118,6 @@ def decompress(encoding: str, message: bytes) -> bytes:
     )
 
 
-
 async def serve(
     connection: GrpcH2Connection, call: H2Call, payload: bytes | memoryview | None
 ) -> None:
@@ -131,8 +131,7 @@ async def serve(
             try:
                 request: Any = handler.request_deserializer(payload)
             except Exception:
-                raise CallFailed(grpc.StatusCode.INTERNAL,
-                                 "Exception deserializing request!") from None
+                raise CallFailed(grpc.StatusCode.INTERNAL, DESERIALIZE_FAILED) from None
         else:
             request = request_iterator(call)
         if handler.unary_unary is not None or handler.stream_unary is not None:
@@ -167,6 +166,7 @@ async def serve(
         code, details = grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}"
     connection.end_call(call, code, details, context.trailing_metadata())
 
+
 async def request_iterator(call: H2Call) -> AsyncIterator[Any]:
     assert call.requests is not None
     while True:
@@ -176,6 +176,5 @@ async def request_iterator(call: H2Call) -> AsyncIterator[Any]:
         try:
             yield call.handler.request_deserializer(message)
         except Exception:
-            raise CallFailed(grpc.StatusCode.INTERNAL,
-                             "Exception deserializing request!") from None
+            raise CallFailed(grpc.StatusCode.INTERNAL, DESERIALIZE_FAILED) from None
 

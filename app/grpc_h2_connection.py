@@ -107,7 +107,6 @@ class GrpcH2Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for call in list(self.calls.values()):
             self._cancel(call)
-        self.server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -162,10 +161,11 @@ class GrpcH2Connection(asyncio.Protocol):
                 payload = payload[5:]
             if len(payload) > MAX_HEADER_BLOCK_BYTES:
                 raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header block too large")
-            self.header_stream, self.header_flags = stream_id, flags
-            self.header_block = bytearray(payload)
-            if flags & h2.END_HEADERS:
-                self._on_header_block()
+            if flags & h2.END_HEADERS:  # the usual case: the whole block in one frame
+                self._on_header_block(stream_id, flags, payload)
+            else:
+                self.header_stream, self.header_flags = stream_id, flags
+                self.header_block = bytearray(payload)
         elif kind == h2.CONTINUATION:
             if stream_id != self.header_stream or not stream_id:
                 raise ProtocolError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
@@ -173,7 +173,9 @@ class GrpcH2Connection(asyncio.Protocol):
             if len(self.header_block) > MAX_HEADER_BLOCK_BYTES:
                 raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header block too large")
             if flags & h2.END_HEADERS:
-                self._on_header_block()
+                block, self.header_block = bytes(self.header_block), bytearray()
+                self.header_stream = 0
+                self._on_header_block(stream_id, self.header_flags, block)
         elif kind == h2.WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == h2.SETTINGS:
@@ -193,15 +195,12 @@ class GrpcH2Connection(asyncio.Protocol):
         # GOAWAY from the client: its open calls still get their answers; PRIORITY and
         # unknown frame types are ignored (RFC 9113 section 5.5).
 
-    def _on_header_block(self) -> None:
-        stream_id, flags = self.header_stream, self.header_flags
-        self.header_stream = 0
+    def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         # Always decoded: hpack's dynamic table must follow every block.
         try:
-            headers = self.decoder.decode(bytes(self.header_block))
+            headers = self.decoder.decode(block)
         except hpack.HPACKError as exc:
             raise ProtocolError(h2.COMPRESSION_ERROR, f"header block: {exc}") from None
-        self.header_block = bytearray()
         call = self.calls.get(stream_id)
         if call is not None:  # trailers from the client end its request
             if flags & h2.END_STREAM:
@@ -303,7 +302,7 @@ class GrpcH2Connection(asyncio.Protocol):
                 self._write(h2.frame(h2.RST_STREAM, 0, stream_id, h2.u32(h2.NO_ERROR)))
             return
         server = self.server
-        call = H2Call(stream_id, None, self.peer_stream_window, encoding)
+        call = H2Call(stream_id, self.peer_stream_window, encoding)
         call.remote_closed = end
         self.calls[stream_id] = call
         server.active_calls += 1
@@ -406,11 +405,7 @@ class GrpcH2Connection(asyncio.Protocol):
         """Decide the call's status; the trailers follow whatever data is still queued."""
         if call.ended:
             return
-        call.ended = True
-        if call.deadline_timer is not None:
-            call.deadline_timer.cancel()
-        if call.context is not None:
-            call.context.mark_done()
+        self._mark_ended(call)
         try:
             call.trailers = status_block(call.headers_sent, code, details, trailing)
         except Exception:  # e.g. trailing metadata that is not str/bytes
@@ -470,22 +465,29 @@ class GrpcH2Connection(asyncio.Protocol):
             self._close_with(h2.NO_ERROR, goaway=False)
         self.server.call_released()
 
-    def _deadline_passed(self, call: H2Call) -> None:
-        if call.ended:
-            return
-        call.outbox.clear()  # what was not sent never will be
-        self.end_call(call, grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
+    def _mark_ended(self, call: H2Call, code: grpc.StatusCode | None = None) -> None:
+        call.ended = True
+        if call.deadline_timer is not None:
+            call.deadline_timer.cancel()
+        if call.context is not None:
+            call.context.mark_done(code)
+
+    def _end_now(self, call: H2Call, code: grpc.StatusCode, details: str) -> None:
+        """The server ends a call whose handler may still run: what was not sent never will
+        be, the status goes out, the handler is cancelled."""
+        call.outbox.clear()
+        self.end_call(call, code, details)
         if call.task is not None:
             call.task.cancel()
+
+    def _deadline_passed(self, call: H2Call) -> None:
+        if not call.ended:
+            self._end_now(call, grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
 
     def _cancel(self, call: H2Call) -> None:
         """The client reset the stream or went away: the handler is cancelled, no reply."""
         if not call.ended:
-            call.ended = True
-            if call.deadline_timer is not None:
-                call.deadline_timer.cancel()
-            if call.context is not None:
-                call.context.mark_done(grpc.StatusCode.CANCELLED)
+            self._mark_ended(call, grpc.StatusCode.CANCELLED)
         if call.task is not None:
             call.task.cancel()
         self._release(call)
@@ -501,28 +503,26 @@ class GrpcH2Connection(asyncio.Protocol):
         if self.going_away or self.transport is None:
             return
         self.going_away = True
-        payload = h2.u32(self.last_stream_id) + h2.u32(h2.NO_ERROR)
-        self._write(h2.frame(h2.GOAWAY, 0, 0, payload))
+        self._write(self._goaway(h2.NO_ERROR))
         if not self.calls:
             self._close_with(h2.NO_ERROR, goaway=False)
 
     def abort_calls(self) -> None:
         """The grace period is over: open calls end UNAVAILABLE and the connection closes."""
         for call in list(self.calls.values()):
-            if call.task is not None:
-                call.task.cancel()
-            call.outbox.clear()
-            self.end_call(call, grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+            self._end_now(call, grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
         self._close_with(h2.NO_ERROR, goaway=not self.going_away)
 
     def _close_with(self, code: int, *, goaway: bool = True) -> None:
         if self.transport is None:
             return
         if goaway:
-            payload = h2.u32(self.last_stream_id) + h2.u32(code)
             with contextlib.suppress(Exception):
-                self.transport.write(h2.frame(h2.GOAWAY, 0, 0, payload))
+                self.transport.write(self._goaway(code))
         self.transport.close()
+
+    def _goaway(self, code: int) -> bytes:
+        return h2.frame(h2.GOAWAY, 0, 0, h2.u32(self.last_stream_id) + h2.u32(code))
 
 
 def _strip(flags: int, payload: bytes) -> bytes:

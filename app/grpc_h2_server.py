@@ -126,10 +126,6 @@ class GrpcH2Server:
         if self._idle is not None and not self.active_calls:
             self._idle.set()
 
-    def connection_closed(self) -> None:
-        if self._idle is not None and not self.connections:
-            self._idle.set()
-
     async def stop(self, grace_seconds: float | None) -> None:
         """Stop listening, let open calls finish for up to grace_seconds, then end them."""
         self.closing = True

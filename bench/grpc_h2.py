@@ -40,7 +40,6 @@ from app.h2_frames import (
     GOAWAY,
     HEADERS,
     MAX_WINDOW,
-    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -54,6 +53,9 @@ from app.h2_frames import (
     WINDOW_UPDATE,
     HeaderDecoder,
     frame,
+    parse_settings,
+    settings_payload,
+    strip_padding,
 )
 
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
@@ -132,8 +134,8 @@ class H2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        settings = struct.pack(">HIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE,
-                               MAX_WINDOW)
+        settings = settings_payload({SETTINGS_ENABLE_PUSH: 0,
+                                     SETTINGS_INITIAL_WINDOW_SIZE: MAX_WINDOW})
         self.transport.write(
             PREFACE
             + frame(SETTINGS, 0, 0, settings)
@@ -245,8 +247,7 @@ class H2Connection(asyncio.Protocol):
             if flags & END_STREAM:  # a reply without trailers is not a gRPC success
                 self._finish(stream_id, "no_trailers")
         elif kind == HEADERS:
-            if flags & PADDED:
-                payload = payload[1 : len(payload) - payload[0]]
+            payload = strip_padding(flags, payload)
             if flags & PRIORITY:
                 payload = payload[5:]
             self.header_block = bytearray(payload)
@@ -287,8 +288,7 @@ class H2Connection(asyncio.Protocol):
             self._on_goaway(last_stream_id & MAX_WINDOW, code)
 
     def _on_settings(self, payload: bytes) -> None:
-        for offset in range(0, len(payload) - 5, 6):
-            key, value = struct.unpack_from(">HI", payload, offset)
+        for key, value in parse_settings(payload):
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 delta = value - self.initial_stream_window
                 self.initial_stream_window = value
