@@ -29,6 +29,9 @@ log = logging.getLogger("tfgate.worker_pool")
 # Longest a call waits for a restarting worker to reload its servable (beyond that, or
 # when no worker is restarting, it fails with UNAVAILABLE at once).
 RESTART_WAIT_SECONDS = 60.0
+# How often a supervisor checks its worker's oldest batch against the hang watchdog (an exit
+# is seen at once, through the worker's exited event).
+WATCHDOG_CHECK_SECONDS = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,9 @@ class WorkerPool:
         gpu_ids: list[str | None] = list(options.gpu_ids) or [None] * options.num_workers
         self.workers = [WorkerProcess(i, options, gpu) for i, gpu in enumerate(gpu_ids)]
         self._load_specs: dict[ServableId, LoadSpec] = {}
-        self._supervisor: asyncio.Task[None] | None = None
+        # One supervisor task per worker: a restart (backoff plus model reloads, up to
+        # minutes) never delays another worker's watchdog or restart.
+        self._supervisors: list[asyncio.Task[None]] = []
         self._closing = False
         # Set whenever a (re)started worker gains a servable; see _worker_for.
         self._changed = asyncio.Event()
@@ -70,14 +75,17 @@ class WorkerPool:
         for worker in self.workers:
             worker.start()
         await asyncio.gather(*(self._ping(w) for w in self.workers))
-        self._supervisor = asyncio.create_task(self._supervise(), name="worker-supervisor")
+        self._supervisors = [
+            asyncio.create_task(self._supervise(w), name=f"worker-{w.index}-supervisor")
+            for w in self.workers
+        ]
 
     async def close(self) -> None:
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        self._supervisors = []
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
 
     async def _ping(self, worker: WorkerProcess) -> None:
@@ -225,29 +233,34 @@ class WorkerPool:
 
     # --- supervision ---
 
-    async def _supervise(self) -> None:
-        """Bounded, cancellable: every second, restart dead workers and kill hung ones."""
+    async def _supervise(self, worker: WorkerProcess) -> None:
+        """This worker's supervisor (cancellable; failures logged and retried after a
+        backoff): restarts it as soon as it exits, kills it when a batch hangs."""
         while not self._closing:
             try:
-                await asyncio.sleep(0.2)
-                now = time.monotonic()
-                for worker in self.workers:
-                    if worker.alive and worker.oldest_run_age_seconds(now) > (
-                        self.options.watchdog_seconds
-                    ):
-                        log.error(
-                            "worker %d ran one batch for over %.0fs: killing it",
-                            worker.index,
-                            self.options.watchdog_seconds,
-                        )
-                        worker.kill()
-                    if not worker.alive and not self._closing:
-                        await self._restart(worker)
+                await self._watch(worker)
+                if not self._closing:
+                    await self._restart(worker)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("worker supervision failed; retrying")
+                log.exception("supervising worker %d failed; retrying", worker.index)
                 await asyncio.sleep(self.options.restart_backoff_seconds)
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        """Return once the worker has exited. Every WATCHDOG_CHECK_SECONDS, kill it if one
+        batch has run past --worker_watchdog_seconds (its exit then ends the wait)."""
+        while worker.alive:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.exited.wait(), WATCHDOG_CHECK_SECONDS)
+            watchdog_seconds = self.options.watchdog_seconds
+            if worker.alive and worker.oldest_run_age_seconds(time.monotonic()) > watchdog_seconds:
+                log.error(
+                    "worker %d ran one batch for over %.0fs: killing it",
+                    worker.index,
+                    watchdog_seconds,
+                )
+                worker.kill()
 
     async def _restart(self, worker: WorkerProcess) -> None:
         held = [s for s in worker.servables if s in self._load_specs]
