@@ -83,42 +83,40 @@ class RedisAddress:
 def parse_redis_url(url: str) -> RedisAddress:
     """redis://[[user]:password@]host[:port][/db], rediss://... (TLS, server certificate
     and host name verified; ?ssl_ca_certs=/path/ca.pem for a private CA) or
-    unix:///path/to.sock[?db=N]. Raises ValueError with a message fit for a config error."""
-    parts = urllib.parse.urlsplit(url)
-    username = urllib.parse.unquote(parts.username or "")
-    password = urllib.parse.unquote(parts.password or "")
-    query = urllib.parse.parse_qs(parts.query)
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"unix socket URL without a path: {url!r}")
-        db = _db_number(query.get("db", ["0"])[0], url)
-        return RedisAddress(unix_path=parts.path, db=db, username=username, password=password)
-    if parts.scheme not in ("redis", "rediss"):
+    unix:///path/to.sock[?db=N]. Read by redis-py's own URL parser (the one
+    redis.asyncio.from_url uses) plus the checks it leaves out: a database number that is
+    not a number and a unix URL without a path. Raises ValueError fit for a config error."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
-            f"unsupported cache URL scheme {parts.scheme!r} in {url!r}: use redis://, "
+            f"unsupported cache URL scheme {scheme!r} in {url!r}: use redis://, "
             "rediss:// (TLS) or unix://"
         )
     try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ValueError(f"invalid port in cache URL {url!r}") from None
-    db_text = parts.path.lstrip("/") or query.get("db", ["0"])[0]
-    tls = parts.scheme == "rediss"
+        options = redis.connection.parse_url(url)
+    except ValueError as exc:  # a port out of range or not a number, or ?db=x
+        what = "invalid database number" if "'db'" in str(exc) else "invalid port"
+        raise ValueError(f"{what} in cache URL {url!r}: {exc}") from None
+    db_text = urllib.parse.urlsplit(url).path.lstrip("/") if scheme != "unix" else ""
+    if db_text and "db" not in options:  # redis-py drops a db path it cannot read
+        raise ValueError(f"invalid database number {db_text!r} in cache URL {url!r}")
+    common = {
+        "db": options.get("db", 0),
+        "username": options.get("username") or "",
+        "password": options.get("password") or "",
+    }
+    if scheme == "unix":
+        if not options.get("path"):
+            raise ValueError(f"unix socket URL without a path: {url!r}")
+        return RedisAddress(unix_path=options["path"], **common)
+    tls = scheme == "rediss"
     return RedisAddress(
-        host=parts.hostname or "127.0.0.1",
-        port=port,
-        db=_db_number(db_text, url),
-        username=username,
-        password=password,
+        host=options.get("host") or "127.0.0.1",
+        port=options.get("port") or DEFAULT_PORT,
         tls=tls,
-        ca_certs=query.get("ssl_ca_certs", [""])[0] if tls else "",
+        ca_certs=(options.get("ssl_ca_certs") or "") if tls else "",
+        **common,
     )
-
-
-def _db_number(text: str, url: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"invalid database number {text!r} in cache URL {url!r}")
-    return int(text)
 
 
 class _Deadline:

@@ -45,9 +45,11 @@ def list_versions(base_path: str) -> dict[int, str] | None:
     return versions
 
 
-def version_fingerprint(path: str) -> tuple[int, int, int]:
+def version_dir_identity(path: str) -> tuple[int, int, int]:
     """Changes when a version directory is replaced in place: (dir inode, saved_model.pb
-    inode, its mtime). A rename of a new directory into place changes the first."""
+    inode, its mtime). A rename of a new directory into place changes the first. Cheap
+    (two stats per version per poll); the cache's content digest is
+    app/model_fingerprint.version_fingerprint, computed only before a load."""
     try:
         directory = os.stat(path).st_ino
     except OSError:
@@ -99,13 +101,12 @@ class Discovery:
                     name,
                     base_path,
                 )
-            fingerprints = {v: version_fingerprint(p) for v, p in found.items()}
-            if self._seen.get(name) == fingerprints:
+            identities = {v: version_dir_identity(p) for v, p in found.items()}
+            seen = self._seen.get(name)
+            if seen == identities:
                 continue
-            replaced = {
-                v for v, fp in fingerprints.items() if (self._seen.get(name) or {}).get(v, fp) != fp
-            }
-            self._seen[name] = fingerprints
+            replaced = {v for v, ident in identities.items() if (seen or {}).get(v, ident) != ident}
+            self._seen[name] = identities
             self.registry.set_aspired_versions(name, found, replaced=replaced)
             self.on_change(name)
 

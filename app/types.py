@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from workers import ipc
+
 # TensorFlow DataType enum values (tensorflow/core/framework/types.proto).
 DT_INVALID = 0
 DT_FLOAT = 1
@@ -33,24 +35,10 @@ DT_VARIANT = 21
 DT_UINT32 = 22
 DT_UINT64 = 23
 
-# dtypes whose values travel as raw little-endian numpy buffers.
-NUMPY_DTYPE_BY_TF: dict[int, np.dtype] = {
-    DT_FLOAT: np.dtype(np.float32),
-    DT_DOUBLE: np.dtype(np.float64),
-    DT_INT32: np.dtype(np.int32),
-    DT_UINT8: np.dtype(np.uint8),
-    DT_INT16: np.dtype(np.int16),
-    DT_INT8: np.dtype(np.int8),
-    DT_COMPLEX64: np.dtype(np.complex64),
-    DT_INT64: np.dtype(np.int64),
-    DT_BOOL: np.dtype(np.bool_),
-    DT_UINT16: np.dtype(np.uint16),
-    DT_COMPLEX128: np.dtype(np.complex128),
-    DT_HALF: np.dtype(np.float16),
-    DT_UINT32: np.dtype(np.uint32),
-    DT_UINT64: np.dtype(np.uint64),
-}
-TF_DTYPE_BY_NUMPY: dict[np.dtype, int] = {v: k for k, v in NUMPY_DTYPE_BY_TF.items()}
+# dtypes whose values travel as raw little-endian numpy buffers: workers/ipc.py holds the
+# one table (the workers read it too).
+NUMPY_DTYPE_BY_TF = ipc.NUMPY_DTYPE_BY_TF
+TF_DTYPE_BY_NUMPY = ipc.TF_DTYPE_BY_NUMPY
 
 # TF's lower-case type names, as TF Serving prints them in error messages.
 TF_DTYPE_NAMES: dict[int, str] = {
@@ -157,20 +145,3 @@ DEFAULT_SIGNATURE = "serving_default"
 
 RequestFormat = Literal["row", "columnar"]
 
-
-@dataclasses.dataclass(slots=True)
-class InferenceRequest:
-    """A decoded, validated predict request: what the batcher and the cache work on."""
-
-    servable: ServableId
-    signature: str
-    inputs: dict[str, np.ndarray]
-    output_filter: tuple[str, ...]  # empty: every output of the signature
-    deadline: float | None = None  # loop.time() seconds; None: no deadline
-
-
-@dataclasses.dataclass(slots=True)
-class InferenceResult:
-    servable: ServableId
-    signature: str
-    outputs: dict[str, np.ndarray]

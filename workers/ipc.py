@@ -41,23 +41,25 @@ _SEQ = struct.Struct("<Q")
 _FRAME_HEADER = struct.Struct("<I")
 DT_STRING = 7
 
-_NUMPY_BY_TF = {
-    1: np.float32,
-    2: np.float64,
-    3: np.int32,
-    4: np.uint8,
-    5: np.int16,
-    6: np.int8,
-    8: np.complex64,
-    9: np.int64,
-    10: np.bool_,
-    17: np.uint16,
-    18: np.complex128,
-    19: np.float16,
-    22: np.uint32,
-    23: np.uint64,
+# TF DataType enum -> numpy dtype, for the dtypes whose values travel as raw little-endian
+# buffers: the one table, read by the workers and by the gateway (app/types.py).
+NUMPY_DTYPE_BY_TF: dict[int, np.dtype] = {
+    1: np.dtype(np.float32),  # DT_FLOAT
+    2: np.dtype(np.float64),  # DT_DOUBLE
+    3: np.dtype(np.int32),  # DT_INT32
+    4: np.dtype(np.uint8),  # DT_UINT8
+    5: np.dtype(np.int16),  # DT_INT16
+    6: np.dtype(np.int8),  # DT_INT8
+    8: np.dtype(np.complex64),  # DT_COMPLEX64
+    9: np.dtype(np.int64),  # DT_INT64
+    10: np.dtype(np.bool_),  # DT_BOOL
+    17: np.dtype(np.uint16),  # DT_UINT16
+    18: np.dtype(np.complex128),  # DT_COMPLEX128
+    19: np.dtype(np.float16),  # DT_HALF
+    22: np.dtype(np.uint32),  # DT_UINT32
+    23: np.dtype(np.uint64),  # DT_UINT64
 }
-_TF_BY_NUMPY = {np.dtype(v): k for k, v in _NUMPY_BY_TF.items()}
+TF_DTYPE_BY_NUMPY: dict[np.dtype, int] = {v: k for k, v in NUMPY_DTYPE_BY_TF.items()}
 
 
 class ArenaFull(Exception):
@@ -342,7 +344,7 @@ def _put_numeric(
     offset, segment = _place(arena, allocator, nbytes, owner_pid, written, fill)
     return worker_pb2.TensorRef(
         alias=alias,
-        dtype=_TF_BY_NUMPY[dtype],
+        dtype=TF_DTYPE_BY_NUMPY[dtype],
         shape=shape,
         offset=offset,
         nbytes=nbytes,
@@ -416,7 +418,7 @@ def _read(buf: memoryview, offset: int, ref: worker_pb2.TensorRef, *, copy: bool
             result[i] = data[pos : pos + n]
             pos += n
         return result.reshape(shape)
-    dtype = np.dtype(_NUMPY_BY_TF[ref.dtype])
+    dtype = NUMPY_DTYPE_BY_TF[ref.dtype]
     array = np.frombuffer(buf, dtype=dtype, count=ref.nbytes // dtype.itemsize, offset=offset)
     array = array.reshape(shape)
     return array.copy() if copy else array

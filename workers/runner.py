@@ -1,9 +1,9 @@
 """Loads one SavedModel version and runs its signatures: the only TensorFlow code on the hot path.
 
 Data path: workers.loop -> SavedModelRunner.run(signature, inputs, output_aliases) -> outputs
-into shared memory. Tensors are fed the way TF Serving's C++ session feeds them
-(docs/tf-serving-contract.md a.3): by the SignatureDef's tensor names, never reshaped to the
-declared shape, dtype enforced by TensorFlow itself.
+into shared memory. Tensors are fed the way TF Serving's C++ session feeds them (its
+predict_util.cc RunPredict: Session::Run on the SignatureDef's tensor names): never reshaped
+to the declared shape, dtype enforced by TensorFlow itself.
 """
 
 from __future__ import annotations
