@@ -84,9 +84,6 @@ class _Queue:
     tasks: collections.deque[_Task] = dataclasses.field(default_factory=collections.deque)
     rows: int = 0
 
-    def enqueued_batches(self) -> int:
-        return -(-self.rows // self.params.execution_batch_size)
-
 
 BatchObserver = Callable[[ServableId, list[int], int, list[float], str], None]
 # (servable, rows per task, padding rows, queueing seconds per task, thread_pool_name), when a
@@ -126,9 +123,6 @@ class Batcher:
                         ServingError(Code.UNAVAILABLE, "Server is shutting down")
                     )
         self._queues.clear()
-
-    def queue_depth_rows(self) -> int:
-        return sum(q.rows for q in self._queues.values())
 
     # --- submit (request side) ---
 

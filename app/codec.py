@@ -54,10 +54,7 @@ from app.codec_json_dense import (
     dense_float_tensor,
     read_dense_body,
 )
-from app.codec_json_read import (
-    _CarefulParser,  # noqa: F401  tests/unit/test_codec.py drives it as codec._CarefulParser
-    load_json_object,
-)
+from app.codec_json_read import load_json_object
 from app.codec_json_text import (
     decimal_text_f64,
     float32_leaf_texts,
@@ -115,7 +112,7 @@ class PredictJson:
     signature_name is "" when the body has none (TF Serving then uses serving_default).
     format is "row" when the body has "instances", else "columnar" (a body with neither key is
     rejected by decode_predict_inputs, after the signature lookup, as TF Serving does).
-    A large body of plain float arrays arrives as `_dense` (codec_json_dense.py) and is only
+    A large body of plain float arrays arrives as `dense` (codec_json_dense.py) and is only
     parsed by orjson if the signature wants something else; every other body as `_doc`.
     """
 
@@ -124,9 +121,9 @@ class PredictJson:
     _doc: dict | None = dataclasses.field(repr=False)
     _body: bytes = dataclasses.field(default=b"", repr=False)
     _bool_text: bool | None = dataclasses.field(default=None, repr=False)
-    _dense: DenseBody | None = dataclasses.field(default=None, repr=False)
+    dense: DenseBody | None = dataclasses.field(default=None, repr=False)
 
-    def _may_have_bools(self) -> bool:
+    def may_have_bools(self) -> bool:
         """Whether the body spells true/false anywhere (scanned once, only when asked)."""
         if self._bool_text is None:
             self._bool_text = b"true" in self._body or b"false" in self._body
@@ -142,7 +139,7 @@ def parse_predict_json(body: bytes) -> PredictJson:
     """Parses the body and reads signature_name; raises TF Serving's JSON errors."""
     data = bytes(body)
     if len(data) >= DENSE_MIN_BODY_BYTES and (dense := read_dense_body(data)) is not None:
-        return PredictJson(dense.signature_name, dense.format, None, data, _dense=dense)
+        return PredictJson(dense.signature_name, dense.format, None, data, dense=dense)
     doc = load_json_object(data)
     signature_name = read_signature_name(doc)
     fmt: RequestFormat = "row" if "instances" in doc else "columnar"
@@ -172,7 +169,7 @@ def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict
     if not signature.inputs:
         name = parsed.signature_name or "DEFAULT"
         raise invalid_argument(f"Failed to get input map for signature: {name}")
-    if parsed._dense is not None and (tensors := _dense_inputs(parsed._dense, signature)):
+    if parsed.dense is not None and (tensors := _dense_inputs(parsed.dense, signature)):
         return tensors
     doc = parsed.document()
     if "instances" in doc:
@@ -183,9 +180,9 @@ def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict
             raise format_error(doc, "Expecting 'instances' to be an list/array")
         if not instances:
             raise format_error(doc, "No values in 'instances' array")
-        return _decode_rows(instances, signature, parsed._may_have_bools)
+        return _decode_rows(instances, signature, parsed.may_have_bools)
     if "inputs" in doc:
-        return _decode_columns(doc["inputs"], signature, parsed._may_have_bools)
+        return _decode_columns(doc["inputs"], signature, parsed.may_have_bools)
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 

@@ -7,7 +7,7 @@ TF Serving's rapidjson reader is iterative, accepts NaN, Inf, Infinity (and -Inf
 -NaN), stops after the root value (trailing bytes ignored), treats a NUL byte as the end and skips
 a UTF-8 byte-order mark. Tier 1: orjson. Tier 2, only if orjson refused and the body mentions
 NaN/Inf: the non-finite tokens outside strings become sentinel strings, orjson again. Tier 3, only
-for bodies still refused: _CarefulParser, a Python rapidjson that returns the document or
+for bodies still refused: CarefulParser, a Python rapidjson that returns the document or
 rapidjson's exact error ("JSON Parse error: Invalid value. at offset: 0").
 Deliberate differences: invalid UTF-8 inside a string is an error ("Invalid encoding in
 string.", rapidjson would pass the raw bytes on); nesting deeper than 1024 levels is an error
@@ -89,7 +89,7 @@ def _load_json(data: bytes) -> Any:
     if doc is _MISSING and b"\\u0000" not in payload and (b"NaN" in payload or b"Inf" in payload):
         doc = _load_with_nonfinite(payload)
     if doc is _MISSING:
-        doc = _CarefulParser(data, start).parse()
+        doc = CarefulParser(data, start).parse()
     return doc
 
 
@@ -195,7 +195,7 @@ _NUMBER_RUN_RE = re.compile(
 )
 
 
-class _CarefulParser:
+class CarefulParser:
     """rapidjson's iterative reader (kParseNanAndInfFlag | kParseStopWhenDoneFlag), in Python.
 
     Used only for bodies orjson refuses: yields the document, or rapidjson's error and offset.

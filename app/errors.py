@@ -82,9 +82,5 @@ def invalid_argument(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)
 
 
-def not_found(message: str) -> ServingError:
-    return ServingError(Code.NOT_FOUND, message)
-
-
 class StartupError(Exception):
     """The server cannot start; __main__ prints the message and exits non-zero."""

@@ -129,10 +129,6 @@ class Histogram(_Metric):
     def count(self, *labels: str) -> int:
         return sum(self.counts.get(labels, ()))
 
-    def mean(self, *labels: str) -> float:
-        n = self.count(*labels)
-        return self.sums.get(labels, 0.0) / n if n else 0.0
-
     def render(self) -> list[str]:
         lines = self.header()
         for labels in sorted(self.counts):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from app.errors import Code, ServingError
 from app.protos import meta_graph_pb2
-from app.types import DEFAULT_SIGNATURE, SignatureSpec, TensorSpec
+from app.types import SignatureSpec, TensorSpec
 
 # Signature keys TF adds for itself; TF Serving lists them in metadata but they cannot be run.
 INIT_OP_SIGNATURE = "__saved_model_init_op"
@@ -29,20 +28,6 @@ class ServableMetadata:
             key: _signature_spec(key, sig) for key, sig in meta_graph.signature_def.items()
         }
         return cls(signatures, meta_graph)
-
-    def signature(self, name: str) -> SignatureSpec | None:
-        return self.signatures.get(name or DEFAULT_SIGNATURE)
-
-    def predict_signature(self, name: str) -> SignatureSpec:
-        """REST predict's lookup, with TF Serving's REST error text."""
-        key = name or DEFAULT_SIGNATURE
-        spec = self.signatures.get(key)
-        if spec is None:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f'Serving signature name: "{key}" not found in signature def',
-            )
-        return spec
 
 
 def _tensor_spec(alias: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from app import codec, codec_json_text
+from app import codec, codec_json_read, codec_json_text
 from app.errors import Code, ServingError
 from app.types import (
     DT_BOOL,
@@ -621,7 +621,7 @@ def test_nan_and_infinity_round_trip_through_the_request_parser() -> None:
 
 def _careful(data: bytes) -> object:
     try:
-        return ("ok", repr(codec._CarefulParser(data, 0).parse()))
+        return ("ok", repr(codec_json_read.CarefulParser(data, 0).parse()))
     except ServingError as error:
         return ("error", error.message)
 
@@ -643,5 +643,5 @@ def test_number_runs_do_not_change_the_careful_parser(monkeypatch: pytest.Monkey
         for _ in range(5000)
     ]
     with_runs = [_careful(body) for body in bodies]
-    monkeypatch.setattr(codec._CarefulParser, "_number_run", lambda *args: False)
+    monkeypatch.setattr(codec_json_read.CarefulParser, "_number_run", lambda *args: False)
     assert with_runs == [_careful(body) for body in bodies]

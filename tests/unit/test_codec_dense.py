@@ -49,7 +49,7 @@ def _both_ways(body: bytes, sig: SignatureSpec, monkeypatch: pytest.MonkeyPatch)
     try:
         parsed = codec.parse_predict_json(body)
         codec.decode_predict_inputs(parsed, sig)
-        used = parsed._dense is not None and parsed._doc is None  # orjson was never needed
+        used = parsed.dense is not None and parsed._doc is None  # orjson was never needed
     except ServingError:
         pass
     dense = _outcome(body, sig)
@@ -150,7 +150,7 @@ def test_image_body_takes_the_lane_at_the_default_threshold() -> None:
     assert len(body) >= codec_json_dense.DENSE_MIN_BODY_BYTES
     parsed = codec.parse_predict_json(body)
     tensors = codec.decode_predict_inputs(parsed, FLOAT_X)
-    assert parsed._dense is not None and parsed._doc is None
+    assert parsed.dense is not None and parsed._doc is None
     assert tensors["x"].dtype == np.float32 and tensors["x"].shape == (2, 28, 28, 1)
     assert np.array_equal(tensors["x"], image.astype(np.float32))
 
