@@ -1,12 +1,14 @@
 """One error type for the whole request path, and the tables that translate it at the edges.
 
-Only rest.py and grpc_server.py translate a ServingError; everything else raises it.
+Only the REST and gRPC edges translate a ServingError; everything else raises it.
 Codes are TensorFlow's (== gRPC's) canonical status codes.
 """
 
 from __future__ import annotations
 
 import enum
+
+import grpc
 
 
 class Code(enum.IntEnum):
@@ -52,6 +54,11 @@ HTTP_STATUS_BY_CODE: dict[Code, int] = {
     Code.UNAUTHENTICATED: 401,
 }
 
+# TF status code number == gRPC status code number (grpc_status_util.cc).
+GRPC_STATUS_BY_CODE: dict[Code, grpc.StatusCode] = {
+    Code(status.value[0]): status for status in grpc.StatusCode
+}
+
 # TF Serving truncates gRPC status messages (grpc_status_util.cc).
 GRPC_MAX_MESSAGE_CHARS = 1024
 GRPC_TRUNCATED_SUFFIX = "...TRUNCATED"
@@ -68,6 +75,10 @@ class ServingError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS_BY_CODE.get(self.code, 500)
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        return GRPC_STATUS_BY_CODE[self.code]
 
     def grpc_message(self) -> str:
         if len(self.message) <= GRPC_MAX_MESSAGE_CHARS:

@@ -32,7 +32,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if isinstance(result, Awaitable):
                 result = await result
         except ServingError as exc:
-            await context.abort(status_code(int(exc.code)), exc.grpc_message())
+            await context.abort(exc.grpc_status, exc.grpc_message())
         return admin_pb2.AdminReply(json=orjson.dumps(result).decode())
 
     async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
@@ -60,9 +60,3 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReloadConfig(self, request, context):  # type: ignore[no-untyped-def]
         return await self._call(context, self.admin.reload_config)
 
-
-def status_code(code: int) -> grpc.StatusCode:
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status
-    return grpc.StatusCode.UNKNOWN

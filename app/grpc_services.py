@@ -43,9 +43,6 @@ log = logging.getLogger("tfgate.grpc")
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
-# TF status code number == gRPC status code number (grpc_status_util.cc).
-GRPC_STATUS_BY_CODE: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
-
 Response = TypeVar("Response")
 
 
@@ -115,7 +112,7 @@ def translated(
         try:
             return await method(self, request, context)
         except ServingError as exc:
-            await abort(context, GRPC_STATUS_BY_CODE[int(exc.code)], exc.grpc_message())
+            await abort(context, exc.grpc_status, exc.grpc_message())
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

@@ -22,9 +22,9 @@ from google.protobuf import descriptor_pb2, json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from app.errors import Code, ServingError, StartupError
+from app.errors import GRPC_STATUS_BY_CODE, Code, ServingError, StartupError
 from app.grpc_server import parse_channel_arguments
-from app.grpc_services import GRPC_STATUS_BY_CODE, model_spec_from_proto, translated
+from app.grpc_services import model_spec_from_proto, translated
 from app.protos import (
     classification_pb2,
     example_pb2,
@@ -728,7 +728,7 @@ def test_model_spec_from_proto() -> None:
 
 def test_status_code_table_matches_tf_codes() -> None:
     for code in Code:
-        assert GRPC_STATUS_BY_CODE[int(code)].name == code.name
+        assert GRPC_STATUS_BY_CODE[code].name == code.name
 
 
 class _FakeContext:
