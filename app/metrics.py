@@ -323,5 +323,14 @@ def connect(
         lambda path, seconds: metrics.model_warmup_latency.observe(path, "OK", value=seconds * 1e6)
     )
     pool.on_restart.append(lambda index: metrics.worker_restarts.inc(str(index)))
+    metrics.add(
+        CallbackGauge(
+            "tfgate_worker_resident_memory_bytes",
+            "Resident memory of each live worker process, as it reported with its last "
+            "load, unload or ping reply.",
+            ("worker",),
+            lambda: [((str(index),), float(rss)) for index, rss in pool.rss_by_worker()],
+        )
+    )
     manager.observers.append(on_state)
     manager.load_observers.append(on_load_attempt)

@@ -149,14 +149,9 @@ class WorkerPool:
                 calls.append(worker.call(request))
         await asyncio.gather(*calls, return_exceptions=True)
 
-    def rss_bytes(self) -> int:
-        return sum(w.last_rss_bytes for w in self.workers if w.alive)
-
-    async def refresh_rss(self) -> int:
-        await asyncio.gather(
-            *(self._ping(w) for w in self.workers if w.alive), return_exceptions=True
-        )
-        return self.rss_bytes()
+    def rss_by_worker(self) -> list[tuple[int, int]]:
+        """(worker index, resident bytes from its last reply that carried it), live workers."""
+        return [(w.index, w.last_rss_bytes) for w in self.workers if w.alive]
 
     # --- inference ---
 

@@ -80,6 +80,8 @@ def test_metrics_names_and_values_after_known_traffic(tfs_testdata, tmp_path: pa
     # queue waits are microseconds, not whole milliseconds of the event loop's clock
     assert metric_value(text, ":tensorflow:serving:batching_session:queuing_latency_sum") > 0
     assert re.search(r'_bucket\{[^}]*le="\+Inf"\}', text)
+    # each live worker's resident memory (a worker with TensorFlow and a model is > 50 MB)
+    assert metric_value(text, "tfgate_worker_resident_memory_bytes", worker="0") > 50e6
 
 
 def test_metrics_path_only_when_monitoring_enabled(tfs_testdata, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
