@@ -57,9 +57,11 @@ def _label_pairs(names: Sequence[str], values: Sequence[str]) -> str:
     return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
 
 
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    # TF Serving writes the braces even with no labels: `name{} 3`.
-    return "{" + _label_pairs(names, values) + "}"
+def _labels(metric: _Metric, values: Sequence[str]) -> str:
+    pairs = _label_pairs(metric.label_names, values)
+    # TF Serving writes the braces even with no labels (`name{} 3`); tfgate's own metrics
+    # use the plain form.
+    return "{" + pairs + "}" if pairs or metric.tf_serving else ""
 
 
 def _number(value: float) -> str:
@@ -85,9 +87,15 @@ class _Metric:
         self.help = help_text
         self.label_names = tuple(label_names)
 
+    @property
+    def tf_serving(self) -> bool:
+        """One of TF Serving's metrics (its names start with ":"), written exactly as its
+        exporter writes them."""
+        return self.name.startswith(":")
+
     def header(self) -> list[str]:
         type_line = f"# TYPE {self.name} {self.kind}"
-        if self.name.startswith(":"):  # TF Serving's metrics: its exporter writes no HELP
+        if self.tf_serving:  # TF Serving's exporter writes no HELP line
             return [type_line]
         return [f"# HELP {self.name} {self.help}", type_line]
 
@@ -105,7 +113,7 @@ class Counter(_Metric):
     def render(self) -> list[str]:
         lines = self.header()
         for labels, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
+            lines.append(f"{self.name}{_labels(self, labels)} {_number(value)}")
         return lines
 
 
@@ -134,7 +142,7 @@ class CallbackGauge(_Metric):
     def render(self) -> list[str]:
         lines = self.header()
         for labels, value in sorted(self.read()):
-            lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
+            lines.append(f"{self.name}{_labels(self, labels)} {_number(value)}")
         return lines
 
 
@@ -179,8 +187,9 @@ class Histogram(_Metric):
                 lines.append(f'{bucket_prefix}"{six_digits(bound)}"}} {cumulative}')
             cumulative += counts[-1]
             lines.append(f'{bucket_prefix}"+Inf"}} {cumulative}')
-            lines.append(f"{self.name}_sum{{{pairs}}} {six_digits(self.sums[labels])}")
-            lines.append(f"{self.name}_count{{{pairs}}} {cumulative}")
+            label_text = _labels(self, labels)
+            lines.append(f"{self.name}_sum{label_text} {six_digits(self.sums[labels])}")
+            lines.append(f"{self.name}_count{label_text} {cumulative}")
         return lines
 
 
@@ -308,8 +317,8 @@ class Metrics:
     def render(self) -> bytes:
         """The whole page: TF Serving's metrics sorted by name (its exporter walks a map
         keyed by name), then tfgate's own in registration order."""
-        tf_serving = sorted((m for m in self._metrics if m.name.startswith(":")), key=_name)
-        own = [m for m in self._metrics if not m.name.startswith(":")]
+        tf_serving = sorted((m for m in self._metrics if m.tf_serving), key=_name)
+        own = [m for m in self._metrics if not m.tf_serving]
         lines: list[str] = []
         for metric in (*tf_serving, *own):
             lines.extend(metric.render())

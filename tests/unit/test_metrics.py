@@ -129,3 +129,14 @@ def test_runtime_latency_labelled_with_each_api() -> None:
         callback(types.SimpleNamespace(model="m"), 4, 0.01)
     assert registry.runtime_latency.count("m", "Predict", "TF1") == 1
     assert registry.executed_batch_rows.count("m") == 1
+
+
+def test_tfgate_own_metrics_keep_the_plain_form() -> None:
+    gauge = metrics.Gauge("tfgate_cache_breaker_state", "Breaker.")
+    gauge.set(value=1)
+    histogram = Histogram("tfgate_h", "H.", (), (1.0,))
+    histogram.observe(value=0.5)
+    assert gauge.render() == ["# HELP tfgate_cache_breaker_state Breaker.",
+                              "# TYPE tfgate_cache_breaker_state gauge",
+                              "tfgate_cache_breaker_state 1"]
+    assert histogram.render()[-2:] == ["tfgate_h_sum 0.5", "tfgate_h_count 1"]
