@@ -16,13 +16,8 @@ import dataclasses
 from app import codec_example
 from app.errors import Code, ServingError
 from app.protos import inference_pb2
-from app.service import (
-    CLASSIFY_METHOD,
-    REGRESS_METHOD,
-    ServingService,
-    classify_aliases,
-    regress_aliases,
-)
+from app.service import CLASSIFY_METHOD, REGRESS_METHOD, ServingService
+from app.signature_checks import classify_aliases, regress_aliases
 from app.signatures import ServableMetadata
 from app.types import DEFAULT_SIGNATURE, ServableId, SignatureSpec
 
