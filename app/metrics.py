@@ -285,6 +285,13 @@ class Metrics:
             ("model_name",),
             BATCH_SIZE_BUCKETS,
         )
+        self.worker_run_latency = Histogram(
+            "tfgate_worker_run_latency",
+            "Distribution of wall time (in microseconds) of one model run in a worker (one "
+            "executed batch or unbatched request), TF session time only.",
+            ("model_name",),
+            LATENCY_BUCKETS_MICROS,
+        )
         self._metrics: list[_Metric] = [
             self.request_count,
             self.request_latency,
@@ -301,6 +308,7 @@ class Metrics:
             self.worker_restarts,
             self.model_state,
             self.executed_batch_rows,
+            self.worker_run_latency,
         ]
 
     def add(self, metric: _Metric) -> None:
@@ -367,6 +375,7 @@ def connect(
 
     def on_run(servable: Any, rows: int, run_seconds: float) -> None:
         metrics.executed_batch_rows.observe(servable.model, value=rows)
+        metrics.worker_run_latency.observe(servable.model, value=whole_micros(run_seconds))
 
     def on_state(servable: Any, state: Any, error: Any) -> None:
         metrics.model_state.set(servable.model, str(servable.version), value=int(state))

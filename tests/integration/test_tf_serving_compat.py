@@ -141,6 +141,7 @@ def counts(server: ServerProcess, model: str) -> dict[str, float]:
         "example requests": samples(text, p + "request_example_counts_count", model=model),
         "examples": samples(text, p + "request_example_counts_sum", model=model),
         "examples total": samples(text, p + "request_example_count_total", model=model),
+        "worker runs": samples(text, "tfgate_worker_run_latency_count", model_name=model),
     }
 
 
@@ -156,7 +157,8 @@ def test_each_api_labels_runtime_latency_and_multi_inference_records_examples_on
     prediction.Predict(predict_request(model, x_input([1.0])), timeout=30)
     after_predict = counts(server, model)
     assert grown(before, after_predict) == {
-        "requests": 1, "request_latency": 1, "runtime Predict": 1, "runtime": 1}
+        "requests": 1, "request_latency": 1, "runtime Predict": 1, "runtime": 1,
+        "worker runs": 1}
 
     classify = classification_pb2.ClassificationRequest(model_spec=spec(model, "classify_x_to_y"))
     example_input(classify.input, example(x=1.0), example(x=2.0))
@@ -164,7 +166,8 @@ def test_each_api_labels_runtime_latency_and_multi_inference_records_examples_on
     after_classify = counts(server, model)
     # no example counts for Classify (TF Serving records them for MultiInference only)
     assert grown(after_predict, after_classify) == {
-        "requests": 1, "request_latency": 1, "runtime Classify": 1, "runtime": 1}
+        "requests": 1, "request_latency": 1, "runtime Classify": 1, "runtime": 1,
+        "worker runs": 1}
 
     with server.client() as http:
         body = {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}
@@ -172,17 +175,19 @@ def test_each_api_labels_runtime_latency_and_multi_inference_records_examples_on
     after_regress = counts(server, model)
     # REST regress: the same "Regress" runtime label as gRPC
     assert grown(after_classify, after_regress) == {
-        "requests": 1, "request_latency": 1, "runtime Regress": 1, "runtime": 1}
+        "requests": 1, "request_latency": 1, "runtime Regress": 1, "runtime": 1,
+        "worker runs": 1}
 
     request = inference_pb2.MultiInferenceRequest()
     request.tasks.add(model_spec=spec(model, "regress_x_to_y"), method_name=REGRESS)
     request.tasks.add(model_spec=spec(model, "classify_x_to_y"), method_name=CLASSIFY)
     example_input(request.input, *(example(x=float(i)) for i in range(3)))
     prediction.MultiInference(request, timeout=30)
-    # MultiInference: one example count of 3, nothing else (prediction_service_impl.cc
-    # records no request_count or latency for it, multi_inference.cc no runtime_latency)
+    # MultiInference: one example count of 3, nothing else of TF Serving's
+    # (prediction_service_impl.cc records no request_count or latency for it,
+    # multi_inference.cc no runtime_latency); tfgate runs each task's signature once.
     assert grown(after_regress, counts(server, model)) == {
-        "example requests": 1, "examples": 3, "examples total": 3}
+        "example requests": 1, "examples": 3, "examples total": 3, "worker runs": 2}
 
 
 # --- the page's bytes and paths ---

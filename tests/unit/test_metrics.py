@@ -129,6 +129,7 @@ def test_runtime_latency_labelled_with_each_api() -> None:
         callback(types.SimpleNamespace(model="m"), 4, 0.01)
     assert registry.runtime_latency.count("m", "Predict", "TF1") == 1
     assert registry.executed_batch_rows.count("m") == 1
+    assert registry.worker_run_latency.sums[("m",)] == 10000
 
 
 def test_tfgate_own_metrics_keep_the_plain_form() -> None:
