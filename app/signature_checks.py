@@ -57,6 +57,9 @@ def select_outputs(signature: SignatureSpec, output_filter: Sequence[str]) -> li
 
 
 def classify_aliases(signature: SignatureSpec) -> tuple[str, str | None, str | None]:
+    """PreProcessClassification's shape checks (INVALID_ARGUMENT since TF Serving's 2020 TF2
+    change; before it the missing-alias cases were FAILED_PRECONDITION). TF Serving appends
+    the SignatureDef's DebugString where tfgate names the signature's key."""
     if len(signature.inputs) != 1:
         raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
     if len(signature.outputs) not in (1, 2):
@@ -66,14 +69,14 @@ def classify_aliases(signature: SignatureSpec) -> tuple[str, str | None, str | N
         )
     if "inputs" not in signature.inputs:
         raise ServingError(
-            Code.FAILED_PRECONDITION,
+            Code.INVALID_ARGUMENT,
             f"No classification inputs found in SignatureDef: {signature.key}",
         )
     classes = "classes" if "classes" in signature.outputs else None
     scores = "scores" if "scores" in signature.outputs else None
     if classes is None and scores is None:
         raise ServingError(
-            Code.FAILED_PRECONDITION,
+            Code.INVALID_ARGUMENT,
             'Expected classification signature outputs to contain at least one of "classes" '
             f'or "scores". Signature was: {signature.key}',
         )
@@ -87,12 +90,12 @@ def regress_aliases(signature: SignatureSpec) -> tuple[str, str]:
         raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
     if "inputs" not in signature.inputs:
         raise ServingError(
-            Code.FAILED_PRECONDITION,
+            Code.INVALID_ARGUMENT,
             f"No regression inputs found in SignatureDef: {signature.key}",
         )
     if "outputs" not in signature.outputs:
         raise ServingError(
-            Code.FAILED_PRECONDITION,
+            Code.INVALID_ARGUMENT,
             f"No regression outputs found in SignatureDef: {signature.key}",
         )
     return "inputs", "outputs"

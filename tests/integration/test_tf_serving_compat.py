@@ -110,6 +110,33 @@ def test_multi_inference_results_equal_classify_and_regress(prediction) -> None:
     assert response.results[1].regression_result == prediction.Regress(regress, timeout=30).result
 
 
+def test_a_signature_unfit_for_classify_is_invalid_argument(server: ServerProcess, prediction) -> None:  # type: ignore[no-untyped-def]
+    """PreProcessClassification (INVALID_ARGUMENT since TF Serving's TF2 change of 2020),
+    for Classify and for a MultiInference task, checked before any task runs."""
+    classify = classification_pb2.ClassificationRequest(
+        model_spec=spec("classifier", "serving_default"))
+    example_input(classify.input, example(f0=1.0))
+    with pytest.raises(grpc.RpcError) as info:
+        prediction.Classify(classify, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(
+        "No classification inputs found in SignatureDef: ")
+    before = scrape(server)
+    request = inference_pb2.MultiInferenceRequest()
+    request.tasks.add(model_spec=spec("classifier", "regress"), method_name=REGRESS)
+    request.tasks.add(model_spec=spec("classifier", "serving_default"), method_name=CLASSIFY)
+    example_input(request.input, example(f0=1.0))
+    with pytest.raises(grpc.RpcError) as info:
+        prediction.MultiInference(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(
+        "No classification inputs found in SignatureDef: ")
+    runs = "tfgate_worker_run_latency_count"
+    # the valid regress task never ran
+    assert samples(scrape(server), runs, model_name="classifier") == samples(
+        before, runs, model_name="classifier")
+
+
 # --- which metrics each API records ---
 
 
