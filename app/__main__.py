@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
+from app.errors import STARTUP_FAILURE_EXIT_STATUS
 from app.settings import FLAGS, Settings, SettingsError, load_settings
 
 DEMO_MODEL_NAME = "half_plus_two"
@@ -60,7 +61,7 @@ def serve(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
         print(usage(), file=sys.stderr)
-        return 1
+        return STARTUP_FAILURE_EXIT_STATUS
     if settings.version:
         print(f"TensorFlow ModelServer: tfgate-{__version__}")
         print(f"TensorFlow Library: {tensorflow_version()}")

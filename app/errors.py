@@ -93,5 +93,11 @@ def invalid_argument(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)
 
 
+# TF Serving's main() returns -1 when its flags do not parse or Server::BuildAndStart fails
+# (bad config files, a failed initial load, a gRPC port it cannot bind); the shell sees 255.
+STARTUP_FAILURE_EXIT_STATUS = 255
+
+
 class StartupError(Exception):
-    """The server cannot start; __main__ prints the message and exits non-zero."""
+    """The server cannot start; the message is printed and the process exits with
+    STARTUP_FAILURE_EXIT_STATUS."""

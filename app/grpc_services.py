@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from google.protobuf import text_format
 
-from app import codec_example, codec_proto, codec_status, model_config
+from app import codec_example, codec_proto, codec_status, model_config, multi_inference
 from app.admin import AdminTokens
 from app.auth import InferenceAuth, credential_from
 from app.errors import Code, ServingError
@@ -36,8 +36,8 @@ from app.protos import (
     regression_pb2,
 )
 from app.registry import ModelConfig
-from app.service import CLASSIFY_METHOD, REGRESS_METHOD, Entrypoint, ServingService
-from app.types import DEFAULT_SIGNATURE, ModelSpec, ServableId
+from app.service import Entrypoint, ServingService
+from app.types import DEFAULT_SIGNATURE, ModelSpec
 
 log = logging.getLogger("tfgate.grpc")
 
@@ -247,52 +247,22 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # tasks against that one servable's signatures before anything runs.
         first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         authorize(self.auth, context, first.name)
-        servable, meta_graph = self.service.metadata(model_spec_from_proto(first))
-        tasks = check_multi_inference_tasks(request, meta_graph)
-        examples = codec_example.examples_from_input_proto(request.input)
-        deadline = loop_deadline(context)
-        # Every task runs on the version resolved above, all of them concurrently.
-        runs = [
-            self._run_task(servable, signature, method, examples, deadline)
-            for signature, method in tasks
-        ]
-        outcomes = await asyncio.gather(*runs, return_exceptions=True)
-        for outcome in outcomes:  # the first failing task, in request order, decides
-            if isinstance(outcome, BaseException):
-                raise outcome
+        servable, metadata = self.service.resolve(model_spec_from_proto(first))
+        tasks = multi_inference.check_tasks(request, metadata, self.service)
+        results = await multi_inference.run(
+            self.service, request, servable, tasks, loop_deadline(context)
+        )
         response = inference_pb2.MultiInferenceResponse()
-        for task, outcome in zip(request.tasks, outcomes, strict=True):
-            result = response.results.add()
+        for task, result in zip(request.tasks, results, strict=True):
+            # MakeModelSpec with the task's own signature name (empty -> serving_default)
             fill_model_spec(
                 result.model_spec,
                 task.model_spec.name,
                 servable.version,
                 task.model_spec.signature_name,
             )
-            if task.method_name == CLASSIFY_METHOD:
-                result.classification_result.CopyFrom(outcome)
-            else:
-                result.regression_result.CopyFrom(outcome)
+            response.results.append(result)
         return response
-
-    async def _run_task(
-        self,
-        servable: ServableId,
-        signature: str,
-        method: str,
-        examples: list[bytes],
-        deadline: float | None,
-    ) -> Any:
-        spec = ModelSpec(servable.model, version=servable.version, signature_name=signature)
-        if method == CLASSIFY_METHOD:
-            classified = await self.service.classify(
-                spec, lambda: examples, deadline=deadline, entrypoint=Entrypoint.GRPC
-            )
-            return codec_example.classification_result_proto(classified.classes, classified.scores)
-        regressed = await self.service.regress(
-            spec, lambda: examples, deadline=deadline, entrypoint=Entrypoint.GRPC
-        )
-        return codec_example.regression_result_proto(regressed.outputs)
 
     @translated
     async def GetModelMetadata(
@@ -333,53 +303,6 @@ def check_metadata_fields(fields: Any) -> None:
     for field in fields:
         if field != SIGNATURE_DEF_FIELD:
             raise ServingError(Code.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
-
-
-def check_multi_inference_tasks(
-    request: inference_pb2.MultiInferenceRequest, meta_graph: Any
-) -> list[tuple[str, str]]:
-    """TF Serving's MultiInference task rules (multi_inference.cc), in its order and texts:
-    one model name, distinct signatures that exist, method classify or regress, and one
-    shared input tensor. Returns (signature key, method name) per task."""
-    model_name = ""
-    input_tensor = ""
-    seen: set[str] = set()
-    tasks: list[tuple[str, str]] = []
-    for task in request.tasks:
-        name = task.model_spec.name
-        if not name:
-            raise ServingError(Code.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
-        if model_name and name != model_name:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
-            )
-        model_name = name
-        signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
-        if signature in seen:
-            raise ServingError(
-                Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {signature}"
-            )
-        seen.add(signature)
-        signature_def = meta_graph.signature_def.get(signature)
-        if signature_def is None:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f"Requested signature not found in model graph: {signature}",
-            )
-        if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
-            raise ServingError(
-                Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
-            )
-        # All tasks share one serialized-Example tensor, so they must feed the same node.
-        tensor = signature_def.inputs["inputs"].name if "inputs" in signature_def.inputs else ""
-        if input_tensor and tensor and tensor != input_tensor:
-            raise ServingError(
-                Code.INVALID_ARGUMENT, "Input tensor must be the same for all Signatures."
-            )
-        input_tensor = input_tensor or tensor
-        tasks.append((signature, task.method_name))
-    return tasks
 
 
 # --- ModelService ---

@@ -31,7 +31,7 @@ from app.cache import ResultCache
 from app.cache_config import load_cache_config
 from app.config_watch import ConfigWatcher
 from app.discovery import Discovery
-from app.errors import Code, ServingError, StartupError
+from app.errors import STARTUP_FAILURE_EXIT_STATUS, Code, ServingError, StartupError
 from app.manager import LoadOptions, VersionManager, initial_load_error
 from app.metrics import Metrics
 from app.model_sync import SyncConfig
@@ -419,7 +419,7 @@ async def run(settings: Settings) -> int:
         server = await build_server(settings)
     except (model_config.ConfigError, SettingsError) as exc:
         print(str(exc), file=sys.stderr)
-        return 1
+        return STARTUP_FAILURE_EXIT_STATUS
     await server.pool.start()
     server.batcher.start()
     try:
@@ -453,6 +453,6 @@ async def run(settings: Settings) -> int:
         return 0
     except (StartupError, ServingError, http_server.BindError, model_config.ConfigError) as exc:
         print(getattr(exc, "message", str(exc)), file=sys.stderr)
-        return 1
+        return STARTUP_FAILURE_EXIT_STATUS
     finally:
         await server.close()

@@ -7,7 +7,11 @@ at the monitoring config's path and at /metrics.
 TF Serving exports `:tensorflow:serving:request_count` as a counter *without* the `_total`
 suffix that prometheus_client appends to every counter, and dashboards built for TF Serving
 query those exact names; so this module keeps its own small registry and writes the text
-format itself. Event-loop only (no locks).
+format itself, as TF Serving's exporter (util/prometheus_exporter.cc) writes it: no HELP
+lines for its metrics, metrics sorted by name, bucket bounds and sums printed as absl's
+StrCat prints a double (printf "%.6g"), the last bucket as le="+Inf", and a value on a
+bucket's bound counted in the next bucket (TF's Histogram: upper_bound). Event-loop only
+(no locks).
 """
 
 from __future__ import annotations
@@ -23,29 +27,56 @@ if TYPE_CHECKING:
     from app.service import ServingService
     from app.worker_pool import WorkerPool
 
-# TF Serving's request_latency / runtime_latency buckets are exponential in microseconds.
-LATENCY_BUCKETS_MICROS = tuple(10.0 * 1.8**i for i in range(33))
-BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(14))
-QUEUE_BUCKETS_MICROS = tuple(10.0 * 2.0**i for i in range(24))
+
+def exponential_buckets(scale: float, growth_factor: float, count: int) -> tuple[float, ...]:
+    """TF's monitoring::Buckets::Exponential: each bound the previous one times the growth
+    factor (multiplied step by step, so the bounds equal TF's to the last bit); the +Inf
+    bucket above them is implicit."""
+    bounds = [scale]
+    for _ in range(count - 1):
+        bounds.append(bounds[-1] * growth_factor)
+    return tuple(bounds)
+
+
+# TF Serving's bucket definitions: request_latency, runtime_latency and model_warmup_latency
+# (10 us x 1.8^i, 33 bounds), batching_session's queuing_latency (100 us x 1.2^i, 52),
+# request_example_counts (2^0 .. 2^14) and the batch sizes (2^0 .. 2^13).
+LATENCY_BUCKETS_MICROS = exponential_buckets(10.0, 1.8, 33)
+QUEUE_BUCKETS_MICROS = exponential_buckets(100.0, 1.2, 52)
+EXAMPLE_COUNT_BUCKETS = exponential_buckets(1.0, 2.0, 15)
+BATCH_SIZE_BUCKETS = exponential_buckets(1.0, 2.0, 14)
 
 
 def _escape(value: str) -> str:
+    # TF Serving escapes backslash and double quote; a newline is escaped too (TF Serving
+    # would print it raw and break the page; a client can put one in a model name).
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+def _label_pairs(names: Sequence[str], values: Sequence[str]) -> str:
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+
+
+def _labels(metric: _Metric, values: Sequence[str]) -> str:
+    pairs = _label_pairs(metric.label_names, values)
+    # TF Serving writes the braces even with no labels (`name{} 3`); tfgate's own metrics
+    # use the plain form.
+    return "{" + pairs + "}" if pairs or metric.tf_serving else ""
 
 
 def _number(value: float) -> str:
+    """A counter or gauge sample (TF Serving prints int64 values with %d)."""
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
+
+
+def six_digits(value: float) -> str:
+    """A double as absl::StrCat prints it (SixDigitsToBuffer, the same as printf "%.6g"):
+    10 -> "10", 104.976 -> "104.976", 188.9568 -> "188.957", 1889568 -> "1.88957e+06"."""
+    return f"{value:.6g}"
 
 
 class _Metric:
@@ -56,8 +87,17 @@ class _Metric:
         self.help = help_text
         self.label_names = tuple(label_names)
 
+    @property
+    def tf_serving(self) -> bool:
+        """One of TF Serving's metrics (its names start with ":"), written exactly as its
+        exporter writes them."""
+        return self.name.startswith(":")
+
     def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        type_line = f"# TYPE {self.name} {self.kind}"
+        if self.tf_serving:  # TF Serving's exporter writes no HELP line
+            return [type_line]
+        return [f"# HELP {self.name} {self.help}", type_line]
 
 
 class Counter(_Metric):
@@ -73,7 +113,7 @@ class Counter(_Metric):
     def render(self) -> list[str]:
         lines = self.header()
         for labels, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
+            lines.append(f"{self.name}{_labels(self, labels)} {_number(value)}")
         return lines
 
 
@@ -102,7 +142,7 @@ class CallbackGauge(_Metric):
     def render(self) -> list[str]:
         lines = self.header()
         for labels, value in sorted(self.read()):
-            lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
+            lines.append(f"{self.name}{_labels(self, labels)} {_number(value)}")
         return lines
 
 
@@ -123,7 +163,8 @@ class Histogram(_Metric):
         if counts is None:
             counts = self.counts[labels] = [0] * (len(self.buckets) + 1)
             self.sums[labels] = 0.0
-        counts[bisect.bisect_left(self.buckets, value)] += 1
+        # TF's Histogram::Add: the first bucket whose limit is greater than the value.
+        counts[bisect.bisect_right(self.buckets, value)] += 1
         self.sums[labels] += value
 
     def count(self, *labels: str) -> int:
@@ -132,18 +173,24 @@ class Histogram(_Metric):
     def render(self) -> list[str]:
         lines = self.header()
         for labels in sorted(self.counts):
+            pairs = _label_pairs(self.label_names, labels)
+            separator = "," if pairs else ""
+            bucket_prefix = f"{self.name}_bucket{{{pairs}{separator}le="
             cumulative = 0
             counts = self.counts[labels]
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
+            for bound, count in zip(self.buckets, counts, strict=False):
                 cumulative += count
-                le = f'le="{_number(bound)}"'
-                lines.append(
-                    f"{self.name}_bucket{_labels(self.label_names, labels, le)} {cumulative}"
-                )
-            label_text = _labels(self.label_names, labels)
-            lines.append(f"{self.name}_sum{label_text} {_number(self.sums[labels])}")
+                lines.append(f'{bucket_prefix}"{six_digits(bound)}"}} {cumulative}')
+            cumulative += counts[-1]
+            lines.append(f'{bucket_prefix}"+Inf"}} {cumulative}')
+            label_text = _labels(self, labels)
+            lines.append(f"{self.name}_sum{label_text} {six_digits(self.sums[labels])}")
             lines.append(f"{self.name}_count{label_text} {cumulative}")
         return lines
+
+
+def _name(metric: _Metric) -> str:
+    return metric.name
 
 
 class Metrics:
@@ -170,7 +217,7 @@ class Metrics:
             p + "request_example_counts",
             "The number of tensorflow.Examples per request.",
             ("model",),
-            BATCH_SIZE_BUCKETS,
+            EXAMPLE_COUNT_BUCKETS,
         )
         self.request_example_count_total = Counter(
             p + "request_example_count_total",
@@ -234,6 +281,13 @@ class Metrics:
             ("model_name",),
             BATCH_SIZE_BUCKETS,
         )
+        self.worker_run_latency = Histogram(
+            "tfgate_worker_run_latency",
+            "Distribution of wall time (in microseconds) of one model run in a worker (one "
+            "executed batch or unbatched request), TF session time only.",
+            ("model_name",),
+            LATENCY_BUCKETS_MICROS,
+        )
         self._metrics: list[_Metric] = [
             self.request_count,
             self.request_latency,
@@ -250,6 +304,7 @@ class Metrics:
             self.worker_restarts,
             self.model_state,
             self.executed_batch_rows,
+            self.worker_run_latency,
         ]
 
     def add(self, metric: _Metric) -> None:
@@ -264,10 +319,19 @@ class Metrics:
         return 0
 
     def render(self) -> bytes:
+        """The whole page: TF Serving's metrics sorted by name (its exporter walks a map
+        keyed by name), then tfgate's own in registration order."""
+        tf_serving = sorted((m for m in self._metrics if m.tf_serving), key=_name)
+        own = [m for m in self._metrics if not m.tf_serving]
         lines: list[str] = []
-        for metric in self._metrics:
+        for metric in (*tf_serving, *own):
             lines.extend(metric.render())
         return ("\n".join(lines) + "\n").encode()
+
+
+def whole_micros(seconds: float) -> int:
+    """TF Serving records latencies as whole microseconds (int64 from NowMicros)."""
+    return int(seconds * 1e6)
 
 
 def connect(
@@ -285,22 +349,29 @@ def connect(
             # TF Serving's gRPC handlers name the API by its RPC ("Predict"); its REST
             # handler by the URL's verb ("predict").
             label = api.capitalize() if entrypoint.value == "GRPC" else api
-            metrics.request_latency.observe(model, label, entrypoint.value, value=seconds * 1e6)
+            metrics.request_latency.observe(
+                model, label, entrypoint.value, value=whole_micros(seconds)
+            )
 
     def on_batch(
         servable: Any, rows: list[int], pad_rows: int, queued: list[float], pool_name: str
     ) -> None:
         total = sum(rows) + pad_rows
         for task_rows, seconds in zip(rows, queued, strict=True):
-            metrics.queuing_latency.observe(pool_name, value=seconds * 1e6)
+            metrics.queuing_latency.observe(pool_name, value=whole_micros(seconds))
             metrics.input_batch_size.observe(servable.model, "", value=task_rows)
         metrics.processed_batch_size.observe(servable.model, "", value=total)
         metrics.padding_size.observe(servable.model, str(total), "", value=pad_rows)
         metrics.wrapped_run_count.inc(pool_name)
 
+    def on_runtime(model: str, api: str, seconds: float) -> None:
+        # The API as TF Serving names it ("Predict", "Classify", "Regress"), REST or gRPC
+        # alike; its runtime label is "TF1" for every SavedModel session.
+        metrics.runtime_latency.observe(model, api, "TF1", value=whole_micros(seconds))
+
     def on_run(servable: Any, rows: int, run_seconds: float) -> None:
-        metrics.runtime_latency.observe(servable.model, "Predict", "TF1", value=run_seconds * 1e6)
         metrics.executed_batch_rows.observe(servable.model, value=rows)
+        metrics.worker_run_latency.observe(servable.model, value=whole_micros(run_seconds))
 
     def on_state(servable: Any, state: Any, error: Any) -> None:
         metrics.model_state.set(servable.model, str(servable.version), value=int(state))
@@ -314,13 +385,16 @@ def connect(
         metrics.load_attempt_count.inc(version_path, "success" if ok else "fail")
 
     service.observers.append(on_request)
+    service.runtime_observers.append(on_runtime)
     service.example_observers.append(on_examples)
     batcher.observers.append(on_batch)
     pool.on_run.append(on_run)
     pool.on_warmup.append(
         # saved_model_warmup_util labels a finished warmup with its status text ("OK"); a
         # failed one fails the load and is counted by load_attempt_count instead.
-        lambda path, seconds: metrics.model_warmup_latency.observe(path, "OK", value=seconds * 1e6)
+        lambda path, seconds: metrics.model_warmup_latency.observe(
+            path, "OK", value=whole_micros(seconds)
+        )
     )
     pool.on_restart.append(lambda index: metrics.worker_restarts.inc(str(index)))
     metrics.add(

@@ -1,4 +1,4 @@
-"""tfgate's own HTTP endpoints beside TF Serving's /v1 API: liveness and readiness.
+"""tfgate's own HTTP endpoints beside TF Serving's /v1 API: liveness, readiness, metrics.
 
 Served by the FastAPI app that rest.py falls back to for every path outside TF Serving's
 routes; main.py builds it with the running Server so handlers read live state.
@@ -44,11 +44,10 @@ def create_ops_app(server: Server) -> FastAPI:
         }
         return json_response(body, 200 if ready else 503)
 
-    metrics_paths = ["/metrics"]
-    monitoring = server.monitoring_path
-    if monitoring and monitoring not in metrics_paths:
-        metrics_paths.append(monitoring)
-    for path in metrics_paths:
+    # TF Serving serves metrics only at the monitoring config's path (when its prometheus
+    # export is enabled); tfgate adds its --metrics_path alias unless that is empty.
+    metrics_paths = [p for p in (server.settings.metrics_path, server.monitoring_path) if p]
+    for path in dict.fromkeys(metrics_paths):
         app.add_api_route(path, _metrics_endpoint(server), methods=["GET"])
     return app
 

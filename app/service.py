@@ -2,8 +2,8 @@
 
 rest.py and grpc_server.py decode their transport's payload with the codec, call one of the
 methods here, and encode what comes back. Everything in between is numpy and ServableIds.
-Signature checks that TF Serving performs per API (predict / classify / regress) live here
-so both transports report the same errors.
+The signature checks TF Serving performs per API (predict / classify / regress, in
+signature_checks.py) run here, so both transports report the same errors.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ from app.cache import ResultCache
 from app.errors import Code, ServingError
 from app.protos import meta_graph_pb2
 from app.registry import Registry, VersionRecord
+from app.signature_checks import (
+    check_classify_outputs,
+    check_predict_inputs,
+    check_regress_output,
+    classify_aliases,
+    decoded_examples,
+    regress_aliases,
+    select_outputs,
+    string_tensor,
+)
 from app.signatures import INIT_OP_SIGNATURE, ServableMetadata
 from app.types import (
     DEFAULT_SIGNATURE,
@@ -62,6 +72,13 @@ class RegressResult:
 
 
 Observer = Callable[[str, str, Entrypoint, Code, float], None]
+RuntimeObserver = Callable[[str, str, float], None]
+
+# The API label TF Serving's runtime_latency carries per call type (predict_util.cc,
+# classifier.cc, regressor.cc); MultiInference records none.
+PREDICT_API = "Predict"
+CLASSIFY_API = "Classify"
+REGRESS_API = "Regress"
 
 
 class ServingService:
@@ -82,7 +99,9 @@ class ServingService:
         self.method_name_check = enable_signature_method_name_check
         # observers(model, api, entrypoint, code, seconds): metrics and access logs
         self.observers = list(observers)
-        # example_observers(model, examples): per classify/regress request (metrics)
+        # runtime_observers(model, api, seconds): per successful model run of one request
+        self.runtime_observers: list[RuntimeObserver] = []
+        # example_observers(model, examples): per MultiInference request (metrics)
         self.example_observers: list[Callable[[str, int], None]] = []
 
     # --- predict ---
@@ -104,7 +123,13 @@ class ServingService:
             check_predict_inputs(signature, inputs)
             output_aliases = select_outputs(signature, output_filter)
             outputs = await self._run(
-                servable, signature.key, inputs, output_aliases, deadline, cache_control
+                servable,
+                signature.key,
+                inputs,
+                output_aliases,
+                deadline,
+                cache_control,
+                api=PREDICT_API,
             )
             return PredictResult(servable, signature.key, outputs)
 
@@ -133,22 +158,25 @@ class ServingService:
         output_aliases: Sequence[str],
         deadline: float | None,
         cache_control: str | None = None,
+        *,
+        api: str | None,
     ) -> dict[str, np.ndarray]:
+        """The model's outputs for `inputs`, through the cache (when configured) and the
+        batcher. `api` labels runtime_latency; None records none (MultiInference)."""
         self.registry.acquire(servable)
         try:
-            if self.cache is None:
-                return await self.batcher.submit(
-                    servable, signature, inputs, output_aliases, deadline
-                )
-            # cache: rows found in Redis (or being computed for an identical request) are
-            # done; only the missing rows go on to batcher -> worker, merged back in row order.
             submit = functools.partial(
-                self.batcher.submit,
+                self._submit,
                 servable,
                 signature,
                 output_aliases=output_aliases,
                 deadline=deadline,
+                api=api,
             )
+            if self.cache is None:
+                return await submit(inputs)
+            # cache: rows found in Redis (or being computed for an identical request) are
+            # done; only the missing rows go on to batcher -> worker, merged back in row order.
             return await self.cache.run(
                 servable,
                 signature,
@@ -161,6 +189,27 @@ class ServingService:
             )
         finally:
             self.registry.release(servable)
+
+    async def _submit(
+        self,
+        servable: ServableId,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        output_aliases: Sequence[str],
+        deadline: float | None,
+        api: str | None,
+    ) -> dict[str, np.ndarray]:
+        """One hand-off to the batcher, timed for runtime_latency. TF Serving times its
+        Session::Run, which with batching includes the wait for the batch; here the span
+        also covers the hop to the worker. Only a run that succeeded is recorded, as there."""
+        started = time.perf_counter()
+        outputs = await self.batcher.submit(servable, signature, inputs, output_aliases, deadline)
+        if api is not None:
+            seconds = time.perf_counter() - started
+            for observer in self.runtime_observers:
+                observer(servable.model, api, seconds)
+        return outputs
 
     # --- classify / regress ---
 
@@ -176,21 +225,42 @@ class ServingService:
         with self._observed(spec.name, "classify", entrypoint):
             servable, metadata = self.registry.resolve(spec)
             signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
-            input_alias, classes_alias, scores_alias = classify_aliases(signature)
-            # The Input is converted only after the model and signature checks, as in TF Serving.
-            examples = self._decoded_examples(spec.name, decode_examples)
-            outputs = await self._run(
+            return await self.run_classify(
                 servable,
-                signature.key,
-                {input_alias: _string_tensor(examples)},
-                [a for a in (classes_alias, scores_alias) if a],
-                deadline,
-                cache_control,
+                signature,
+                decode_examples,
+                deadline=deadline,
+                cache_control=cache_control,
+                api=CLASSIFY_API,
             )
-            classes = outputs.get(classes_alias) if classes_alias else None
-            scores = outputs.get(scores_alias) if scores_alias else None
-            check_classify_outputs(classes, scores, len(examples))
-            return ClassifyResult(servable, signature.key, classes, scores)
+
+    async def run_classify(
+        self,
+        servable: ServableId,
+        signature: SignatureSpec,
+        decode_examples: Callable[[], list[bytes]],
+        *,
+        deadline: float | None,
+        cache_control: str | None = None,
+        api: str | None,
+    ) -> ClassifyResult:
+        """Classify on a resolved servable and signature (Classify, MultiInference's tasks)."""
+        input_alias, classes_alias, scores_alias = classify_aliases(signature)
+        # The Input is converted only after the model and signature checks, as in TF Serving.
+        examples = decoded_examples(decode_examples)
+        outputs = await self._run(
+            servable,
+            signature.key,
+            {input_alias: string_tensor(examples)},
+            [a for a in (classes_alias, scores_alias) if a],
+            deadline,
+            cache_control,
+            api=api,
+        )
+        classes = outputs.get(classes_alias) if classes_alias else None
+        scores = outputs.get(scores_alias) if scores_alias else None
+        check_classify_outputs(classes, scores, len(examples))
+        return ClassifyResult(servable, signature.key, classes, scores)
 
     async def regress(
         self,
@@ -204,26 +274,45 @@ class ServingService:
         with self._observed(spec.name, "regress", entrypoint):
             servable, metadata = self.registry.resolve(spec)
             signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
-            input_alias, output_alias = regress_aliases(signature)
-            examples = self._decoded_examples(spec.name, decode_examples)
-            outputs = await self._run(
+            return await self.run_regress(
                 servable,
-                signature.key,
-                {input_alias: _string_tensor(examples)},
-                [output_alias],
-                deadline,
-                cache_control,
+                signature,
+                decode_examples,
+                deadline=deadline,
+                cache_control=cache_control,
+                api=REGRESS_API,
             )
-            values = check_regress_output(outputs[output_alias], len(examples))
-            return RegressResult(servable, signature.key, values)
 
-    def _decoded_examples(self, model: str, decode: Callable[[], list[bytes]]) -> list[bytes]:
-        examples = decode()
-        if not examples:
-            raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+    async def run_regress(
+        self,
+        servable: ServableId,
+        signature: SignatureSpec,
+        decode_examples: Callable[[], list[bytes]],
+        *,
+        deadline: float | None,
+        cache_control: str | None = None,
+        api: str | None,
+    ) -> RegressResult:
+        """Regress on a resolved servable and signature (Regress, MultiInference's tasks)."""
+        input_alias, output_alias = regress_aliases(signature)
+        examples = decoded_examples(decode_examples)
+        outputs = await self._run(
+            servable,
+            signature.key,
+            {input_alias: string_tensor(examples)},
+            [output_alias],
+            deadline,
+            cache_control,
+            api=api,
+        )
+        values = check_regress_output(outputs[output_alias], len(examples))
+        return RegressResult(servable, signature.key, values)
+
+    def record_examples(self, model: str, count: int) -> None:
+        """request_example_counts: TF Serving records it for MultiInference only (Classify
+        and Regress stopped in 2020), once per request, after the model ran."""
         for observer in self.example_observers:
-            observer(model, len(examples))
-        return examples
+            observer(model, count)
 
     def _example_signature(
         self, metadata: ServableMetadata, name: str, method: str
@@ -234,6 +323,11 @@ class ServingService:
             raise ServingError(
                 Code.INVALID_ARGUMENT, f"No signature was found with the name: {key}"
             )
+        self.check_method_name(signature, method)
+        return signature
+
+    def check_method_name(self, signature: SignatureSpec, method: str) -> None:
+        """--enable_signature_method_name_check: the signature must declare `method`."""
         if self.method_name_check and signature.method_name != method:
             kind = "classification" if method == CLASSIFY_METHOD else "regression"
             raise ServingError(
@@ -241,9 +335,11 @@ class ServingService:
                 f"Expected {kind} signature method_name to be {method}. "
                 f"Was: {signature.method_name}",
             )
-        return signature
 
     # --- status / metadata ---
+
+    def resolve(self, spec: ModelSpec) -> tuple[ServableId, ServableMetadata]:
+        return self.registry.resolve(spec)
 
     def metadata(self, spec: ModelSpec) -> tuple[ServableId, meta_graph_pb2.MetaGraphDef]:
         servable, metadata = self.registry.resolve(spec)
@@ -276,145 +372,3 @@ class ServingService:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
                 observer(model, api, entrypoint, code, elapsed)
-
-
-# --- pure checks, shared by both transports ---
-
-
-def check_predict_inputs(signature: SignatureSpec, inputs: dict[str, np.ndarray]) -> None:
-    """TF Serving's input-key check (predict_util.cc): sent keys must match the signature's,
-    except that inputs with a default may be left out."""
-    expected = set(signature.inputs)
-    sent = set(inputs)
-    required = expected - signature.inputs_with_defaults
-    if sent <= expected and required <= sent:
-        return
-    extra = sorted(sent - expected)
-    missing = sorted(required - sent)
-    raise ServingError(
-        Code.INVALID_ARGUMENT,
-        f"input size does not match signature: {len(sent)}!={len(expected)} "
-        f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-        f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.",
-    )
-
-
-def select_outputs(signature: SignatureSpec, output_filter: Sequence[str]) -> list[str]:
-    if not output_filter:
-        return list(signature.outputs)
-    seen: set[str] = set()
-    for alias in output_filter:
-        if alias not in signature.outputs:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                f"in the set {{{','.join(sorted(signature.outputs))}}}.",
-            )
-        if alias in seen:
-            raise ServingError(Code.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}")
-        seen.add(alias)
-    return list(output_filter)
-
-
-def classify_aliases(signature: SignatureSpec) -> tuple[str, str | None, str | None]:
-    if len(signature.inputs) != 1:
-        raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
-    if len(signature.outputs) not in (1, 2):
-        raise ServingError(
-            Code.INVALID_ARGUMENT,
-            f"Expected one or two output Tensors, found {len(signature.outputs)}",
-        )
-    if "inputs" not in signature.inputs:
-        raise ServingError(
-            Code.FAILED_PRECONDITION,
-            f"No classification inputs found in SignatureDef: {signature.key}",
-        )
-    classes = "classes" if "classes" in signature.outputs else None
-    scores = "scores" if "scores" in signature.outputs else None
-    if classes is None and scores is None:
-        raise ServingError(
-            Code.FAILED_PRECONDITION,
-            'Expected classification signature outputs to contain at least one of "classes" '
-            f'or "scores". Signature was: {signature.key}',
-        )
-    return "inputs", classes, scores
-
-
-def regress_aliases(signature: SignatureSpec) -> tuple[str, str]:
-    if len(signature.inputs) != 1:
-        raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
-    if len(signature.outputs) != 1:
-        raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
-    if "inputs" not in signature.inputs:
-        raise ServingError(
-            Code.FAILED_PRECONDITION,
-            f"No regression inputs found in SignatureDef: {signature.key}",
-        )
-    if "outputs" not in signature.outputs:
-        raise ServingError(
-            Code.FAILED_PRECONDITION,
-            f"No regression outputs found in SignatureDef: {signature.key}",
-        )
-    return "inputs", "outputs"
-
-
-def _shape_text(array: np.ndarray) -> str:
-    return "[" + ",".join(str(d) for d in array.shape) + "]"
-
-
-def check_classify_outputs(
-    classes: np.ndarray | None, scores: np.ndarray | None, num_examples: int
-) -> None:
-    for name, tensor, dtype_ok, dtype_name in (
-        ("classes", classes, lambda t: t.dtype == object, "DT_STRING"),
-        ("scores", scores, lambda t: t.dtype == np.float32, "DT_FLOAT"),
-    ):
-        if tensor is None:
-            continue
-        if tensor.ndim != 2:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f"Expected Tensor shape: [batch_size num_classes] but got {_shape_text(tensor)}",
-            )
-        if not dtype_ok(tensor):
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f"Expected {name} Tensor of {dtype_name}. Got: {tensor.dtype}",
-            )
-        if tensor.shape[0] != num_examples:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f"Expected {name} output batch size of {num_examples}. Got: {tensor.shape[0]}",
-            )
-    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-        raise ServingError(
-            Code.INVALID_ARGUMENT,
-            "Tensors class and score should match in dim_size(1). "
-            f"Got {classes.shape[1]} vs. {scores.shape[1]}",
-        )
-
-
-def check_regress_output(outputs: np.ndarray, num_examples: int) -> np.ndarray:
-    if not (outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)):
-        raise ServingError(
-            Code.INVALID_ARGUMENT,
-            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
-            f"but got {_shape_text(outputs)}",
-        )
-    if outputs.shape[0] != num_examples:
-        raise ServingError(
-            Code.INVALID_ARGUMENT,
-            f"Input batch size did not match output batch size: {num_examples} vs. "
-            f"{outputs.shape[0]}",
-        )
-    if outputs.dtype != np.float32:
-        raise ServingError(
-            Code.INVALID_ARGUMENT, f"Expected output Tensor of DT_FLOAT.  Got: {outputs.dtype}"
-        )
-    return outputs.reshape(-1)
-
-
-def _string_tensor(values: list[bytes]) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array

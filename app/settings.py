@@ -170,6 +170,13 @@ FLAGS: tuple[Flag, ...] = (
         "tfgate: Redis URL of the result cache (overrides [cache] url); see docs/cache.md.",
     ),
     Flag("access_log", bool, False, "tfgate: log one line per REST request (status, latency)."),
+    Flag(
+        "metrics_path",
+        str,
+        "/metrics",
+        "tfgate: REST path of its Prometheus metrics alias, served whatever the monitoring "
+        "config says; empty turns the alias off.",
+    ),
     Flag("rest_api_ssl_cert_file", str, "", "tfgate: PEM certificate to serve REST over TLS."),
     Flag("rest_api_ssl_key_file", str, "", "tfgate: PEM private key for --rest_api_ssl_cert_file."),
 )
@@ -341,5 +348,7 @@ def validate(settings: Settings) -> None:
         )
     if flags["grpc_implementation"] not in ("h2", "grpcio"):
         raise SettingsError("--grpc_implementation must be h2 or grpcio")
+    if flags["metrics_path"] and not flags["metrics_path"].startswith("/"):
+        raise SettingsError("--metrics_path must be empty or start with /")
     if flags["log_format"] not in ("text", "json"):
         raise SettingsError("--log_format must be text or json")

@@ -18,8 +18,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_KEYS = {
     ":tensorflow:serving:batching_session:queuing_latency_sum": "queue_sum_us",
     ":tensorflow:serving:batching_session:queuing_latency_count": "queue_count",
-    ":tensorflow:serving:runtime_latency_sum": "runtime_sum_us",
-    ":tensorflow:serving:runtime_latency_count": "runtime_count",
+    # the worker's session time per run (runtime_latency spans a request's whole hand-off)
+    "tfgate_worker_run_latency_sum": "runtime_sum_us",
+    "tfgate_worker_run_latency_count": "runtime_count",
     "tfgate_executed_batch_rows_sum": "batch_rows_sum",
     "tfgate_executed_batch_rows_count": "batch_rows_count",
 }

@@ -179,7 +179,8 @@ def test_full_queue_answers_429_and_expired_deadline_504(model_zoo, tmp_path) ->
         # This one queues behind everything still running, so the count below is final.
         assert predict(proc.rest_url, "slow", [[2.0]]).json() == {"predictions": [[3.0]]}
         accepted = len(responses) - len(full) + 1
-        runs = metric(proc.rest_url, ":tensorflow:serving:runtime_latency_count")
+        # worker runs (runtime_latency counts successful requests only, as TF Serving's)
+        runs = metric(proc.rest_url, "tfgate_executed_batch_rows_count")
         assert runs < accepted  # at least one expired request was dropped, never run
     finally:
         proc.stop()

@@ -406,6 +406,24 @@ def test_multi_inference(prediction) -> None:  # type: ignore[no-untyped-def]
     assert [r.value for r in third.regression_result.regressions] == [4.0, 5.0]
 
 
+@pytest.mark.parametrize("model", ["half_plus_two", "tf2"])
+def test_multi_inference_tf_serving_e2e(prediction, model: str) -> None:  # type: ignore[no-untyped-def]
+    """TF Serving's testMultiInference / testMultiInferenceTf2 on its own exports: the TF2
+    one's classify and regress signatures read different input tensors."""
+    request = inference_pb2.MultiInferenceRequest()
+    request.tasks.add(model_spec=spec(model, "regress_x_to_y"), method_name=REGRESS)
+    request.tasks.add(model_spec=spec(model, "classify_x_to_y"), method_name=CLASSIFY)
+    example_input(request.input, example(x=2.0))
+    response = prediction.MultiInference(request, timeout=30)
+    assert len(response.results) == 2
+    assert response.results[0].regression_result.regressions[0].value == 3.0
+    assert response.results[1].classification_result.classifications[0].classes[0].score == 3.0
+    for task, result in zip(request.tasks, response.results, strict=True):
+        assert result.model_spec.name == model
+        assert result.model_spec.signature_name == task.model_spec.signature_name
+        assert result.model_spec.version.value == 123
+
+
 # --- GetModelMetadata / GetModelStatus ---
 
 

@@ -65,13 +65,22 @@ def test_metrics_names_and_values_after_known_traffic(tfs_testdata, tmp_path: pa
     ) == 1
     assert "# TYPE :tensorflow:serving:request_latency histogram" in text
     assert metric_value(text, ":tensorflow:serving:runtime_latency_count", model_name="hp2") == 4
+    # TF Serving's API label per call type, REST included (predict_util.cc, regressor.cc)
+    assert metric_value(
+        text, ":tensorflow:serving:runtime_latency_count", model_name="hp2", API="Predict",
+        runtime="TF1",
+    ) == 3
+    assert metric_value(
+        text, ":tensorflow:serving:runtime_latency_count", model_name="hp2", API="Regress",
+    ) == 1
     assert metric_value(text, ":tensorflow:serving:batching_session:input_batch_size_count") == 4
     assert metric_value(text, ":tensorflow:serving:batching_session:input_batch_size_sum") == 8
     assert metric_value(text, "tfgate_model_version_state", model_name="hp2", version="123") == 30
-    # classify/regress count their examples (TF Serving's RecordRequestExampleCount)
-    assert metric_value(text, ":tensorflow:serving:request_example_counts_count", model="hp2") == 1
-    assert metric_value(text, ":tensorflow:serving:request_example_counts_sum", model="hp2") == 2
-    assert metric_value(text, ":tensorflow:serving:request_example_count_total", model="hp2") == 2
+    # Only MultiInference records example counts (TF Serving's Classify and Regress stopped
+    # in 2020): the regress above leaves none.
+    assert "# TYPE :tensorflow:serving:request_example_counts histogram" in text
+    assert ":tensorflow:serving:request_example_counts_count{" not in text
+    assert ":tensorflow:serving:request_example_count_total{" not in text
     # TF's SavedModel loader counts each attempt under the version directory
     assert metric_value(
         text, ":tensorflow:cc:saved_model:load_attempt_count",

@@ -226,3 +226,14 @@ def test_batching_thread_pool_name_follows_server_cc(tmp_path: pathlib.Path) -> 
             ["--model_base_path=/m", "--enable_batching", f"--batching_parameters_file={path}"]
         )
         assert policy(servable).thread_pool_name == name  # type: ignore[union-attr]
+
+
+def test_metrics_path_flag_and_toml(tmp_path: pathlib.Path) -> None:
+    assert load_settings(["--model_base_path=/m"]).metrics_path == "/metrics"
+    assert load_settings(["--model_base_path=/m", "--metrics_path="]).metrics_path == ""
+    assert load_settings(["--model_base_path=/m", "--metrics_path=/x"]).metrics_path == "/x"
+    config = tmp_path / "tfgate.toml"
+    config.write_text('[server]\nmetrics_path = ""\n')
+    assert load_settings([f"--config={config}", "--model_base_path=/m"]).metrics_path == ""
+    with pytest.raises(SettingsError, match="--metrics_path must be empty or start with /"):
+        load_settings(["--model_base_path=/m", "--metrics_path=metrics"])
