@@ -22,6 +22,7 @@ from google.protobuf import text_format
 from app import codec_example, codec_proto, codec_status, model_config
 from app.admin import AdminTokens
 from app.auth import InferenceAuth, credential_from
+from app.codec_tensor import TensorBudget, unlimited_budget
 from app.errors import Code, ServingError
 from app.protos import (
     classification_pb2,
@@ -167,11 +168,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         *,
         use_tensor_content: bool,
         auth: InferenceAuth | None = None,
+        max_tensor_bytes: int = 0,
     ) -> None:
         self.service = service
         self.auth = auth or InferenceAuth.disabled()
         # --enable_serialization_as_tensor_content: outputs as raw bytes, not *_val fields
         self.use_tensor_content = use_tensor_content
+        # the bytes one request's decoded tensors may take (settings.request_tensor_limit_bytes);
+        # 0: unbounded (unit tests)
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def _budget(self) -> TensorBudget:
+        if self.max_tensor_bytes > 0:
+            return TensorBudget(self.max_tensor_bytes)
+        return unlimited_budget()
 
     @translated
     async def Predict(
@@ -181,7 +191,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         authorize(self.auth, context, spec.name)
         result = await self.service.predict(
             spec,
-            lambda _signature: decode_inputs(request),
+            lambda _signature: decode_inputs(request, self._budget()),
             output_filter=list(request.output_filter),
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
@@ -236,7 +246,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         decodes only after its model and signature checks (TF Serving's order)."""
         return await run(
             spec,
-            lambda: codec_example.examples_from_input_proto(request.input),
+            lambda: codec_example.examples_from_input_proto(request.input, self._budget()),
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
             cache_control=cache_control(context),
@@ -252,7 +262,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         authorize(self.auth, context, first.name)
         servable, meta_graph = self.service.metadata(model_spec_from_proto(first))
         tasks = check_multi_inference_tasks(request, meta_graph)
-        examples = codec_example.examples_from_input_proto(request.input)
+        examples = codec_example.examples_from_input_proto(request.input, self._budget())
         deadline = loop_deadline(context)
         # Every task runs on the version resolved above, all of them concurrently.
         runs = [
@@ -318,10 +328,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def decode_inputs(request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+def decode_inputs(
+    request: predict_pb2.PredictRequest, budget: TensorBudget | None = None
+) -> dict[str, np.ndarray]:
     # With the alias, a malformed tensor reports TF Serving's "tensor parsing error: <alias>".
     return {
-        alias: codec_proto.tensor_proto_to_ndarray(tensor, alias=alias)
+        alias: codec_proto.tensor_proto_to_ndarray(tensor, alias=alias, budget=budget)
         for alias, tensor in request.inputs.items()
     }
 
