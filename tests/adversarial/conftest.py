@@ -30,11 +30,11 @@ IDLE_TIMEOUT_SECONDS = 3.0
 HANDSHAKE_TIMEOUT_SECONDS = 2.0
 
 
-def server_args(config: pathlib.Path, *extra: str) -> list[str]:
+def server_args(config: pathlib.Path, *extra: str, transport: str = "grpcio") -> list[str]:
     return [
         f"--model_config_file={config}",
         "--file_system_poll_wait_seconds=0",
-        "--grpc_implementation=grpcio",
+        f"--grpc_implementation={transport}",
         f"--rest_header_timeout_seconds={HEADER_TIMEOUT_SECONDS}",
         f"--rest_body_timeout_seconds={BODY_TIMEOUT_SECONDS}",
         f"--rest_idle_timeout_seconds={IDLE_TIMEOUT_SECONDS}",
@@ -55,10 +55,12 @@ def write_config(directory: pathlib.Path, base_path: pathlib.Path) -> pathlib.Pa
 
 
 @pytest.fixture(scope="module")
-def server(model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("adversarial")
+def server(model_zoo, tmp_path_factory, request) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+    """grpc.aio unless the module parametrizes `transport` (the codec is shared by both)."""
+    transport = getattr(request, "param", "grpcio")
+    tmp = tmp_path_factory.mktemp(f"adversarial-{transport}")
     config = write_config(tmp, model_zoo.base_path("half_plus_two"))
-    proc = ServerProcess(server_args(config), tmp / "server.log")
+    proc = ServerProcess(server_args(config, transport=transport), tmp / "server.log")
     try:
         proc.start()
         yield proc

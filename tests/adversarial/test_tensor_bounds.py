@@ -28,6 +28,9 @@ from tests.serverproc import ServerProcess
 
 RSS_SLACK_BYTES = 150 << 20  # allocator noise; the attacks asked for 1 GB to 4 TiB
 
+# The decode bounds live in the servicers and codec both gRPC transports share.
+pytestmark = pytest.mark.parametrize("server", ["grpcio", "h2"], indirect=True, scope="module")
+
 
 def broadcast_request(shape: list[int], dtype: int = types_pb2.DT_FLOAT) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
