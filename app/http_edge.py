@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -87,6 +88,33 @@ def error_app(status: int, message: str) -> Any:
     return app
 
 
+class _RefusalLog:
+    """One warning per LOG_INTERVAL_SECONDS while connections are being refused, with how
+    many were: a flood of refusals must not become a flood of log lines."""
+
+    LOG_INTERVAL_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_logged = -self.LOG_INTERVAL_SECONDS
+
+    def note(self, open_connections: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last_logged >= self.LOG_INTERVAL_SECONDS:
+            log.warning(
+                "REST connections refused (503): %d since the last report; %d open, every "
+                "one with a request running (--rest_max_connections)",
+                self.count,
+                open_connections,
+            )
+            self.count = 0
+            self.last_logged = now
+
+
+_refusals = _RefusalLog()
+
+
 class _CoalescingTransport:
     """Holds a response's status line and headers until its body is written in the same
     event-loop turn, so a response costs one send() instead of two (uvicorn writes them
@@ -149,7 +177,7 @@ class EdgeHttpProtocol(CoalescingHttpToolsProtocol):
         super().connection_made(transport)
         self._waiting_since = self.loop.time()
         if len(self.connections) > self.limits.max_connections and not self._make_room():
-            log.warning("REST connection refused: %d connections open", len(self.connections))
+            _refusals.note(len(self.connections))
             self._refuse(503, "Too many connections")
             return
         self._arm(self.limits.header_timeout_seconds, self._on_header_timeout)

@@ -143,6 +143,13 @@ def read_response(sock: socket.socket) -> tuple[int, bytes, bytes]:
     return int(head.split(b" ", 2)[1]), head, body
 
 
+def error_of(body: bytes) -> str:
+    """The message of TF Serving's REST error body, which must be exactly {"error": ...}."""
+    payload = json.loads(body)
+    assert set(payload) == {"error"}, payload
+    return payload["error"]
+
+
 def http_exchange(port: int, request: bytes, timeout_seconds: float = 30.0) -> tuple[int, bytes]:
     with connect(port, timeout_seconds) as sock:
         sock.sendall(request)

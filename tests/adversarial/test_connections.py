@@ -19,15 +19,18 @@ import pytest
 
 from app.protos import prediction_service_pb2_grpc
 from tests.adversarial.conftest import (
+    BODY_TIMEOUT_SECONDS,
     HANDSHAKE_TIMEOUT_SECONDS,
     HEADER_TIMEOUT_SECONDS,
     IDLE_TIMEOUT_SECONDS,
     closed_by_peer,
     connect,
+    error_of,
     gateway_pid,
     legit_grpc_predict,
     legit_rest_predict,
     open_fds,
+    read_response,
     server_args,
     sockets_closed,
     write_config,
@@ -149,3 +152,26 @@ def test_rest_keep_alive_connection_is_closed_when_idle(capped: ServerProcess) -
         sock.settimeout(10)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         assert closed_by_peer(sock, IDLE_TIMEOUT_SECONDS + 5)
+
+
+def test_rest_cap_full_of_busy_requests_answers_503_until_they_time_out(
+    capped: ServerProcess,
+) -> None:
+    """Every slot holds a request whose body never finishes: nothing idle to replace, so a
+    newcomer gets 503 {"error"}; the body timeout then frees the slots."""
+    busy = open_idle(capped.rest_port, CAP)
+    with sockets_closed(busy):
+        for sock in busy:
+            with contextlib.suppress(OSError):
+                sock.sendall(
+                    b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 100\r\n\r\n{"
+                )
+        time.sleep(0.5)
+        with connect(capped.rest_port) as sock:
+            sock.settimeout(10)
+            status, head, body = read_response(sock)
+        assert status == 503, head
+        assert error_of(body) == "Too many connections"
+        time.sleep(BODY_TIMEOUT_SECONDS + 1)
+        legit_rest_predict(capped.rest_port, timeout_seconds=10)

@@ -14,6 +14,7 @@ from tests.adversarial.conftest import (
     HEADER_TIMEOUT_SECONDS,
     closed_by_peer,
     connect,
+    error_of,
     gateway_pid,
     http_exchange,
     legit_rest_predict,
@@ -37,12 +38,6 @@ def metrics_text(port: int) -> str:
     status, body = http_exchange(port, request(b"GET", b"/metrics"))
     assert status == 200, body
     return body.decode()
-
-
-def error_of(body: bytes) -> str:
-    payload = json.loads(body)
-    assert set(payload) == {"error"}, payload
-    return payload["error"]
 
 
 # --- rows 3-4: metrics ----------------------------------------------------------------------
