@@ -84,6 +84,13 @@ def test_version_of_5000_digits_is_400(server: ServerProcess, method: bytes) -> 
     assert error_of(body) == f"Failed to convert version: {digits.decode()} to numeric."
 
 
+def test_number_of_5000_digits_in_the_body_is_400(server: ServerProcess) -> None:
+    body = b'{"instances": [[' + b"9" * 5000 + b"]]}"
+    status, reply = http_exchange(server.rest_port, request(b"POST", b"/v1/models/m:predict", body))
+    assert status == 400, reply
+    assert "Number too big to be stored in double" in error_of(reply)
+
+
 def test_version_with_many_leading_zeros_parses(server: ServerProcess) -> None:
     """absl::SimpleAtoi reads 000...01 as 1: a long version is a number, not a crash."""
     path = b"/v1/models/m/versions/" + b"0" * 5000 + b"1"

@@ -224,3 +224,17 @@ def test_render_never_fails_on_label_bytes() -> None:
     registry_metrics = metrics.Metrics()
     registry_metrics.request_count.inc("\udcff", "OK")
     assert b"\\udcff" in registry_metrics.render()
+
+
+# --- digits in a JSON number --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digits", [b"9" * 5000, b"-" + b"9" * 5000])
+def test_json_integer_of_5000_digits_is_rapidjson_s_parse_error(digits: bytes) -> None:
+    """Past 64 bits rapidjson reads an integer as a double; this one overflows it. Python's
+    int() would refuse the text (4300-digit limit) with a ValueError, a 500."""
+    body = b'{"instances": [' + digits + b"]}"
+    message = invalid(codec.parse_predict_json, body)
+    assert message == "JSON Parse error: Number too big to be stored in double. at offset: 15"
+    example_body = b'{"examples": [{"a": ' + digits + b"}]}"
+    assert "Number too big" in invalid(codec_example.parse_examples_json, example_body, "classify")
