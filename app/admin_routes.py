@@ -110,8 +110,11 @@ def _version_from_body(body: bytes) -> int:
 def _version_from_path(text: str) -> int:
     """The {version} of a route: digits only (FastAPI's own int check would answer 422 in
     its {"detail": ...} shape instead of the API's {"error": ...})."""
-    if not text.isascii() or not text.isdigit():
+    digits = text.lstrip("0") or "0"
+    # 19 digits: int64's width (versions are int64), and int() never meets its digit limit.
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        shown = text if len(text) <= 40 else text[:40] + "..."
         raise ServingError(
-            Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {text!r}"
+            Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {shown!r}"
         )
-    return int(text)
+    return int(digits)

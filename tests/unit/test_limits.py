@@ -238,3 +238,12 @@ def test_json_integer_of_5000_digits_is_rapidjson_s_parse_error(digits: bytes) -
     assert message == "JSON Parse error: Number too big to be stored in double. at offset: 15"
     example_body = b'{"examples": [{"a": ' + digits + b"}]}"
     assert "Number too big" in invalid(codec_example.parse_examples_json, example_body, "classify")
+
+
+def test_admin_version_of_5000_digits_is_400() -> None:
+    from app.admin_routes import _version_from_path
+
+    assert _version_from_path("0" * 5000 + "12") == 12
+    message = invalid(_version_from_path, "9" * 5000)
+    assert message.startswith("Version must be a non-negative integer, got '9999")
+    assert len(message) < 120
