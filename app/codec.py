@@ -182,12 +182,14 @@ def decode_predict_inputs(
     if not signature.inputs:
         name = parsed.signature_name or "DEFAULT"
         raise invalid_argument(f"Failed to get input map for signature: {name}")
+    budget = budget or unlimited_budget()
     if parsed._dense is not None:
-        tensors = _dense_inputs(parsed._dense, signature, budget or unlimited_budget())
+        spent_bytes = budget.used_bytes
+        tensors = _dense_inputs(parsed._dense, signature, budget)
         if tensors:
             return tensors
+        budget.used_bytes = spent_bytes  # the paths below charge what they build themselves
     doc = parsed.document()
-    budget = budget or unlimited_budget()
     if "instances" in doc:
         if "inputs" in doc:
             raise format_error(doc, _BOTH_KEYS_TEXT)

@@ -247,3 +247,14 @@ def test_admin_version_of_5000_digits_is_400() -> None:
     message = invalid(_version_from_path, "9" * 5000)
     assert message.startswith("Version must be a non-negative integer, got '9999")
     assert len(message) < 120
+
+
+def test_dense_path_that_declines_does_not_charge_twice() -> None:
+    """Two named inputs, the second not a float: the dense reader gives up after charging the
+    first; the orjson path then charges both once (8000 + 2000 bytes: exactly the budget)."""
+    body = b'{"inputs": {"a": [' + b", ".join([b"1.5"] * 2000) + b'], "b": [' + b", ".join([b"2"] * 2000) + b"]}}"
+    parsed = codec.parse_predict_json(body)
+    assert parsed._dense is not None
+    sig = signature(a=DT_FLOAT, b=DT_INT8)
+    out = codec.decode_predict_inputs(parsed, sig, TensorBudget(2000 * 4 + 2000 * 1))
+    assert out["a"].shape == (2000,) and out["b"].dtype == np.int8
