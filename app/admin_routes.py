@@ -6,14 +6,19 @@ Serving's body shape `{"error": "..."}` and its code -> HTTP table.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.admin import AdminApi, AdminTokens
 from app.errors import Code, ServingError
+
+log = logging.getLogger("tfgate.http")
 
 
 def _json(payload: Any, status_code: int = 200) -> Response:
@@ -21,9 +26,31 @@ def _json(payload: Any, status_code: int = 200) -> Response:
 
 
 def install_error_handler(app: FastAPI) -> None:
+    """Every error this app answers has TF Serving's body shape, FastAPI's own 404 / 405 /
+    422 and an unexpected exception's 500 included (FastAPI would answer {"detail": ...})."""
+
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> Response:
         return _json({"error": exc.message}, exc.http_status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        response = _json({"error": str(exc.detail)}, exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', '')}"
+            for error in exc.errors()
+        )
+        return _json({"error": f"Invalid request: {problems}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _json({"error": "Internal server error"}, 500)
 
 
 def admin_router(admin: AdminApi, tokens: AdminTokens) -> APIRouter:
@@ -83,8 +110,11 @@ def _version_from_body(body: bytes) -> int:
 def _version_from_path(text: str) -> int:
     """The {version} of a route: digits only (FastAPI's own int check would answer 422 in
     its {"detail": ...} shape instead of the API's {"error": ...})."""
-    if not text.isascii() or not text.isdigit():
+    digits = text.lstrip("0") or "0"
+    # 19 digits: int64's width (versions are int64), and int() never meets its digit limit.
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        shown = text if len(text) <= 40 else text[:40] + "..."
         raise ServingError(
-            Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {text!r}"
+            Code.INVALID_ARGUMENT, f"Version must be a non-negative integer, got {shown!r}"
         )
-    return int(text)
+    return int(digits)

@@ -65,7 +65,9 @@ from app.codec_json_text import (
 )
 from app.codec_tensor import (
     INT_LIMITS,
+    TensorBudget,
     decode_rows_exact,
+    dense_shape,
     dtype_name,
     fill_exact,
     floats_fast,
@@ -74,6 +76,7 @@ from app.codec_tensor import (
     is_element_object,
     leaves_to_array,
     strings_fast,
+    unlimited_budget,
 )
 from app.errors import ServingError, invalid_argument
 from app.types import (
@@ -99,6 +102,7 @@ from app.types import (
 # ---------------------------------------------------------------------------------------------
 
 _EXACT_MAX = 16  # tensors this small skip the vectorised path (measured crossover)
+_DENSE_DTYPES = frozenset((DT_FLOAT, DT_DOUBLE))  # what dense_float_tensor() fills
 
 _BOTH_KEYS_TEXT = (
     "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
@@ -164,13 +168,24 @@ def format_error(value: Any, text: str) -> ServingError:
     return invalid_argument(f"JSON Value: {json_value_text(value)} {text}")
 
 
-def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict[str, np.ndarray]:
-    """The request's tensors keyed by input alias, each in the input's numpy dtype (step 2)."""
+def decode_predict_inputs(
+    parsed: PredictJson, signature: SignatureSpec, budget: TensorBudget | None = None
+) -> dict[str, np.ndarray]:
+    """The request's tensors keyed by input alias, each in the input's numpy dtype (step 2).
+
+    Each tensor's bytes, from the shape its first elements spell (O(rank)), are charged to
+    `budget` before numpy builds it; a ragged value fails the exact walk later anyway.
+    """
     if not signature.inputs:
         name = parsed.signature_name or "DEFAULT"
         raise invalid_argument(f"Failed to get input map for signature: {name}")
-    if parsed.dense is not None and (tensors := _dense_inputs(parsed.dense, signature)):
-        return tensors
+    budget = budget or unlimited_budget()
+    if parsed.dense is not None:
+        spent_bytes = budget.used_bytes
+        tensors = _dense_inputs(parsed.dense, signature, budget)
+        if tensors:
+            return tensors
+        budget.used_bytes = spent_bytes  # the paths below charge what they build themselves
     doc = parsed.document()
     if "instances" in doc:
         if "inputs" in doc:
@@ -180,19 +195,24 @@ def decode_predict_inputs(parsed: PredictJson, signature: SignatureSpec) -> dict
             raise format_error(doc, "Expecting 'instances' to be an list/array")
         if not instances:
             raise format_error(doc, "No values in 'instances' array")
+        _charge_rows(budget, instances, signature)
         return _decode_rows(instances, signature, parsed.may_have_bools)
     if "inputs" in doc:
-        return _decode_columns(doc["inputs"], signature, parsed.may_have_bools)
+        return _decode_columns(doc["inputs"], signature, parsed.may_have_bools, budget)
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
-def _dense_inputs(dense: DenseBody, signature: SignatureSpec) -> dict[str, np.ndarray] | None:
+def _dense_inputs(
+    dense: DenseBody, signature: SignatureSpec, budget: TensorBudget
+) -> dict[str, np.ndarray] | None:
     """The same tensors _decode_rows/_decode_columns would make, or None to let them decide."""
     if None in dense.tensors:
         if len(signature.inputs) != 1:
             return None  # their error: a plain list for a multi-input signature
         ((name, spec),) = signature.inputs.items()
         flat, shape = dense.tensors[None]
+        if spec.dtype in _DENSE_DTYPES:
+            budget.charge(f"Input tensor {name}", shape, spec.dtype)
         tensor = dense_float_tensor(flat, shape, spec.dtype)
         return None if tensor is None else {name: tensor}
     result = {}
@@ -202,6 +222,9 @@ def _dense_inputs(dense: DenseBody, signature: SignatureSpec) -> dict[str, np.nd
                 continue
             return None  # their error: a missing named input
         flat, shape = dense.tensors[name]
+        if spec.dtype not in _DENSE_DTYPES:
+            return None
+        budget.charge(f"Input tensor {name}", shape, spec.dtype)
         tensor = dense_float_tensor(flat, shape, spec.dtype)
         if tensor is None:
             return None
@@ -245,7 +268,7 @@ def _object_rows_fast(
 
 
 def _decode_columns(
-    value: Any, signature: SignatureSpec, bools: Callable[[], bool]
+    value: Any, signature: SignatureSpec, bools: Callable[[], bool], budget: TensorBudget
 ) -> dict[str, np.ndarray]:
     """FillTensorMapFromInputsMap(); inputs with a default in the signature may be left out."""
     names = sorted(signature.inputs)
@@ -255,15 +278,42 @@ def _decode_columns(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors"
                 " required as per tensorinfo_map"
             )
-        return {names[0]: _tensor(value, signature.inputs[names[0]].dtype, bools)}
+        dtype = signature.inputs[names[0]].dtype
+        _charge_value(budget, names[0], value, dtype, [])
+        return {names[0]: _tensor(value, dtype, bools)}
     found = {}
     for name in names:
         if name not in value:
             if name in signature.inputs_with_defaults:
                 continue
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        found[name] = _tensor(value[name], signature.inputs[name].dtype, bools)
+        dtype = signature.inputs[name].dtype
+        _charge_value(budget, name, value[name], dtype, [])
+        found[name] = _tensor(value[name], dtype, bools)
     return {name: found[name] for name in signature.inputs if name in found}
+
+
+def _charge_rows(budget: TensorBudget, instances: list, signature: SignatureSpec) -> None:
+    """Each input's [batch, *shape of the first instance's value] (what a valid body holds)."""
+    first = instances[0]
+    batch = [len(instances)]
+    if is_element_object(first):
+        for name, spec in signature.inputs.items():
+            if name in first:
+                _charge_value(budget, name, first[name], spec.dtype, batch)
+    elif len(signature.inputs) == 1:
+        ((name, spec),) = signature.inputs.items()
+        _charge_value(budget, name, first, spec.dtype, batch)
+
+
+def _charge_value(
+    budget: TensorBudget, name: str, value: Any, dtype: int, outer: list[int]
+) -> None:
+    try:
+        shape = outer + dense_shape(value)
+    except ServingError:
+        return  # nested past numpy's rank: decoding reports it in TF Serving's words
+    budget.charge(f"Input tensor {name}", shape, dtype)
 
 
 def _tensor(value: Any, dtype: int, bools: Callable[[], bool]) -> np.ndarray:

@@ -28,6 +28,7 @@ from app.codec_json_read import load_json_object
 from app.codec_json_text import json_quote_bytes, json_type_name
 from app.codec_proto import varint
 from app.codec_tensor import (
+    TensorBudget,
     decode_b64_object,
     is_b64_object,
     to_float32,
@@ -53,10 +54,13 @@ class ExamplesJson:
     context: bytes | None = None
 
 
-def parse_examples_json(body: bytes, method: Literal["classify", "regress"]) -> ExamplesJson:
+def parse_examples_json(
+    body: bytes, method: Literal["classify", "regress"], budget: TensorBudget | None = None
+) -> ExamplesJson:
     """FillClassifyRegressRequestFromJson(); raises TF Serving's errors in TF Serving's order.
 
     `method` only documents the caller: upstream says "When method is classify" for both.
+    The examples tensor, context repeated in each, is charged to `budget` before it is built.
     """
     del method  # TF Serving's texts do not depend on it
     doc = load_json_object(bytes(body))
@@ -72,9 +76,18 @@ def parse_examples_json(body: bytes, method: Literal["classify", "regress"]) -> 
     if not examples:
         raise format_error(doc, "'examples' value is an empty array")
     serialized = [_example_bytes(example) for example in examples]
+    if budget is not None:
+        charge_examples(budget, serialized, context or b"")
     if context is not None:
         serialized = [context + example for example in serialized]
     return ExamplesJson(signature_name, serialized, context)
+
+
+def charge_examples(budget: TensorBudget, examples: list[bytes], context: bytes) -> None:
+    """The [N] DT_STRING tensor of examples, each prefixed with `context`: a small body or
+    message can spell a large context and many empty examples, N copies of the context."""
+    held = sum(map(len, examples)) + len(context) * len(examples)
+    budget.charge("Input examples", [len(examples)], DT_STRING, held)
 
 
 # --- tf.Example wire format (example.proto / feature.proto) ----------------------------------
@@ -145,15 +158,23 @@ def _feature_item(name: str, value: Any) -> Any:
     return int(value)
 
 
-def examples_from_input_proto(input: input_pb2.Input) -> list[bytes]:
-    """InputToSerializedExampleTensor(): one serialized Example per example, context first."""
+def examples_from_input_proto(
+    input: input_pb2.Input, budget: TensorBudget | None = None
+) -> list[bytes]:
+    """InputToSerializedExampleTensor(): one serialized Example per example, context first;
+    charged to `budget` before the context is repeated."""
     kind = input.WhichOneof("kind")
     if kind == "example_list":
         examples = [e.SerializeToString() for e in input.example_list.examples]
+        if budget is not None:
+            charge_examples(budget, examples, b"")
     elif kind == "example_list_with_context":
         listed = input.example_list_with_context
         context = listed.context.SerializeToString()
-        examples = [context + e.SerializeToString() for e in listed.examples]
+        examples = [e.SerializeToString() for e in listed.examples]
+        if budget is not None:
+            charge_examples(budget, examples, context)
+        examples = [context + example for example in examples]
     else:
         examples = []
     if not examples:

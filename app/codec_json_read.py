@@ -30,6 +30,7 @@ from app.errors import ServingError, invalid_argument
 MAX_JSON_DEPTH = 1024  # orjson's limit; deeper documents are refused (TF Serving crashes on them)
 # rapidjson keeps an integer as int64 or uint64; beyond that range it becomes a double.
 _INT_MIN, _UINT_MAX = -(1 << 63), (1 << 64) - 1
+_INT_TEXT_MAX = len(str(_INT_MIN))  # 20 digits and a sign: any longer integer text is past 64 bits
 
 _PARSE_MESSAGES = {
     "empty": "The document is empty.",
@@ -393,7 +394,9 @@ class CarefulParser:
             pos = _DIGITS_RE.match(data, pos, end).end()
         self.pos = pos
         text = data[start:pos]
-        if is_int:
+        # Past 20 digits (and a sign) an integer is beyond 64 bits: float() reads it without
+        # int()'s 4300-digit limit, which a 5000-digit number would turn into a 500.
+        if is_int and len(text) <= _INT_TEXT_MAX:
             value = int(text)
             if _INT_MIN <= value <= _UINT_MAX:
                 return value

@@ -16,10 +16,11 @@ than iterating. Pure functions; thread-safe.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from app.codec_tensor import dtype_name
+from app.codec_tensor import TensorBudget, dtype_name
 from app.errors import Code, ServingError
 from app.protos import tensor_pb2, tensor_shape_pb2
 from app.types import (
@@ -44,6 +45,7 @@ from app.types import (
 )
 
 _MAX_RANK = 64  # numpy's limit (TF's is 254)
+_INT64_MAX = (1 << 63) - 1
 
 # Typed value field per dtype: (field name, field number, numpy dtype of the field's values).
 _TYPED_FIELDS = {
@@ -83,27 +85,36 @@ def _parse_error(alias: str | None, detail: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, text)
 
 
-def tensor_proto_to_ndarray(tp: tensor_pb2.TensorProto, *, alias: str | None = None) -> np.ndarray:
+def tensor_proto_to_ndarray(
+    tp: tensor_pb2.TensorProto, *, alias: str | None = None, budget: TensorBudget | None = None
+) -> np.ndarray:
     """A request tensor as numpy (DT_STRING as an object array of bytes).
 
     With `alias` errors carry TF Serving's text ("tensor parsing error: <alias>"), else a
-    description of what is wrong.
+    description of what is wrong. The tensor's bytes are charged to `budget` (from the
+    declared shape, before anything is allocated: one float_val may fill a huge shape).
     """
     shape = _shape_of(tp, alias)
     count = math.prod(shape)
     dtype = tp.dtype
+    what = f"tensor parsing error: {alias}" if alias is not None else "tensor"
     # Each read of tensor_content copies the bytes out of the proto: read it once.
     content = tp.tensor_content
     if dtype == DT_STRING:
         if content and count:
             raise _parse_error(alias, "DT_STRING tensors must use string_val, not tensor_content")
-        values = np.array(tp.string_val, dtype=object) if tp.string_val else np.empty(0, object)
+        strings = tp.string_val
+        if budget is not None:
+            budget.charge(what, shape, dtype, _string_bytes(strings, count))
+        values = np.array(strings, dtype=object) if strings else np.empty(0, object)
         return _broadcast(values, count, b"").reshape(shape)
     target = NUMPY_DTYPE_BY_TF.get(dtype)
     if target is None or dtype not in _TYPED_FIELDS:
         raise ServingError(
             Code.UNIMPLEMENTED, f"tfgate does not support tensors of type {dtype_name(dtype)}"
         )
+    if budget is not None:
+        budget.charge(what, shape, dtype)
     if count == 0:
         return np.empty(shape, dtype=target)  # TF ignores the values of an empty tensor
     if content:
@@ -126,7 +137,18 @@ def _shape_of(tp: tensor_pb2.TensorProto, alias: str | None) -> tuple[int, ...]:
         raise _parse_error(alias, f"tensor_shape {list(shape)} has a negative dimension")
     if len(shape) > _MAX_RANK:
         raise _parse_error(alias, f"tensor rank {len(shape)} exceeds {_MAX_RANK}")
+    # TensorShape::IsValid(): the element count must fit int64 (Python's product cannot wrap).
+    if math.prod(shape) > _INT64_MAX:
+        raise _parse_error(alias, f"tensor_shape {list(shape)} has more than 2**63-1 elements")
     return shape
+
+
+def _string_bytes(strings: Sequence[bytes], count: int) -> int:
+    """The bytes `count` string elements hold once the last value is repeated to fill them."""
+    if not strings:
+        return 0
+    held = sum(map(len, strings))
+    return held + max(0, count - len(strings)) * len(strings[-1])
 
 
 def _typed_values(tp: tensor_pb2.TensorProto, dtype: int, target: np.dtype) -> np.ndarray:

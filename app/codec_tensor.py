@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import binascii
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,9 @@ from app.types import (
 )
 
 MAX_TENSOR_RANK = 64  # numpy's limit
+# Bytes a DT_STRING element takes beyond its own bytes: a pointer in the gateway's object array
+# and an offset in the worker arena's string region (workers/ipc.py).
+STRING_ELEMENT_BYTES = 8
 _INT32_RANGE = (-(1 << 31), (1 << 31) - 1)
 _INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 # Which JSON integers each integer dtype accepts (IsInt/IsInt64/IsUint/IsUint64). INT8/INT16/UINT8
@@ -59,6 +62,51 @@ _EXTRA_DTYPE_NAMES = {
     15: "qint16",
     16: "quint16",
 }
+
+
+class TensorBudget:
+    """The bytes one request's decoded tensors may take, charged before each is allocated.
+
+    DESIGN rule 8: a declared shape is a client's claim, so its element count and bytes are
+    computed first (Python ints: no overflow) and checked here; only then is an array built.
+    One budget per request; `limit_bytes` is --max_request_tensor_bytes capped by the worker
+    arena. Event-loop or one thread: not shared.
+    """
+
+    __slots__ = ("limit_bytes", "used_bytes")
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used_bytes = 0
+
+    def charge(self, what: str, shape: Sequence[int], dtype: int, extra_bytes: int = 0) -> None:
+        """Reserve shape's bytes (plus `extra_bytes`, e.g. string contents) or raise
+        INVALID_ARGUMENT naming `what` (the caller's prefix, TF Serving's where one exists)."""
+        nbytes = tensor_nbytes(shape, dtype) + extra_bytes
+        if self.used_bytes + nbytes > self.limit_bytes:
+            raise invalid_argument(
+                f"{what}: shape {_shape_text(list(shape))} of {dtype_name(dtype)} needs"
+                f" {nbytes} bytes; a request's tensors may take at most {self.limit_bytes} bytes"
+            )
+        self.used_bytes += nbytes
+
+
+def tensor_nbytes(shape: Sequence[int], dtype: int) -> int:
+    """Bytes of a tensor of `shape` and `dtype` in the gateway, exact for numeric dtypes, the
+    per-element overhead for DT_STRING. Python ints: a shape like [2**62, 2**62] gives its true
+    (huge) size instead of wrapping."""
+    count = 1
+    for size in shape:
+        count *= size
+    numpy_dtype = NUMPY_DTYPE_BY_TF.get(dtype)
+    if numpy_dtype is None:  # DT_STRING, or a dtype decoding rejects later
+        return count * STRING_ELEMENT_BYTES
+    return count * numpy_dtype.itemsize
+
+
+def unlimited_budget() -> TensorBudget:
+    """For callers that bound nothing (unit tests, offline tools)."""
+    return TensorBudget(1 << 80)
 
 
 def dtype_name(dtype: int) -> str:
@@ -200,7 +248,7 @@ def _shape_text(shape: list[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _dense_shape(value: Any) -> list[int]:
+def dense_shape(value: Any) -> list[int]:
     """GetDenseTensorShape(): sizes along the first element at each level."""
     shape: list[int] = []
     node = value
@@ -219,7 +267,7 @@ def _dense_shape(value: Any) -> list[int]:
 
 def fill_exact(value: Any, dtype: int, leaves: list) -> list[int]:
     """FillTensorProto(): appends the converted leaves in order; returns the value's shape."""
-    shape = _dense_shape(value)
+    shape = dense_shape(value)
     rank = len(shape)
 
     def walk(node: Any, level: int) -> None:
@@ -341,7 +389,7 @@ def _flatten_regular(value: Any, shape: list[int]) -> list | None:
 
 def strings_fast(value: Any) -> np.ndarray | None:
     try:
-        shape = _dense_shape(value)
+        shape = dense_shape(value)
     except ServingError:
         return None  # the exact walk reports it, wrapped as TF Serving would
     leaves = _flatten_regular(value, shape)

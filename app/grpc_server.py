@@ -32,6 +32,7 @@ from app.grpc_admin import AdminServicer
 from app.grpc_h2_server import GrpcH2Server
 from app.grpc_services import ModelServicer, PredictionServicer
 from app.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
+from app.settings import request_tensor_limit_bytes
 from proto import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tfgate.grpc")
 
 INT32_MAX = 2**31 - 1
+# Room in a request message beyond its tensors' bytes: ModelSpec, aliases, TensorProto framing.
+MESSAGE_HEADROOM_BYTES = 4 << 20
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -80,13 +83,31 @@ def _int32_or_text(value: str) -> int | str:
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """TF Serving's fixed options, then the user's channel arguments (which win)."""
+    """TF Serving's fixed options, tfgate's connection limits, then the user's channel
+    arguments (which win).
+
+    A request message is capped at the request tensor limit plus MESSAGE_HEADROOM_BYTES (TF
+    Serving allows INT32_MAX): tensors past the limit are refused after decoding anyway, so
+    buffering a larger message only costs memory; grpc core answers RESOURCE_EXHAUSTED.
+    """
+    max_message = min(INT32_MAX, request_tensor_limit_bytes(settings) + MESSAGE_HEADROOM_BYTES)
     options: dict[str, Any] = {
         "grpc.max_send_message_length": INT32_MAX,
-        "grpc.max_receive_message_length": INT32_MAX,
+        "grpc.max_receive_message_length": max_message,
+        # Checked before the handshake: a connection past the cap is closed at once.
+        "grpc.max_allowed_incoming_connections": settings.grpc_max_connections,
+        # TCP accepted but TLS / HTTP/2 preface not done by then: closed.
+        "grpc.server_handshake_timeout_ms": _millis(settings.grpc_handshake_timeout_seconds),
     }
+    if settings.grpc_idle_timeout_seconds > 0:
+        # No call in flight for this long: GOAWAY, then closed (clients reconnect on demand).
+        options["grpc.max_connection_idle_ms"] = _millis(settings.grpc_idle_timeout_seconds)
     options.update(parse_channel_arguments(settings.grpc_channel_arguments))
     return list(options.items())
+
+
+def _millis(seconds: float) -> int:
+    return max(1, min(INT32_MAX, round(seconds * 1000)))
 
 
 def _ssl_config(ssl_config_file: str) -> Any:
@@ -196,6 +217,7 @@ def _add_servicers(server: Server, grpc_server: Any) -> list[str]:
             server.service,
             use_tensor_content=settings.enable_serialization_as_tensor_content,
             auth=server.inference_auth,
+            max_tensor_bytes=request_tensor_limit_bytes(settings),
         ),
         grpc_server,
     )

@@ -22,6 +22,7 @@ from google.protobuf import text_format
 from app import codec_example, codec_proto, codec_status, model_config, multi_inference
 from app.admin import AdminTokens
 from app.auth import InferenceAuth, credential_from
+from app.codec_tensor import TensorBudget, unlimited_budget
 from app.errors import Code, ServingError
 from app.protos import (
     classification_pb2,
@@ -164,11 +165,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         *,
         use_tensor_content: bool,
         auth: InferenceAuth | None = None,
+        max_tensor_bytes: int = 0,
     ) -> None:
         self.service = service
         self.auth = auth or InferenceAuth.disabled()
         # --enable_serialization_as_tensor_content: outputs as raw bytes, not *_val fields
         self.use_tensor_content = use_tensor_content
+        # the bytes one request's decoded tensors may take (settings.request_tensor_limit_bytes);
+        # 0: unbounded (unit tests)
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def _budget(self) -> TensorBudget:
+        if self.max_tensor_bytes > 0:
+            return TensorBudget(self.max_tensor_bytes)
+        return unlimited_budget()
 
     @translated
     async def Predict(
@@ -178,7 +188,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         authorize(self.auth, context, spec.name)
         result = await self.service.predict(
             spec,
-            lambda _signature: decode_inputs(request),
+            lambda _signature: decode_inputs(request, self._budget()),
             output_filter=list(request.output_filter),
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
@@ -233,7 +243,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         decodes only after its model and signature checks (TF Serving's order)."""
         return await run(
             spec,
-            lambda: codec_example.examples_from_input_proto(request.input),
+            lambda: codec_example.examples_from_input_proto(request.input, self._budget()),
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
             cache_control=cache_control(context),
@@ -250,7 +260,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable, metadata = self.service.resolve(model_spec_from_proto(first))
         tasks = multi_inference.check_tasks(request, metadata, self.service)
         results = await multi_inference.run(
-            self.service, request, servable, tasks, loop_deadline(context)
+            self.service, request, servable, tasks, loop_deadline(context), self._budget()
         )
         response = inference_pb2.MultiInferenceResponse()
         for task, result in zip(request.tasks, results, strict=True):
@@ -285,10 +295,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def decode_inputs(request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+def decode_inputs(
+    request: predict_pb2.PredictRequest, budget: TensorBudget | None = None
+) -> dict[str, np.ndarray]:
     # With the alias, a malformed tensor reports TF Serving's "tensor parsing error: <alias>".
     return {
-        alias: codec_proto.tensor_proto_to_ndarray(tensor, alias=alias)
+        alias: codec_proto.tensor_proto_to_ndarray(tensor, alias=alias, budget=budget)
         for alias, tensor in request.inputs.items()
     }
 

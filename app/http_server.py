@@ -5,18 +5,18 @@ are bound here so a busy port is a clean startup error.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.admin_routes import admin_router, install_error_handler
+from app.http_edge import HttpLimits, edge_protocol
 from app.ops_routes import create_ops_app
 from app.rest import TfServingRestApi
+from app.settings import Settings, request_tensor_limit_bytes
 
 if TYPE_CHECKING:
     from app.main import Server
@@ -29,50 +29,6 @@ GRACEFUL_SHUTDOWN_SECONDS = 30
 
 class BindError(Exception):
     pass
-
-
-class _CoalescingTransport:
-    """Holds a response's status line and headers until its body is written in the same
-    event-loop turn, so a response costs one send() instead of two (uvicorn writes them
-    separately; the second syscall was ~20% of the gateway's CPU under load). Anything left
-    pending is flushed at the end of the turn, and before close()."""
-
-    __slots__ = ("_loop", "_pending", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._pending is not None:
-            data = self._pending + data
-            self._pending = None
-        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n"):
-            self._pending = data
-            self._loop.call_soon(self._flush)
-            return
-        self._transport.write(data)
-
-    def _flush(self) -> None:
-        if self._pending is not None:
-            data, self._pending = self._pending, None
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._transport, name)
-
-
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a _CoalescingTransport."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -89,9 +45,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def http_limits(settings: Settings) -> HttpLimits:
+    return HttpLimits(
+        max_connections=settings.rest_max_connections,
+        header_timeout_seconds=settings.rest_header_timeout_seconds,
+        body_timeout_seconds=settings.rest_body_timeout_seconds,
+        max_body_bytes=MAX_REST_BODY_BYTES,
+    )
+
+
 async def serve_asgi(
-    app: object, host: str, port: int, ssl_cert_file: str = "", ssl_key_file: str = ""
+    app: object,
+    host: str,
+    port: int,
+    settings: Settings,
+    ssl_cert_file: str = "",
+    ssl_key_file: str = "",
 ) -> uvicorn.Server:
+    """uvicorn on a socket bound here, with the edge limits of app/http_edge.py."""
     sock = bind_socket(host, port)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -100,7 +71,9 @@ async def serve_asgi(
         lifespan="off",
         access_log=False,
         log_level="warning",
-        http=CoalescingHttpToolsProtocol,
+        http=edge_protocol(http_limits(settings)),
+        # Between requests on a keep-alive connection (uvicorn's own timer).
+        timeout_keep_alive=settings.rest_idle_timeout_seconds,  # type: ignore[arg-type]
         # Nothing reads the client address, so X-Forwarded-For rewriting is per-request waste.
         proxy_headers=False,
         loop="none",
@@ -142,11 +115,13 @@ async def start_rest(server: Server) -> None:
         max_body_bytes=MAX_REST_BODY_BYTES,
         auth=server.inference_auth,
         access_log=settings.access_log,
+        max_tensor_bytes=request_tensor_limit_bytes(settings),
     )
     server.rest_server = await serve_asgi(
         app,
         settings.rest_api_host,
         settings.rest_api_port,
+        settings,
         settings.rest_api_ssl_cert_file,
         settings.rest_api_ssl_key_file,
     )
@@ -162,5 +137,5 @@ async def start_admin(server: Server) -> None:
     app = FastAPI(title="tfgate admin", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handler(app)
     app.include_router(admin_router(server.admin, server.admin_tokens))
-    server.admin_server = await serve_asgi(app, host, port)
+    server.admin_server = await serve_asgi(app, host, port, server.settings)
     log.info("Exporting the admin API at %s:%d", host, port)

@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -409,8 +410,41 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+# File descriptors kept for everything but client connections: workers' pipes and arenas,
+# model files, Redis, S3, logs.
+RESERVED_FDS = 256
+
+
+def fit_connection_caps(settings: Settings) -> None:
+    """Raise the soft file-descriptor limit to the hard one, then lower --rest_max_connections
+    and --grpc_max_connections if together they would not fit it: a cap above the limit
+    would let idle sockets lock every client out with EMFILE instead of being refused."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return
+    room = max(2, soft - RESERVED_FDS)
+    flags = settings.flags
+    wanted = flags["rest_max_connections"] + flags["grpc_max_connections"]
+    if wanted <= room:
+        return
+    for name in ("rest_max_connections", "grpc_max_connections"):
+        flags[name] = max(1, flags[name] * room // wanted)
+    log.warning(
+        "File descriptor limit %d: connection caps lowered to --rest_max_connections=%d "
+        "--grpc_max_connections=%d",
+        soft,
+        flags["rest_max_connections"],
+        flags["grpc_max_connections"],
+    )
+
+
 async def run(settings: Settings) -> int:
     """Run one server until SIGTERM/SIGINT; returns the process exit code."""
+    fit_connection_caps(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -46,6 +46,11 @@ QUEUE_BUCKETS_MICROS = exponential_buckets(100.0, 1.2, 52)
 EXAMPLE_COUNT_BUCKETS = exponential_buckets(1.0, 2.0, 15)
 BATCH_SIZE_BUCKETS = exponential_buckets(1.0, 2.0, 14)
 
+# Requests naming a model that is not configured are counted under this one label value: a
+# client choosing model names must not choose the metric's series (unbounded cardinality, or
+# bytes that are not text). Angle brackets cannot start a name TF Serving's REST routes take.
+UNKNOWN_MODEL_LABEL = "<unknown>"
+
 
 def _escape(value: str) -> str:
     # TF Serving escapes backslash and double quote; a newline is escaped too (TF Serving
@@ -326,7 +331,9 @@ class Metrics:
         lines: list[str] = []
         for metric in (*tf_serving, *own):
             lines.extend(metric.render())
-        return ("\n".join(lines) + "\n").encode()
+        # Label values are configured names, but a scrape must never fail on one that is not
+        # valid text (a surrogate from a percent-decoded path): those bytes are escaped.
+        return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
 
 
 def whole_micros(seconds: float) -> int:
@@ -343,7 +350,12 @@ def connect(
 ) -> None:
     """Connect every component's observer hooks to the metrics registry."""
 
+    def model_label(model: str) -> str:
+        """The request's model name when it is configured, else UNKNOWN_MODEL_LABEL."""
+        return model if service.registry.configured(model) is not None else UNKNOWN_MODEL_LABEL
+
     def on_request(model: str, api: str, entrypoint: Any, code: Any, seconds: float) -> None:
+        model = model_label(model)
         metrics.request_count.inc(model, code.name)
         if code.name == "OK":
             # TF Serving's gRPC handlers name the API by its RPC ("Predict"); its REST
@@ -377,6 +389,7 @@ def connect(
         metrics.model_state.set(servable.model, str(servable.version), value=int(state))
 
     def on_examples(model: str, examples: int) -> None:
+        model = model_label(model)
         metrics.request_example_counts.observe(model, value=examples)
         metrics.request_example_count_total.inc(model, amount=examples)
 

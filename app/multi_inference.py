@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 
 from app import codec_example
+from app.codec_tensor import TensorBudget
 from app.errors import Code, ServingError
 from app.protos import inference_pb2
 from app.service import CLASSIFY_METHOD, REGRESS_METHOD, ServingService
@@ -80,11 +81,13 @@ async def run(
     servable: ServableId,
     tasks: list[Task],
     deadline: float | None,
+    budget: TensorBudget | None = None,
 ) -> list[inference_pb2.InferenceResult]:
     """Every task on `servable`, concurrently; the first failing task in request order
     decides the error. As in TF Serving, MultiInference records no request_count,
-    request_latency or runtime_latency, and request_example_counts once per call."""
-    examples = codec_example.examples_from_input_proto(request.input)
+    request_latency or runtime_latency, and request_example_counts once per call. The
+    examples are charged to `budget` (the request's tensor limit) before they are built."""
+    examples = codec_example.examples_from_input_proto(request.input, budget)
     # The version stays loaded until every task is done (the tasks start on a later loop
     # iteration, when an unload could otherwise already have begun).
     service.registry.acquire(servable)

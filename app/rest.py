@@ -23,7 +23,9 @@ from typing import Any
 
 from app import codec, codec_example, codec_status
 from app.auth import InferenceAuth, credential_from
+from app.codec_tensor import TensorBudget, unlimited_budget
 from app.errors import Code, ServingError
+from app.http_edge import body_too_large_text
 from app.service import Entrypoint, ServingService
 from app.types import ModelSpec
 
@@ -53,7 +55,9 @@ CORS_HEADERS = [
 ]
 ORIGIN_RE = re.compile(r"https?://.*")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+CLOSE_HEADER = (b"connection", b"close")
 access_log = logging.getLogger("tfgate.access")
+log = logging.getLogger("tfgate.rest")
 
 
 class PayloadTooLarge(ServingError):
@@ -81,6 +85,7 @@ class TfServingRestApi:
         auth: InferenceAuth | None = None,
         access_log: bool = False,
         own_prefixes: tuple[str, ...] = ("/v1/admin",),
+        max_tensor_bytes: int = 0,
     ) -> None:
         self.service = service
         self.auth = auth or InferenceAuth.disabled()
@@ -90,6 +95,13 @@ class TfServingRestApi:
         self.enable_cors = enable_cors
         self.max_body_bytes = max_body_bytes
         self.own_prefixes = tuple(p.lower() for p in own_prefixes)
+        # the bytes one request's decoded tensors may take; 0: unbounded (unit tests)
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def _budget(self) -> TensorBudget:
+        if self.max_tensor_bytes > 0:
+            return TensorBudget(self.max_tensor_bytes)
+        return unlimited_budget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,7 +164,12 @@ class TfServingRestApi:
                     return 200, self._get(match), []
             raise ServingError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         except ServingError as exc:
-            return exc.http_status, codec.encode_error(exc.message), []
+            # A refused body may still be arriving: close rather than read the rest of it.
+            extra = [CLOSE_HEADER] if isinstance(exc, PayloadTooLarge) else []
+            return exc.http_status, codec.encode_error(exc.message), extra
+        except Exception:
+            log.exception("REST %s %s failed", method, path)
+            return 500, codec.encode_error("Internal server error"), []
 
     def _authorize(self, scope: Scope, raw_name: str) -> None:
         if self.auth.enabled:
@@ -180,7 +197,11 @@ class TfServingRestApi:
         verb = verb.lower()
         if verb == "predict":
             return await self._predict(spec, body, deadline, cache_control)
-        examples = codec_example.parse_examples_json(body, verb)  # type: ignore[arg-type]
+        examples = codec_example.parse_examples_json(
+            body,
+            verb,  # type: ignore[arg-type]
+            self._budget(),
+        )
         spec = ModelSpec(spec.name, spec.version, spec.label, examples.signature_name)
         if verb == "classify":
             result = await self.service.classify(
@@ -207,7 +228,7 @@ class TfServingRestApi:
         spec = ModelSpec(spec.name, spec.version, spec.label, parsed.signature_name)
         result = await self.service.predict(
             spec,
-            lambda signature: codec.decode_predict_inputs(parsed, signature),
+            lambda signature: codec.decode_predict_inputs(parsed, signature, self._budget()),
             deadline=deadline,
             entrypoint=Entrypoint.REST,
             cache_control=cache_control,
@@ -231,13 +252,21 @@ def model_spec(name: str, version_text: str | None, label: str | None) -> ModelS
     decoded_name = urllib.parse.unquote(name, errors="surrogateescape")
     version: int | None = None
     if version_text:
-        version = int(version_text)
-        if version > INT64_MAX:
-            raise ServingError(
-                Code.INVALID_ARGUMENT, f"Failed to convert version: {version_text} to numeric."
-            )
+        version = parse_version(version_text)
     decoded_label = urllib.parse.unquote(label, errors="surrogateescape") if label else None
     return ModelSpec(decoded_name, version, decoded_label)
+
+
+def parse_version(text: str) -> int:
+    """absl::SimpleAtoi into int64 of the route's `\\d+`: any number of digits (leading zeros
+    included) parses or gets TF Serving's 400; never Python's int() digit limit."""
+    digits = text.lstrip("0") or "0"
+    if not digits.isascii() or not digits.isdigit() or len(digits) > len(str(INT64_MAX)):
+        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text} to numeric.")
+    version = int(digits)
+    if version > INT64_MAX:
+        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text} to numeric.")
+    return version
 
 
 def _request_id(scope: Scope) -> str:
@@ -267,9 +296,7 @@ async def read_body(scope: Scope, receive: Receive, max_body_bytes: int) -> byte
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_body_bytes:
-            raise PayloadTooLarge(
-                f"Request body is larger than the limit of {max_body_bytes} bytes"
-            )
+            raise PayloadTooLarge(body_too_large_text(max_body_bytes))
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = b"".join(chunks)

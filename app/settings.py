@@ -153,6 +153,63 @@ FLAGS: tuple[Flag, ...] = (
         "cores to the gateway.",
     ),
     Flag("worker_arena_bytes", int, 64 << 20, "tfgate: shared-memory arena size per direction."),
+    Flag(
+        "max_request_tensor_bytes",
+        int,
+        0,
+        "tfgate: bytes one request's input tensors may take, computed from their declared "
+        "shapes before anything is allocated (beyond it: INVALID_ARGUMENT); 0 or more than "
+        "--worker_arena_bytes means the arena size.",
+    ),
+    Flag(
+        "grpc_max_connections",
+        int,
+        4096,
+        "tfgate: open gRPC connections per listening address; beyond it new ones are closed "
+        "(lowered at startup to fit the file-descriptor limit).",
+    ),
+    Flag(
+        "grpc_idle_timeout_seconds",
+        float,
+        300.0,
+        "tfgate: a gRPC connection with no call for this long gets GOAWAY and is closed; "
+        "0 = never.",
+    ),
+    Flag(
+        "grpc_handshake_timeout_seconds",
+        float,
+        10.0,
+        "tfgate: a gRPC connection that has not finished its TLS/HTTP/2 handshake by then is "
+        "closed.",
+    ),
+    Flag(
+        "rest_max_connections",
+        int,
+        4096,
+        "tfgate: open REST connections; at the cap a new one replaces the longest-idle one, "
+        "or gets 503 when every connection has a request in flight (lowered at startup to fit "
+        "the file-descriptor limit).",
+    ),
+    Flag(
+        "rest_idle_timeout_seconds",
+        float,
+        30.0,
+        "tfgate: a keep-alive REST connection with no request for this long is closed.",
+    ),
+    Flag(
+        "rest_header_timeout_seconds",
+        float,
+        10.0,
+        "tfgate: time from connect (or a request's first byte) to its complete headers; "
+        "beyond it the connection is closed (408 if a request had begun).",
+    ),
+    Flag(
+        "rest_body_timeout_seconds",
+        float,
+        60.0,
+        "tfgate: time from a request's headers to the end of its body; beyond it: 408, "
+        "connection closed.",
+    ),
     Flag("rest_api_host", str, "0.0.0.0", "tfgate: address the REST server binds."),
     Flag("grpc_host", str, "0.0.0.0", "tfgate: address the gRPC server binds."),
     Flag(
@@ -352,3 +409,24 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--metrics_path must be empty or start with /")
     if flags["log_format"] not in ("text", "json"):
         raise SettingsError("--log_format must be text or json")
+    if flags["max_request_tensor_bytes"] < 0:
+        raise SettingsError("--max_request_tensor_bytes must not be negative")
+    if flags["grpc_idle_timeout_seconds"] < 0:
+        raise SettingsError("--grpc_idle_timeout_seconds must not be negative")
+    for name in (
+        "grpc_max_connections",
+        "grpc_handshake_timeout_seconds",
+        "rest_max_connections",
+        "rest_idle_timeout_seconds",
+        "rest_header_timeout_seconds",
+        "rest_body_timeout_seconds",
+    ):
+        if flags[name] <= 0:
+            raise SettingsError(f"--{name} must be positive")
+
+def request_tensor_limit_bytes(settings: Settings) -> int:
+    """What one request's decoded input tensors may take: --max_request_tensor_bytes, never
+    more than the worker arena they are written into."""
+    arena = settings.flags["worker_arena_bytes"]
+    wanted = settings.flags["max_request_tensor_bytes"]
+    return min(wanted, arena) if wanted > 0 else arena
