@@ -197,8 +197,13 @@ def test_connection_caps_that_fit_are_kept(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_request_metrics_label_only_configured_models() -> None:
     registry = SimpleNamespace(configured=lambda name: object() if name == "m" else None)
-    service = SimpleNamespace(registry=registry, observers=[], example_observers=[])
-    hooks = SimpleNamespace(observers=[], on_run=[], on_warmup=[], on_restart=[], load_observers=[])
+    service = SimpleNamespace(
+        registry=registry, observers=[], runtime_observers=[], example_observers=[]
+    )
+    hooks = SimpleNamespace(
+        observers=[], on_run=[], on_warmup=[], on_restart=[], load_observers=[],
+        rss_by_worker=lambda: [],
+    )
     registry_metrics = metrics.Metrics()
     metrics.connect(registry_metrics, service, hooks, hooks, hooks)  # type: ignore[arg-type]
     (on_request,) = service.observers
@@ -254,7 +259,7 @@ def test_dense_path_that_declines_does_not_charge_twice() -> None:
     first; the orjson path then charges both once (8000 + 2000 bytes: exactly the budget)."""
     body = b'{"inputs": {"a": [' + b", ".join([b"1.5"] * 2000) + b'], "b": [' + b", ".join([b"2"] * 2000) + b"]}}"
     parsed = codec.parse_predict_json(body)
-    assert parsed._dense is not None
+    assert parsed.dense is not None
     sig = signature(a=DT_FLOAT, b=DT_INT8)
     out = codec.decode_predict_inputs(parsed, sig, TensorBudget(2000 * 4 + 2000 * 1))
     assert out["a"].shape == (2000,) and out["b"].dtype == np.int8
