@@ -162,6 +162,33 @@ FLAGS: tuple[Flag, ...] = (
         "tfgate: h2 (tfgate's asyncio HTTP/2 gRPC server) or grpcio (grpc.aio); "
         "--grpc_channel_arguments implies grpcio.",
     ),
+    Flag(
+        "grpc_max_connections",
+        int,
+        1024,
+        "tfgate: cap on open gRPC connections; more are closed on accept (GOAWAY "
+        "ENHANCE_YOUR_CALM on the h2 server). 0 = no cap.",
+    ),
+    Flag(
+        "grpc_idle_timeout_seconds",
+        float,
+        300.0,
+        "tfgate: a gRPC connection with no call open this long is closed (GOAWAY). 0 = never.",
+    ),
+    Flag(
+        "grpc_handshake_timeout_seconds",
+        float,
+        10.0,
+        "tfgate: time a new gRPC connection has for its TLS handshake and HTTP/2 preface "
+        "before it is closed. 0 = no limit.",
+    ),
+    Flag(
+        "grpc_max_concurrent_streams",
+        int,
+        256,
+        "tfgate: HTTP/2 MAX_CONCURRENT_STREAMS the h2 gRPC server advertises and enforces per "
+        "connection (streams beyond it: RST_STREAM REFUSED_STREAM).",
+    ),
     Flag("log_format", str, "text", "tfgate: text or json."),
     Flag(
         "cache_url",
@@ -341,5 +368,11 @@ def validate(settings: Settings) -> None:
         )
     if flags["grpc_implementation"] not in ("h2", "grpcio"):
         raise SettingsError("--grpc_implementation must be h2 or grpcio")
+    for name in ("grpc_max_connections", "grpc_idle_timeout_seconds",
+                 "grpc_handshake_timeout_seconds"):
+        if flags[name] < 0:
+            raise SettingsError(f"--{name} must not be negative")
+    if not 1 <= flags["grpc_max_concurrent_streams"] <= 2**31 - 1:
+        raise SettingsError("--grpc_max_concurrent_streams must be between 1 and 2147483647")
     if flags["log_format"] not in ("text", "json"):
         raise SettingsError("--log_format must be text or json")
