@@ -13,6 +13,7 @@ import asyncio
 import collections
 import inspect
 import logging
+import mmap
 import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from app.grpc_h2_context import CallContext
-from app.grpc_h2_limits import INLINE_INFLATE_BYTES, too_large
+from app.grpc_h2_limits import INFLATE_CHUNK_BYTES, INLINE_INFLATE_BYTES, too_large
 
 if TYPE_CHECKING:
     from app.grpc_h2_connection import GrpcH2Connection
@@ -132,7 +133,9 @@ def declared_length(data: bytes | bytearray, limit_bytes: int) -> int:
     return length
 
 
-async def inflate(encoding: str, message: bytes | memoryview, limit_bytes: int) -> bytes:
+async def inflate(
+    encoding: str, message: bytes | memoryview, limit_bytes: int
+) -> bytes | memoryview:
     """A compressed message, decompressed to at most `limit_bytes`; large ones in a thread
     so a decompression bomb neither stalls the event loop nor grows past the limit."""
     if encoding not in ("gzip", "deflate"):
@@ -150,18 +153,42 @@ async def inflate(encoding: str, message: bytes | memoryview, limit_bytes: int) 
     return decompress(encoding, message, limit_bytes)
 
 
-def decompress(encoding: str, message: bytes | memoryview, limit_bytes: int) -> bytes:
+def decompress(
+    encoding: str, message: bytes | memoryview, limit_bytes: int
+) -> bytes | memoryview:
+    """Inflate in INFLATE_CHUNK_BYTES pieces (zlib runs without the GIL) and stop past
+    `limit_bytes`. A large result is assembled piece by piece in an anonymous mapping, not
+    joined in one copy: one multi-GiB memcpy would hold the GIL, stalling the event loop as
+    if the work had not left it."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    total = 0
+    data: bytes | memoryview = message
     try:
-        data = inflater.decompress(message, limit_bytes + 1)
+        while not inflater.eof:
+            part = inflater.decompress(data, INFLATE_CHUNK_BYTES)
+            total += len(part)
+            if total > limit_bytes:
+                raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large(total, limit_bytes))
+            parts.append(part)
+            data = inflater.unconsumed_tail
+            if not data and len(part) < INFLATE_CHUNK_BYTES:
+                break  # all input used and no output held back: the stream is cut short
     except zlib.error as exc:
         raise CallFailed(grpc.StatusCode.INTERNAL, f"Failed to decompress message: {exc}") from None
-    if len(data) > limit_bytes:
-        raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large(len(data), limit_bytes))
     if not inflater.eof:
         raise CallFailed(grpc.StatusCode.INTERNAL,
                          "Failed to decompress message: incomplete or truncated stream")
-    return data
+    if len(parts) <= 2:
+        return b"".join(parts)
+    whole = mmap.mmap(-1, total)
+    pos = 0
+    parts.reverse()
+    while parts:  # each piece freed once copied: the peak stays near one copy
+        part = parts.pop()
+        whole[pos : pos + len(part)] = part
+        pos += len(part)
+    return memoryview(whole)
 
 
 async def serve(connection: GrpcH2Connection, call: H2Call, payload: Message | None) -> None:

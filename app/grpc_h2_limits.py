@@ -29,6 +29,8 @@ OUTPUT_LOW_WATER_BYTES = 256 << 10
 REQUEST_QUEUE_MESSAGES = 16
 # Compressed messages larger than this are inflated in a thread, not on the event loop.
 INLINE_INFLATE_BYTES = 64 << 10
+# ...and in pieces of this size, so the GIL is never held for one huge copy.
+INFLATE_CHUNK_BYTES = 16 << 20
 # Rapid Reset: streams a client may open and reset (or have refused) in a burst, and the
 # rate at which that allowance comes back.
 RESET_BURST = 1000
