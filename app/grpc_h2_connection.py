@@ -109,6 +109,7 @@ class GrpcH2Connection(asyncio.Protocol):
         self.resets = Budget(RESET_BURST, RESETS_PER_SECOND)
         self.control_frames = Budget(CONTROL_BURST, CONTROL_FRAMES_PER_SECOND)
         self.recently_reset: dict[int, None] = {}  # insertion-ordered, bounded
+        self.valid_blocks: dict[bytes, list[tuple[str, str]]] = {}  # checked request headers
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None  # handshake, then idle timeout
 
@@ -338,12 +339,17 @@ class GrpcH2Connection(asyncio.Protocol):
             self._spend_reset()  # a client that ignores the limit floods like a resetter
             self._reset_stream(stream_id, h2.REFUSED_STREAM)
             return
-        malformed = request_header_error(headers)
-        if malformed:  # a stream error (RFC 9113 section 8.1.1)
-            log.debug("gRPC stream %d from %s: %s", stream_id, self.peer, malformed)
-            self._spend_reset()
-            self._reset_stream(stream_id, h2.PROTOCOL_ERROR)
-            return
+        # A block decoded to the very same list before was valid then: checked once.
+        if self.valid_blocks.get(block) is not headers:
+            malformed = request_header_error(headers)
+            if malformed:  # a stream error (RFC 9113 section 8.1.1)
+                log.debug("gRPC stream %d from %s: %s", stream_id, self.peer, malformed)
+                self._spend_reset()
+                self._reset_stream(stream_id, h2.PROTOCOL_ERROR)
+                return
+            if len(self.valid_blocks) >= h2.MEMO_ENTRIES:
+                self.valid_blocks.clear()
+            self.valid_blocks[block] = headers
         self._start_call(stream_id, headers, bool(flags & h2.END_STREAM))
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
