@@ -550,8 +550,8 @@ class GrpcH2Connection(asyncio.Protocol):
             # Not a gRPC request: HTTP's answer, as gRPC servers give it.
             block = h2.literal_block([(":status", "415"), ("content-type", "text/plain")])
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
-            if not end:
-                self._write(h2.frame(h2.RST_STREAM, 0, stream_id, h2.u32(h2.NO_ERROR)))
+            if not end:  # its DATA may still come: ignored, not a protocol error
+                self._reset_stream(stream_id, h2.NO_ERROR)
             return
         server = self.server
         call = H2Call(stream_id, self.peer_stream_window, STREAM_WINDOW_BYTES, encoding)

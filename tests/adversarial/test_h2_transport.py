@@ -686,3 +686,24 @@ def test_legit_grpc_client_against_toy(toy_server: InProcess) -> None:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda i: echo(b"%d" % i, timeout=10), range(40)))
     assert results == [b"%d" % i for i in range(40)]
+
+
+def test_late_data_on_a_stream_the_server_reset_is_ignored(toy_server: InProcess) -> None:
+    """RFC 9113 section 5.4.2: frames already on their way after our RST_STREAM are not a
+    protocol error (here: a non-gRPC request answered 415 while its body still comes)."""
+    with RawClient(toy_server.port) as raw:
+        raw.headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/adv.Toy/Echo"),
+                        (":authority", "t"), ("content-type", "text/plain")])
+        reset = raw.wait_for(lambda f: f.kind == h2.RST_STREAM and f.stream_id == 1)
+        assert reset is not None
+        raw.send(h2.DATA, h2.END_STREAM, 1, b"late body")
+        raw.call(3, "/adv.Toy/Echo", b"next")
+        assert raw.response(3).trailers["grpc-status"] == "0"
+
+
+def test_data_on_a_stream_closed_normally_is_a_connection_error(toy_server: InProcess) -> None:
+    with RawClient(toy_server.port) as raw:
+        raw.call(1, "/adv.Toy/Echo", b"done")
+        assert raw.response(1).trailers["grpc-status"] == "0"
+        raw.send(h2.DATA, 0, 1, b"more")
+        assert raw.goaway_code() == h2.STREAM_CLOSED

@@ -226,3 +226,28 @@ def test_batching_thread_pool_name_follows_server_cc(tmp_path: pathlib.Path) -> 
             ["--model_base_path=/m", "--enable_batching", f"--batching_parameters_file={path}"]
         )
         assert policy(servable).thread_pool_name == name  # type: ignore[union-attr]
+
+
+def test_grpc_transport_limits_flags() -> None:
+    from app.grpc_server import INT32_MAX, h2_limits
+
+    settings = load_settings(["--model_base_path=/m", "--grpc_max_connections=10",
+                      "--grpc_idle_timeout_seconds=1.5", "--grpc_handshake_timeout_seconds=2",
+                      "--grpc_max_concurrent_streams=7"])
+    limits = h2_limits(settings)
+    assert (limits.max_connections, limits.idle_timeout_seconds,
+            limits.handshake_timeout_seconds, limits.max_concurrent_streams) == (10, 1.5, 2.0, 7)
+    assert limits.max_receive_message_bytes == INT32_MAX  # grpc.aio's, TF Serving's
+    defaults = h2_limits(load_settings(["--model_base_path=/m"]))
+    assert (defaults.max_connections, defaults.idle_timeout_seconds,
+            defaults.handshake_timeout_seconds, defaults.max_concurrent_streams) == (
+        1024, 300.0, 10.0, 256)
+
+
+@pytest.mark.parametrize("flag", [
+    "--grpc_max_connections=-1", "--grpc_idle_timeout_seconds=-1",
+    "--grpc_handshake_timeout_seconds=-0.5", "--grpc_max_concurrent_streams=0",
+])
+def test_grpc_transport_limits_are_validated(flag: str) -> None:
+    with pytest.raises(SettingsError, match="--grpc_"):
+        load_settings(["--model_base_path=/m", flag])
