@@ -207,7 +207,8 @@ def test_row8_gzip_bomb_is_inflated_off_the_loop_and_freed(gateway: ServerProces
     assert len(bomb) < 2 * MiB
     pid = gateway.process.pid
     baseline = vm_rss_bytes(pid)
-    with Legit(gateway.grpc_port) as legit, RawClient(gateway.grpc_port) as raw:
+    with (Legit(gateway.grpc_port) as legit, PeakRss(pid) as peak,
+          RawClient(gateway.grpc_port) as raw):
         raw.headers(1, request_fields(PREDICT, ("grpc-encoding", "gzip")))
         message = grpc_message(bomb, compressed=True)
         for start in range(0, len(message), 512 << 10):
@@ -222,7 +223,8 @@ def test_row8_gzip_bomb_is_inflated_off_the_loop_and_freed(gateway: ServerProces
         str(grpc.StatusCode.INTERNAL.value[0]), str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])}
     rss = settle_rss(pid, baseline)
     figures("row 8", status=response.trailers["grpc-status"], slowest_legit_s=round(
-        legit.slowest_seconds, 3), legit_ok=legit.ok, baseline_rss=baseline, after_rss=rss)
+        legit.slowest_seconds, 3), legit_ok=legit.ok, baseline_rss=baseline,
+        peak_rss=peak.peak, after_rss=rss)
     assert rss <= baseline + RSS_SLACK_BYTES, (baseline, rss)
 
 
