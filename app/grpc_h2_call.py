@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from app.grpc_h2_context import CallContext
-from app.grpc_h2_limits import INFLATE_CHUNK_BYTES, INLINE_INFLATE_BYTES, too_large
+from app.grpc_h2_limits import (
+    INFLATE_CHUNK_BYTES,
+    INLINE_INFLATE_BYTES,
+    INLINE_INFLATE_OUTPUT_BYTES,
+    too_large,
+)
 
 if TYPE_CHECKING:
     from app.grpc_h2_connection import GrpcH2Connection
@@ -148,9 +153,16 @@ async def inflate(
             grpc.StatusCode.UNIMPLEMENTED,
             f"Compression algorithm '{encoding}' is not supported (accepted: {ACCEPT_ENCODING})",
         )
-    if len(message) > INLINE_INFLATE_BYTES:
-        return await asyncio.to_thread(decompress, encoding, bytes(message), limit_bytes)
-    return decompress(encoding, message, limit_bytes)
+    if len(message) <= INLINE_INFLATE_BYTES:
+        # Small input usually means small output: inflated here, unless it grows past a few
+        # MiB (a bomb), which starts over in a thread.
+        inline_cap = min(limit_bytes, INLINE_INFLATE_OUTPUT_BYTES)
+        try:
+            return decompress(encoding, message, inline_cap)
+        except CallFailed as exc:
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED or inline_cap == limit_bytes:
+                raise
+    return await asyncio.to_thread(decompress, encoding, bytes(message), limit_bytes)
 
 
 def decompress(

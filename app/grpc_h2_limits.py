@@ -27,8 +27,10 @@ OUTPUT_LOW_WATER_BYTES = 256 << 10
 # Request messages a streaming call may have waiting for its handler; more stay in the
 # stream's (flow-controlled) buffer.
 REQUEST_QUEUE_MESSAGES = 16
-# Compressed messages larger than this are inflated in a thread, not on the event loop.
+# Compressed messages larger than this, or inflating past the second size, are inflated
+# in a thread, not on the event loop.
 INLINE_INFLATE_BYTES = 64 << 10
+INLINE_INFLATE_OUTPUT_BYTES = 4 << 20
 # ...and in pieces of this size, so the GIL is never held for one huge copy.
 INFLATE_CHUNK_BYTES = 16 << 20
 # Rapid Reset: streams a client may open and reset (or have refused) in a burst, and the
