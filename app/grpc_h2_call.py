@@ -13,6 +13,7 @@ import asyncio
 import collections
 import inspect
 import logging
+import mmap
 import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from app.grpc_h2_context import CallContext
+from app.grpc_h2_limits import (
+    INFLATE_CHUNK_BYTES,
+    INLINE_INFLATE_BYTES,
+    INLINE_INFLATE_OUTPUT_BYTES,
+    too_large,
+)
 
 if TYPE_CHECKING:
     from app.grpc_h2_connection import GrpcH2Connection
@@ -48,12 +55,17 @@ class H2Call:
         "context",
         "deadline_timer",
         "encoding",
+        "end_queued",
         "ended",
+        "expected",
+        "granted",
         "handler",
         "head",
         "headers_sent",
+        "held",
         "outbox",
-        "receive_credit",
+        "queued_bytes",
+        "receive_window",
         "remote_closed",
         "requests",
         "send_window",
@@ -63,7 +75,9 @@ class H2Call:
         "writable",
     )
 
-    def __init__(self, stream_id: int, send_window: int, encoding: str) -> None:
+    def __init__(
+        self, stream_id: int, send_window: int, receive_window: int, encoding: str
+    ) -> None:
         self.stream_id = stream_id
         self.handler: Any = None  # grpc.RpcMethodHandler, once the path is known
         self.encoding = encoding  # grpc-encoding of compressed request messages
@@ -73,7 +87,14 @@ class H2Call:
         self.task: asyncio.Task[None] | None = None
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.send_window = send_window
-        self.receive_credit = 0  # bytes read since this stream's window was last topped up
+        self.receive_window = receive_window  # bytes the client may still send on it
+        self.granted = 0  # consumed bytes not yet given back in a WINDOW_UPDATE
+        self.expected = 0  # a unary request's size from its length prefix, once known
+        # Streaming requests: bytes received but not yet given back as window (the client
+        # must wait for a slow handler), bytes waiting in `requests`, whether its end is.
+        self.held = 0
+        self.queued_bytes = 0
+        self.end_queued = False
         self.outbox: collections.deque[memoryview] = collections.deque()
         self.trailers: bytes | None = None  # sent once the outbox is empty
         self.headers_sent = False
@@ -83,44 +104,106 @@ class H2Call:
         self.writable: asyncio.Future[None] | None = None  # a streaming writer waiting
 
 
+Message = tuple[bool, bytes | memoryview]  # (compressed flag, message bytes)
+
+
 def take_messages(
-    data: bytes | bytearray, encoding: str
-) -> tuple[list[bytes | memoryview], int]:
+    data: bytes | bytearray, limit_bytes: int, max_messages: int = -1
+) -> tuple[list[Message], int]:
     """The complete gRPC messages (5-byte prefix + body) at the start of `data`, and how many
-    bytes they took. Uncompressed messages are views into `data`, not copies: a 64 kB tensor
-    is copied once, by the protobuf parser, so `data` must not change while they are used."""
+    bytes they took; CallFailed(RESOURCE_EXHAUSTED) as soon as a prefix declares more than
+    `limit_bytes` (before its bytes arrive). Messages are views into `data`, not copies: a
+    64 kB tensor is copied once, by the protobuf parser, so `data` must not change while
+    they are used. Compressed ones are inflated later, by inflate(). At most `max_messages`
+    when it is not negative."""
     view = memoryview(data)
-    messages: list[bytes | memoryview] = []
+    messages: list[Message] = []
     pos = 0
-    while len(data) - pos >= 5:
+    while len(data) - pos >= 5 and len(messages) != max_messages:
         length = int.from_bytes(view[pos + 1 : pos + 5], "big")
+        if length > limit_bytes:
+            raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large(length, limit_bytes))
         if len(data) - pos - 5 < length:
             break
-        message: bytes | memoryview = view[pos + 5 : pos + 5 + length]
-        if data[pos] & 1:
-            message = decompress(encoding, bytes(message))
-        messages.append(message)
+        messages.append((bool(data[pos] & 1), view[pos + 5 : pos + 5 + length]))
         pos += 5 + length
     return messages, pos
 
 
-def decompress(encoding: str, message: bytes) -> bytes:
+def declared_length(data: bytes | bytearray, limit_bytes: int) -> int:
+    """The length the 5-byte prefix at the start of `data` declares (checked as above)."""
+    length = int.from_bytes(data[1:5], "big")
+    if length > limit_bytes:
+        raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large(length, limit_bytes))
+    return length
+
+
+async def inflate(
+    encoding: str, message: bytes | memoryview, limit_bytes: int
+) -> bytes | memoryview:
+    """A compressed message, decompressed to at most `limit_bytes`; large ones in a thread
+    so a decompression bomb neither stalls the event loop nor grows past the limit."""
+    if encoding not in ("gzip", "deflate"):
+        if encoding in ("identity", ""):  # gRPC's spec: a protocol violation, INTERNAL
+            raise CallFailed(
+                grpc.StatusCode.INTERNAL,
+                "Compressed message received with grpc-encoding identity (or none)",
+            )
+        raise CallFailed(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"Compression algorithm '{encoding}' is not supported (accepted: {ACCEPT_ENCODING})",
+        )
+    if len(message) <= INLINE_INFLATE_BYTES:
+        # Small input usually means small output: inflated here, unless it grows past a few
+        # MiB (a bomb), which starts over in a thread.
+        inline_cap = min(limit_bytes, INLINE_INFLATE_OUTPUT_BYTES)
+        try:
+            return decompress(encoding, message, inline_cap)
+        except CallFailed as exc:
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED or inline_cap == limit_bytes:
+                raise
+    return await asyncio.to_thread(decompress, encoding, bytes(message), limit_bytes)
+
+
+def decompress(
+    encoding: str, message: bytes | memoryview, limit_bytes: int
+) -> bytes | memoryview:
+    """Inflate in INFLATE_CHUNK_BYTES pieces (zlib runs without the GIL) and stop past
+    `limit_bytes`. A large result is assembled piece by piece in an anonymous mapping, not
+    joined in one copy: one multi-GiB memcpy would hold the GIL, stalling the event loop as
+    if the work had not left it."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    total = 0
+    data: bytes | memoryview = message
     try:
-        if encoding == "gzip":
-            return zlib.decompress(message, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(message)
+        while not inflater.eof:
+            part = inflater.decompress(data, INFLATE_CHUNK_BYTES)
+            total += len(part)
+            if total > limit_bytes:
+                raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large(total, limit_bytes))
+            parts.append(part)
+            data = inflater.unconsumed_tail
+            if not data and len(part) < INFLATE_CHUNK_BYTES:
+                break  # all input used and no output held back: the stream is cut short
     except zlib.error as exc:
         raise CallFailed(grpc.StatusCode.INTERNAL, f"Failed to decompress message: {exc}") from None
-    raise CallFailed(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"Compression algorithm '{encoding}' is not supported (accepted: {ACCEPT_ENCODING})",
-    )
+    if not inflater.eof:
+        raise CallFailed(grpc.StatusCode.INTERNAL,
+                         "Failed to decompress message: incomplete or truncated stream")
+    if len(parts) <= 2:
+        return b"".join(parts)
+    whole = mmap.mmap(-1, total)
+    pos = 0
+    parts.reverse()
+    while parts:  # each piece freed once copied: the peak stays near one copy
+        part = parts.pop()
+        whole[pos : pos + len(part)] = part
+        pos += len(part)
+    return memoryview(whole)
 
 
-async def serve(
-    connection: GrpcH2Connection, call: H2Call, payload: bytes | memoryview | None
-) -> None:
+async def serve(connection: GrpcH2Connection, call: H2Call, payload: Message | None) -> None:
     """Run the call's handler and answer on `connection` with its response (or status).
     `payload` is a unary request's message; streaming requests come from call.requests."""
     handler, context = call.handler, call.context
@@ -128,12 +211,15 @@ async def serve(
     code, details = grpc.StatusCode.OK, ""
     try:
         if payload is not None:
+            compressed, message = payload
+            if compressed:
+                message = await inflate(call.encoding, message, connection.message_limit_bytes)
             try:
-                request: Any = handler.request_deserializer(payload)
+                request: Any = handler.request_deserializer(message)
             except Exception:
                 raise CallFailed(grpc.StatusCode.INTERNAL, DESERIALIZE_FAILED) from None
         else:
-            request = request_iterator(call)
+            request = request_iterator(connection, call)
         if handler.unary_unary is not None or handler.stream_unary is not None:
             behaviour = handler.unary_unary or handler.stream_unary
             response = await behaviour(request, context)
@@ -167,12 +253,17 @@ async def serve(
     connection.end_call(call, code, details, context.trailing_metadata())
 
 
-async def request_iterator(call: H2Call) -> AsyncIterator[Any]:
+async def request_iterator(connection: GrpcH2Connection, call: H2Call) -> AsyncIterator[Any]:
     assert call.requests is not None
     while True:
-        message = await call.requests.get()
-        if message is END_OF_REQUESTS:
+        item = await call.requests.get()
+        if item is END_OF_REQUESTS:
             return
+        compressed, message = item
+        # Taken by the handler: the stream's window gets these bytes back.
+        connection.request_taken(call, 5 + len(message))
+        if compressed:
+            message = await inflate(call.encoding, message, connection.message_limit_bytes)
         try:
             yield call.handler.request_deserializer(message)
         except Exception:

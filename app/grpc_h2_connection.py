@@ -1,11 +1,14 @@
 """One client connection of tfgate's HTTP/2 gRPC server: frames in, frames out.
 
 Data path position: under app/grpc_h2_server.py (which accepts connections) and above
-app/grpc_h2_call.py (which runs each call's servicer). GrpcH2Connection parses the frames
-a client sends (RFC 9113), opens an H2Call per stream, keeps both directions of flow
-control, and writes each call's response as HEADERS, DATA and trailers (or one trailers-only
-HEADERS for an error). It also enforces the call deadline (grpc-timeout) and the server's
-concurrent call cap, and ends with GOAWAY at shutdown.
+app/grpc_h2_call.py (which runs each call's servicer). GrpcH2Connection cuts the bytes a
+client sends into frames (RFC 9113) and hands them to its base class InboundFrames
+(app/grpc_h2_inbound.py: checks, flow control, flood guards); here it opens an H2Call per
+stream, feeds streaming handlers through a bounded queue, and writes each call's response
+as HEADERS, DATA and trailers (or one trailers-only HEADERS for an error), pausing reading
+while the client does not read. It also enforces the call deadline (grpc-timeout), the
+server's concurrent call cap, the handshake and idle timeouts and the connection cap, and
+ends with GOAWAY at shutdown.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import hpack
 
 from app import h2_frames as h2
 from app.grpc_h2_call import (
@@ -29,6 +31,24 @@ from app.grpc_h2_call import (
     take_messages,
 )
 from app.grpc_h2_context import CallContext, call_metadata, parse_grpc_timeout, peer_name
+from app.grpc_h2_inbound import (
+    MAX_FRAME_BYTES,
+    MAX_HEADER_LIST_BYTES,
+    STREAM_WINDOW_BYTES,
+    InboundFrames,
+    ProtocolError,
+)
+from app.grpc_h2_limits import (
+    CONNECTION_WINDOW_BYTES,
+    CONTROL_BURST,
+    CONTROL_FRAMES_PER_SECOND,
+    OUTPUT_HIGH_WATER_BYTES,
+    OUTPUT_LOW_WATER_BYTES,
+    REQUEST_QUEUE_MESSAGES,
+    RESET_BURST,
+    RESETS_PER_SECOND,
+    Budget,
+)
 from app.grpc_h2_replies import (
     DEADLINE_EXCEEDED,
     GRPC_CONTENT_TYPE,
@@ -44,69 +64,98 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tfgate.grpc")
 
-# The receive window each stream starts with, and how much a connection reads before it
-# returns credit: large, so a 64 kB request never waits for a WINDOW_UPDATE.
-STREAM_WINDOW_BYTES = 8 << 20
-CONNECTION_CREDIT_BYTES = 1 << 20
-MAX_FRAME_BYTES = 1 << 20  # advertised: a 64 kB request arrives in one DATA frame
-# A request's header block, compressed and decoded (grpc's own hard limit is 16 KiB):
-# enough for any metadata, and bounded so a CONTINUATION flood cannot grow without end.
-MAX_HEADER_BLOCK_BYTES = 64 << 10
-MAX_HEADER_LIST_BYTES = 64 << 10
 
 
-class ProtocolError(Exception):
-    """The peer broke HTTP/2: the connection ends with GOAWAY(code)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class GrpcH2Connection(asyncio.Protocol):
-    """One client connection: frames in, frames out, one task per call."""
+class GrpcH2Connection(InboundFrames, asyncio.Protocol):
+    """One client connection: frames in (InboundFrames), frames out, one task per call."""
 
     def __init__(self, server: GrpcH2Server) -> None:
         self.server = server
+        self.limits = server.limits
+        self.message_limit_bytes = server.limits.max_receive_message_bytes
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.peer = ""
         self.buffer = bytearray()
         self.preface_seen = False
+        self.settings_seen = False  # the client's first frame must be SETTINGS
         self.decoder = h2.HeaderDecoder(MAX_HEADER_LIST_BYTES)
         self.calls: dict[int, H2Call] = {}
         self.last_stream_id = 0
         self.send_window = h2.DEFAULT_WINDOW  # connection level, peer's credit to us
         self.peer_stream_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME_BYTES
-        self.receive_credit = 0
+        self.receive_window = CONNECTION_WINDOW_BYTES  # what the client may still send
+        self.granted = 0  # consumed bytes not yet given back to the connection window
         self.blocked: dict[int, H2Call] = {}  # calls with data waiting for window
         self.header_stream = 0  # a HEADERS block waiting for CONTINUATION frames
         self.header_flags = 0
         self.header_block = bytearray()
         self.going_away = False
+        self.writing_paused = False  # the client is not reading what we send
+        self.replies_while_paused = 0
+        self.resets = Budget(RESET_BURST, RESETS_PER_SECOND)
+        self.control_frames = Budget(CONTROL_BURST, CONTROL_FRAMES_PER_SECOND)
+        self.recently_reset: dict[int, None] = {}  # insertion-ordered, bounded
+        self.valid_blocks: dict[bytes, list[tuple[str, str]]] = {}  # checked request headers
+        self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None  # handshake, then idle timeout
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
         self.peer = peer_name(transport)
+        limits = self.limits
+        if limits.max_connections and len(self.server.connections) >= limits.max_connections:
+            # Over the cap: refused before any work, so idle sockets cannot pile up.
+            log.warning("gRPC connection from %s refused: %d connections open (the limit)",
+                        self.peer, len(self.server.connections))
+            self._close_with(h2.ENHANCE_YOUR_CALM, settings=True)
+            return
         self.server.connections.add(self)
+        self.transport.set_write_buffer_limits(OUTPUT_HIGH_WATER_BYTES, OUTPUT_LOW_WATER_BYTES)
         settings = h2.settings_payload({
+            h2.SETTINGS_MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
             h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_BYTES,
+            h2.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
         })
         self.transport.write(
             h2.frame(h2.SETTINGS, 0, 0, settings)
-            + h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.u32(h2.MAX_WINDOW - h2.DEFAULT_WINDOW))
+            + h2.frame(h2.WINDOW_UPDATE, 0, 0,
+                       h2.u32(CONNECTION_WINDOW_BYTES - h2.DEFAULT_WINDOW))
         )
+        self.idle_since = self.loop.time()
+        if limits.handshake_timeout_seconds > 0:
+            self.timer = self.loop.call_later(limits.handshake_timeout_seconds, self._too_slow)
         if self.server.closing:
             self.go_away()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
         self.server.connections.discard(self)
         for call in list(self.calls.values()):
             self._cancel(call)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we write: stop reading its requests until it
+        catches up, so neither side's bytes pile up here."""
+        self.writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.replies_while_paused = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        for call in list(self.calls.values()):  # streaming writers waiting for room
+            if call.writable is not None and not call.writable.done():
+                call.writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -133,6 +182,8 @@ class GrpcH2Connection(asyncio.Protocol):
                 start = pos + h2.FRAME_HEADER_BYTES
                 payload = bytes(buffer[start : start + length])
                 pos = start + length
+                if not self.settings_seen:
+                    self._first_frame(kind, flags)
                 self._on_frame(kind, flags, stream_id, payload)
                 if self.transport is None:
                     return
@@ -146,135 +197,40 @@ class GrpcH2Connection(asyncio.Protocol):
             return
         del buffer[:pos]
 
-    # -- frames in ------------------------------------------------------------------------
+    def _first_frame(self, kind: int, flags: int) -> None:
+        """RFC 9113 section 3.4: the preface ends with the client's SETTINGS."""
+        if kind != h2.SETTINGS or flags & h2.ACK:
+            raise ProtocolError(h2.PROTOCOL_ERROR, "first frame is not SETTINGS")
+        self.settings_seen = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._schedule_idle_check(self.limits.idle_timeout_seconds)
 
-    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.header_stream and kind != h2.CONTINUATION:
-            raise ProtocolError(h2.PROTOCOL_ERROR, "header block interrupted")
-        if kind == h2.DATA:
-            self._on_data(flags, stream_id, payload)
-        elif kind == h2.HEADERS:
-            if stream_id == 0:
-                raise ProtocolError(h2.PROTOCOL_ERROR, "HEADERS on stream 0")
-            payload = _strip(flags, payload)
-            if flags & h2.PRIORITY:
-                payload = payload[5:]
-            if len(payload) > MAX_HEADER_BLOCK_BYTES:
-                raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header block too large")
-            if flags & h2.END_HEADERS:  # the usual case: the whole block in one frame
-                self._on_header_block(stream_id, flags, payload)
-            else:
-                self.header_stream, self.header_flags = stream_id, flags
-                self.header_block = bytearray(payload)
-        elif kind == h2.CONTINUATION:
-            if stream_id != self.header_stream or not stream_id:
-                raise ProtocolError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
-            self.header_block += payload
-            if len(self.header_block) > MAX_HEADER_BLOCK_BYTES:
-                raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header block too large")
-            if flags & h2.END_HEADERS:
-                block, self.header_block = bytes(self.header_block), bytearray()
-                self.header_stream = 0
-                self._on_header_block(stream_id, self.header_flags, block)
-        elif kind == h2.WINDOW_UPDATE:
-            self._on_window_update(stream_id, payload)
-        elif kind == h2.SETTINGS:
-            if not flags & h2.ACK:
-                self._on_settings(payload)
-        elif kind == h2.PING:
-            if len(payload) != 8:
-                raise ProtocolError(h2.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
-            if not flags & h2.ACK:
-                self._write(h2.frame(h2.PING, h2.ACK, 0, payload))
-        elif kind == h2.RST_STREAM:
-            call = self.calls.get(stream_id)
-            if call is not None:
-                self._cancel(call)
-        elif kind == h2.PUSH_PROMISE:
-            raise ProtocolError(h2.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        # GOAWAY from the client: its open calls still get their answers; PRIORITY and
-        # unknown frame types are ignored (RFC 9113 section 5.5).
+    # -- timers ---------------------------------------------------------------------------
 
-    def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        # Always decoded: hpack's dynamic table must follow every block.
-        try:
-            headers = self.decoder.decode(block)
-        except hpack.HPACKError as exc:
-            raise ProtocolError(h2.COMPRESSION_ERROR, f"header block: {exc}") from None
-        call = self.calls.get(stream_id)
-        if call is not None:  # trailers from the client end its request
-            if flags & h2.END_STREAM:
-                self._end_of_request(call)
+    def _too_slow(self) -> None:
+        log.debug("gRPC connection from %s: no HTTP/2 preface in time; closing it", self.peer)
+        self._close_with(h2.NO_ERROR, goaway=self.preface_seen)
+
+    def _schedule_idle_check(self, delay_seconds: float) -> None:
+        if self.limits.idle_timeout_seconds > 0 and self.loop is not None:
+            self.timer = self.loop.call_later(delay_seconds, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """grpc's max_connection_idle: a connection with no call open for the idle timeout
+        is sent GOAWAY and closed (PINGs do not keep it open)."""
+        if self.transport is None or self.loop is None:
             return
-        if stream_id <= self.last_stream_id or not stream_id % 2:
-            if stream_id > self.last_stream_id:
-                raise ProtocolError(h2.PROTOCOL_ERROR, f"even stream id {stream_id}")
-            return  # a stream this side already closed
-        self.last_stream_id = stream_id
-        if self.going_away:
-            self._write(h2.frame(h2.RST_STREAM, 0, stream_id, h2.u32(h2.REFUSED_STREAM)))
+        idle_seconds = self.limits.idle_timeout_seconds
+        if self.calls:
+            self._schedule_idle_check(idle_seconds)
             return
-        self._start_call(stream_id, headers, bool(flags & h2.END_STREAM))
-
-    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise ProtocolError(h2.PROTOCOL_ERROR, "DATA on stream 0")
-        self.receive_credit += len(payload)
-        if self.receive_credit >= CONNECTION_CREDIT_BYTES:
-            self._write(h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.u32(self.receive_credit)))
-            self.receive_credit = 0
-        call = self.calls.get(stream_id)
-        if call is None or call.remote_closed:
-            if stream_id > self.last_stream_id:
-                raise ProtocolError(h2.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
-            return  # a call already answered or cancelled: its remaining data is dropped
-        data = _strip(flags, payload)
-        if flags & h2.END_STREAM:
-            self._end_of_request(call, data)
+        left_seconds = self.idle_since + idle_seconds - self.loop.time()
+        if left_seconds > 0:
+            self._schedule_idle_check(left_seconds)
             return
-        call.body += data
-        call.receive_credit += len(payload)
-        if call.receive_credit >= STREAM_WINDOW_BYTES // 2:
-            self._write(h2.frame(h2.WINDOW_UPDATE, 0, stream_id, h2.u32(call.receive_credit)))
-            call.receive_credit = 0
-        if call.requests is not None:
-            self._queue_requests(call)
-
-    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ProtocolError(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE payload is not 4 bytes")
-        increment = int.from_bytes(payload, "big") & h2.MAX_WINDOW
-        if stream_id == 0:
-            self.send_window += increment
-            if self.send_window > h2.MAX_WINDOW:
-                raise ProtocolError(h2.FLOW_CONTROL_ERROR, "connection window overflow")
-            for call in list(self.blocked.values()):
-                self._flush(call)
-        elif (call := self.calls.get(stream_id)) is not None:
-            call.send_window += increment
-            if stream_id in self.blocked:
-                self._flush(call)
-
-    def _on_settings(self, payload: bytes) -> None:
-        try:
-            settings = h2.parse_settings(payload)
-        except ValueError as exc:
-            raise ProtocolError(h2.FRAME_SIZE_ERROR, str(exc)) from None
-        for key, value in settings:
-            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > h2.MAX_WINDOW:
-                    raise ProtocolError(h2.FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self.peer_stream_window
-                self.peer_stream_window = value
-                for call in self.calls.values():
-                    call.send_window += delta
-            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
-                if not h2.DEFAULT_MAX_FRAME_BYTES <= value <= 2**24 - 1:
-                    raise ProtocolError(h2.PROTOCOL_ERROR, f"max frame size {value}")
-                self.peer_max_frame = value
-        self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
-        for call in list(self.blocked.values()):
-            self._flush(call)
+        log.debug("gRPC connection from %s idle for %ss; closing it", self.peer, idle_seconds)
+        self.go_away()
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -298,11 +254,11 @@ class GrpcH2Connection(asyncio.Protocol):
             # Not a gRPC request: HTTP's answer, as gRPC servers give it.
             block = h2.literal_block([(":status", "415"), ("content-type", "text/plain")])
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
-            if not end:
-                self._write(h2.frame(h2.RST_STREAM, 0, stream_id, h2.u32(h2.NO_ERROR)))
+            if not end:  # its DATA may still come: ignored, not a protocol error
+                self._reset_stream(stream_id, h2.NO_ERROR)
             return
         server = self.server
-        call = H2Call(stream_id, self.peer_stream_window, encoding)
+        call = H2Call(stream_id, self.peer_stream_window, STREAM_WINDOW_BYTES, encoding)
         call.remote_closed = end
         self.calls[stream_id] = call
         server.active_calls += 1
@@ -329,7 +285,7 @@ class GrpcH2Connection(asyncio.Protocol):
             call.requests = asyncio.Queue()
             call.task = loop.create_task(serve(self, call, None))
             if end:
-                call.requests.put_nowait(END_OF_REQUESTS)
+                self._queue_requests(call)
         elif end:
             self._end_of_request(call)
 
@@ -341,9 +297,7 @@ class GrpcH2Connection(asyncio.Protocol):
         if call.ended:
             return
         if call.requests is not None:
-            call.body += last
             self._queue_requests(call)
-            call.requests.put_nowait(END_OF_REQUESTS)
             return
         if call.body:
             call.body += last
@@ -351,7 +305,7 @@ class GrpcH2Connection(asyncio.Protocol):
         else:
             data = last
         try:
-            messages, used = take_messages(data, call.encoding)
+            messages, used = take_messages(data, self.message_limit_bytes)
             if len(messages) != 1 or used != len(data):
                 raise CallFailed(grpc.StatusCode.INTERNAL,
                                  f"Expected one request message, got {len(messages)}")
@@ -361,25 +315,42 @@ class GrpcH2Connection(asyncio.Protocol):
         call.task = asyncio.get_running_loop().create_task(serve(self, call, messages[0]))
 
     def _queue_requests(self, call: H2Call) -> None:
-        assert call.requests is not None
+        """Move a streaming call's complete request messages from its buffer to its queue,
+        while the queue has room; window goes back to the client only then, so a handler
+        that does not keep up holds the client back instead of filling memory."""
+        requests = call.requests
+        assert requests is not None
+        room = REQUEST_QUEUE_MESSAGES - requests.qsize()
+        if room <= 0 or call.queued_bytes >= STREAM_WINDOW_BYTES:
+            return
         try:
-            messages, used = take_messages(call.body, call.encoding)
-            for message in messages:
-                call.requests.put_nowait(bytes(message))
-                if isinstance(message, memoryview):
-                    message.release()  # the body must be free to shrink
-            del call.body[:used]
+            messages, used = take_messages(call.body, self.message_limit_bytes, room)
         except CallFailed as exc:
             self.end_call(call, exc.code, exc.details)
             if call.task is not None:
                 call.task.cancel()  # its handler waits for requests that will not come
+            return
+        for compressed, view in messages:
+            message = bytes(view)
+            view.release()  # the body must be free to shrink
+            call.queued_bytes += 5 + len(message)
+            requests.put_nowait((compressed, message))
+        del call.body[:used]
+        if call.remote_closed and len(messages) < room and not call.end_queued:
+            call.end_queued = True  # whatever is left is not a whole message: ignored
+            requests.put_nowait(END_OF_REQUESTS)
+        if requests.qsize() < REQUEST_QUEUE_MESSAGES and call.queued_bytes < STREAM_WINDOW_BYTES:
+            self._grant(call, call.held)
+            call.held = 0
 
     async def write_message(self, call: H2Call, message: Any) -> None:
         """A streamed response message; waits while the peer's window holds it back."""
         if call.ended:
             raise asyncio.CancelledError()
         self.send_message(call, call.handler.response_serializer(message))
-        while call.outbox and not call.ended:
+        # Also while the client is not reading: a stream it never reads must not fill
+        # memory with replies (resume_writing() wakes the writer).
+        while (call.outbox or self.writing_paused) and not call.ended:
             call.writable = asyncio.get_running_loop().create_future()
             await call.writable
 
@@ -445,6 +416,7 @@ class GrpcH2Connection(asyncio.Protocol):
                 chunks += header_frames(call.stream_id, call.trailers, self.peer_max_frame)
                 if not call.remote_closed:  # the client may stop sending (gRPC's HTTP/2 spec)
                     chunks.append(h2.frame(h2.RST_STREAM, 0, call.stream_id, h2.u32(h2.NO_ERROR)))
+                    self._remember_reset(call.stream_id)
                 transport.writelines(chunks)
                 self._release(call)  # after the write: releasing may close the connection
                 return
@@ -454,8 +426,14 @@ class GrpcH2Connection(asyncio.Protocol):
     def _release(self, call: H2Call) -> None:
         if self.calls.pop(call.stream_id, None) is not None:
             self.server.active_calls -= 1
+            if not self.calls and self.loop is not None:
+                self.idle_since = self.loop.time()
         self.blocked.pop(call.stream_id, None)
         call.outbox.clear()
+        # Bytes the client sent that were never consumed still count in the connection's
+        # window: given back, or a connection would shrink with every abandoned stream.
+        self._grant_connection(call.held)
+        call.held = 0
         if call.writable is not None and not call.writable.done():
             call.writable.set_result(None)
         # The context's writer refers back to the call: without this, every call (with its
@@ -513,20 +491,15 @@ class GrpcH2Connection(asyncio.Protocol):
             self._end_now(call, grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
         self._close_with(h2.NO_ERROR, goaway=not self.going_away)
 
-    def _close_with(self, code: int, *, goaway: bool = True) -> None:
+    def _close_with(self, code: int, *, goaway: bool = True, settings: bool = False) -> None:
+        """GOAWAY(code) (after our SETTINGS when none were sent yet), then close."""
         if self.transport is None:
             return
         if goaway:
             with contextlib.suppress(Exception):
-                self.transport.write(self._goaway(code))
+                head = h2.frame(h2.SETTINGS, 0, 0) if settings else b""
+                self.transport.write(head + self._goaway(code))
         self.transport.close()
 
     def _goaway(self, code: int) -> bytes:
         return h2.frame(h2.GOAWAY, 0, 0, h2.u32(self.last_stream_id) + h2.u32(code))
-
-
-def _strip(flags: int, payload: bytes) -> bytes:
-    try:
-        return h2.strip_padding(flags, payload)
-    except ValueError as exc:
-        raise ProtocolError(h2.PROTOCOL_ERROR, str(exc)) from None

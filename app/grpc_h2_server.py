@@ -17,7 +17,12 @@ both directions, CONTINUATION, PING, RST_STREAM (cancels the handler), GOAWAY on
 with a grace period, grpc-timeout deadlines (DEADLINE_EXCEEDED, handler cancelled),
 gzip/deflate request messages, binary metadata, trailers-only errors, unary and streaming
 handlers (reflection streams both ways, health Watch streams replies), and a cap on
-concurrent calls (--grpc_max_threads). Not here: grpc core's channel arguments (with
+concurrent calls (--grpc_max_threads). Against hostile clients (app/grpc_h2_limits.py):
+a connection cap, handshake and idle timeouts, MAX_CONCURRENT_STREAMS, the receive message
+limit checked on each length prefix, capped decompression off the loop, credit returned
+only for consumed bytes, reading paused while the client does not read, budgets for resets
+(Rapid Reset) and control frames (ENHANCE_YOUR_CALM), RFC 9113's connection and stream
+errors. Not here: grpc core's channel arguments (with
 --grpc_channel_arguments tfgate serves with grpc.aio instead).
 """
 
@@ -33,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from app.grpc_h2_connection import GrpcH2Connection
+from app.grpc_h2_limits import H2Limits
 
 
 class _CallDetails(NamedTuple):
@@ -84,8 +90,11 @@ def _with_serializers(handler: Any) -> Any:
 class GrpcH2Server:
     """The listeners, the method registry, and the open connections (for shutdown)."""
 
-    def __init__(self, max_concurrent_calls: int | None = None) -> None:
+    def __init__(
+        self, max_concurrent_calls: int | None = None, limits: H2Limits | None = None
+    ) -> None:
         self.registry = MethodRegistry()
+        self.limits = limits or H2Limits()
         self.max_concurrent_calls = max_concurrent_calls or 0
         self.active_calls = 0
         self.connections: set[GrpcH2Connection] = set()
@@ -104,22 +113,23 @@ class GrpcH2Server:
     async def listen(self, address: str, ssl_context: ssl.SSLContext | None) -> None:
         """Listen on "host:port", "[v6]:port" or "unix:path"; OSError when it cannot."""
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {"ssl": ssl_context}
+        if ssl_context is not None and self.limits.handshake_timeout_seconds > 0:
+            tls["ssl_handshake_timeout"] = self.limits.handshake_timeout_seconds
         if address.startswith("unix:"):
             path = address[len("unix:"):]
             listener = await loop.create_unix_server(
-                lambda: GrpcH2Connection(self), path, ssl=ssl_context)
+                lambda: GrpcH2Connection(self), path, **tls)
             self.socket_paths.append(path)
         else:
             host, _, port = address.rpartition(":")
             host = host.strip("[]")
             if host == "::":  # as grpc listens on [::]: IPv4 clients too
                 listener = await loop.create_server(
-                    lambda: GrpcH2Connection(self), sock=_dual_stack_socket(int(port)),
-                    ssl=ssl_context)
+                    lambda: GrpcH2Connection(self), sock=_dual_stack_socket(int(port)), **tls)
             else:
                 listener = await loop.create_server(
-                    lambda: GrpcH2Connection(self), host, int(port),
-                    ssl=ssl_context, reuse_address=True)
+                    lambda: GrpcH2Connection(self), host, int(port), reuse_address=True, **tls)
         self.listeners.append(listener)
 
     def call_released(self) -> None:

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from app import model_config
 from app.errors import StartupError
 from app.grpc_admin import AdminServicer
+from app.grpc_h2_limits import H2Limits
 from app.grpc_h2_server import GrpcH2Server
 from app.grpc_services import ModelServicer, PredictionServicer
 from app.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -273,9 +274,25 @@ async def start(server: Server) -> grpc.aio.Server | GrpcH2Server:
     return grpc_server
 
 
+def h2_limits(settings: Settings) -> H2Limits:
+    """The h2 server's limits from the flags; its receive message limit is the one grpc.aio
+    serves with (server_options()), so both transports refuse the same messages."""
+    receive_bytes = dict(server_options(settings))["grpc.max_receive_message_length"]
+    return H2Limits(
+        max_connections=settings.grpc_max_connections,
+        idle_timeout_seconds=settings.grpc_idle_timeout_seconds,
+        handshake_timeout_seconds=settings.grpc_handshake_timeout_seconds,
+        max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        max_receive_message_bytes=(
+            receive_bytes if isinstance(receive_bytes, int) and receive_bytes >= 0
+            else INT32_MAX
+        ),
+    )
+
+
 async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2Server:
     settings = server.settings
-    h2_server = GrpcH2Server(max_concurrent_calls=max(0, settings.grpc_max_threads))
+    h2_server = GrpcH2Server(max(0, settings.grpc_max_threads), h2_limits(settings))
     health = _add_health_and_reflection(settings, h2_server, _add_servicers(server, h2_server))
     context = server_ssl_context(settings.ssl_config_file)
     for address, _ in addresses:

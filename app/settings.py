@@ -219,6 +219,13 @@ FLAGS: tuple[Flag, ...] = (
         "tfgate: h2 (tfgate's asyncio HTTP/2 gRPC server) or grpcio (grpc.aio); "
         "--grpc_channel_arguments implies grpcio.",
     ),
+    Flag(
+        "grpc_max_concurrent_streams",
+        int,
+        256,
+        "tfgate: HTTP/2 MAX_CONCURRENT_STREAMS the h2 gRPC server advertises and enforces per "
+        "connection (streams beyond it: RST_STREAM REFUSED_STREAM).",
+    ),
     Flag("log_format", str, "text", "tfgate: text or json."),
     Flag(
         "cache_url",
@@ -407,6 +414,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--grpc_implementation must be h2 or grpcio")
     if flags["metrics_path"] and not flags["metrics_path"].startswith("/"):
         raise SettingsError("--metrics_path must be empty or start with /")
+    if not 1 <= flags["grpc_max_concurrent_streams"] <= 2**31 - 1:
+        raise SettingsError("--grpc_max_concurrent_streams must be between 1 and 2147483647")
     if flags["log_format"] not in ("text", "json"):
         raise SettingsError("--log_format must be text or json")
     if flags["max_request_tensor_bytes"] < 0:

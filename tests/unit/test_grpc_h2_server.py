@@ -674,9 +674,9 @@ async def test_compressed_requests_decode(
     encodings: list[str] = []
     decompress = grpc_h2_call.decompress
 
-    def spy(encoding: str, message: bytes) -> bytes:
+    def spy(encoding: str, message: bytes, *limit: int) -> bytes:
         encodings.append(encoding)
-        return decompress(encoding, message)
+        return decompress(encoding, message, *limit)
 
     monkeypatch.setattr(grpc_h2_call, "decompress", spy)
     request = b"compress me " * 50_000 + os.urandom(1000)

@@ -237,3 +237,31 @@ def test_metrics_path_flag_and_toml(tmp_path: pathlib.Path) -> None:
     assert load_settings([f"--config={config}", "--model_base_path=/m"]).metrics_path == ""
     with pytest.raises(SettingsError, match="--metrics_path must be empty or start with /"):
         load_settings(["--model_base_path=/m", "--metrics_path=metrics"])
+
+
+def test_grpc_transport_limits_flags() -> None:
+    from app.grpc_server import MESSAGE_HEADROOM_BYTES, h2_limits
+
+    settings = load_settings(["--model_base_path=/m", "--grpc_max_connections=10",
+                      "--grpc_idle_timeout_seconds=1.5", "--grpc_handshake_timeout_seconds=2",
+                      "--grpc_max_concurrent_streams=7"])
+    limits = h2_limits(settings)
+    assert (limits.max_connections, limits.idle_timeout_seconds,
+            limits.handshake_timeout_seconds, limits.max_concurrent_streams) == (10, 1.5, 2.0, 7)
+    # the receive limit grpc.aio serves with: the request tensor limit (the 64 MiB arena by
+    # default) plus headroom for the rest of the message
+    assert limits.max_receive_message_bytes == (64 << 20) + MESSAGE_HEADROOM_BYTES
+    defaults = h2_limits(load_settings(["--model_base_path=/m"]))
+    assert (defaults.max_connections, defaults.idle_timeout_seconds,
+            defaults.handshake_timeout_seconds, defaults.max_concurrent_streams) == (
+        4096, 300.0, 10.0, 256)
+
+
+@pytest.mark.parametrize("flag", [
+    "--grpc_max_connections=-1", "--grpc_max_connections=0", "--grpc_idle_timeout_seconds=-1",
+    "--grpc_handshake_timeout_seconds=-0.5", "--grpc_handshake_timeout_seconds=0",
+    "--grpc_max_concurrent_streams=0",
+])
+def test_grpc_transport_limits_are_validated(flag: str) -> None:
+    with pytest.raises(SettingsError, match="--grpc_"):
+        load_settings(["--model_base_path=/m", flag])
