@@ -261,6 +261,34 @@ def test_dockerfile_copies_only_what_dockerignore_lets_through(
                 assert (ROOT / source).exists(), source
 
 
+def image_import_check(instructions: list[tuple[str, str]]) -> list[str]:
+    """The command that Dockerfile.gpu's build runs after installing the package to prove
+    the server's modules import (tests/integration/test_production_install.py runs it too)."""
+    (install,) = [a for k, a in instructions if k == "RUN" and "--no-deps" in a]
+    checks = [part.strip() for part in install.split("&&") if part.strip().startswith("python -I")]
+    assert len(checks) == 1, f"no single `python -I -B -c ...` import check in: {install}"
+    return shlex.split(checks[0])
+
+
+def test_dockerfile_build_imports_the_server(dockerfile: list[tuple[str, str]]) -> None:
+    # `--version` returns before app.main is imported: the image once built without hpack
+    # and could not start. The check must reach app.main and both gRPC transports; run here
+    # on this tree (without -I, which would import the installed package instead).
+    command = image_import_check(dockerfile)
+    assert command[:4] == ["python", "-I", "-B", "-c"], command
+    code = command[4]
+    assert "import app.main" in code and "walk_packages" in code
+    result = subprocess.run(
+        [sys.executable, "-B", "-c", code + "; import sys; print(sorted(m for m in sys.modules"
+         " if m.startswith('app.grpc')))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "modules import" in result.stdout
+    for module in ("app.grpc_server", "app.grpc_h2_server", "app.grpc_services"):
+        assert f"'{module}'" in result.stdout, result.stdout
+
+
 # --- the entrypoint ---------------------------------------------------------------------
 
 
