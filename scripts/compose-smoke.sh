@@ -204,7 +204,7 @@ log "build $TFGATE_SMOKE_IMAGE from Dockerfile.gpu (BASE_IMAGE=$TFGATE_SMOKE_BAS
 CREATED_IMAGES+=("$TFGATE_SMOKE_IMAGE")
 compose build tfgate-cpu >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; die "build"; }
 grep -E "^Step [0-9]+/[0-9]+ : |Successfully (built|tagged)|TensorFlow ModelServer: |tfgate: [0-9]+ modules import" \
-  "$WORK/build.log" | sed 's/^/    /' | cut -c1-150
+  "$WORK/build.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' | cut -c1-150
 log "image size $("$DOCKER" image inspect -f '{{.Size}}' "$TFGATE_SMOKE_IMAGE" | awk '{printf "%d MB", $1/1e6}')"
 
 # --- 5. the compose stack ------------------------------------------------------------------
