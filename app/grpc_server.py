@@ -7,9 +7,10 @@ server the way TF Serving's server.cc does: listening addresses, INT32_MAX messa
 grpc.health.v1 behind --enable_grpc_healthcheck_service, and server reflection (always on;
 a tfgate addition).
 
-Two servers carry the same servicers: tfgate's own HTTP/2 one (app/grpc_h2_server.py, the
-default: it costs a fraction of grpc.aio's CPU per call) and grpc.aio
-(--grpc_implementation=grpcio). --grpc_channel_arguments are grpc core's, so they select
+Two servers carry the same servicers: grpc.aio (the default, on gRPC's C core) and tfgate's
+own HTTP/2 one (app/grpc_h2_server.py, --grpc_implementation=h2: it costs a fraction of
+grpc.aio's CPU per call, but is experimental and not yet hardened against hostile clients, so
+it is for trusted networks only). --grpc_channel_arguments are grpc core's, so they select
 grpc.aio.
 """
 
@@ -269,6 +270,10 @@ async def start(server: Server) -> grpc.aio.Server | GrpcH2Server:
         log.info("gRPC served by grpc.aio (%s)", why)
     else:
         grpc_server = await _start_h2(server, addresses)
+        log.warning(
+            "gRPC served by tfgate's HTTP/2 server (--grpc_implementation=h2): experimental, "
+            "for trusted networks only"
+        )
     for _, description in addresses:
         log.info("Running gRPC ModelServer at %s ...", description)
     return grpc_server

@@ -215,9 +215,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "grpc_implementation",
         str,
-        "h2",
-        "tfgate: h2 (tfgate's asyncio HTTP/2 gRPC server) or grpcio (grpc.aio); "
-        "--grpc_channel_arguments implies grpcio.",
+        "grpcio",
+        "tfgate: grpcio (grpc.aio, on gRPC's C core) or h2 (tfgate's asyncio HTTP/2 gRPC "
+        "server: experimental, for trusted networks only); --grpc_channel_arguments implies "
+        "grpcio.",
     ),
     Flag(
         "grpc_max_concurrent_streams",

@@ -11,9 +11,10 @@ import math
 import os
 import pathlib
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from app.settings import FLAGS
 from bench.report import Key, Median
 from bench.stats import LevelResult
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from bench.suite import SuiteResults
 
 ANALYSIS = pathlib.Path(__file__).resolve().parent / "analysis.md"
+FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
 # Sections written by separate benchmark runs (kept when regenerating), in this order:
 # bench/protocols.py (REST vs gRPC), bench/cache_bench.py (cache), bench/hotswap.py.
 SECTIONS = [
@@ -33,6 +35,17 @@ LABELS = {("tfgate", "rest"): "tfgate REST", ("tfgate", "grpc"): "tfgate gRPC",
           ("naive", "rest"): "naive", ("bentoml", "rest"): "BentoML",
           ("constant", "rest"): "constant REST", ("constant", "grpc"): "constant gRPC"}
 
+
+
+def grpc_transport(tfgate_args: Sequence[str]) -> str:
+    """Which gRPC server tfgate ran with: the last --grpc_implementation, else the default."""
+    chosen = [a.split("=", 1)[1] for a in tfgate_args if a.startswith("--grpc_implementation=")]
+    name = chosen[-1] if chosen else FLAG_DEFAULTS["grpc_implementation"]
+    described = {
+        "grpcio": "grpc.aio (`--grpc_implementation=grpcio`)",
+        "h2": "tfgate's own HTTP/2 server (`--grpc_implementation=h2`, experimental)",
+    }.get(name, f"`--grpc_implementation={name}`")
+    return described if chosen else f"{described}, the default"
 
 def inprocess_by_size(results: SuiteResults, model: str) -> dict[int, float]:
     return {r["batch_size"]: r["rows_per_second"] for r in results.inprocess
@@ -199,6 +212,7 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
             "--enable_batching", "--batching_parameters_file=bench/batching_parameters.pbtxt",
             "--config=bench/tfgate.toml", *results.tfgate_args,
         ]) + "`",
+        f"- tfgate's gRPC transport: {grpc_transport(results.tfgate_args)}",
         "- The in-process limit uses the TF session setting tfgate's workers get by default "
         "(idle TF threads sleep: `experimental.disable_thread_spinning`); on this machine it "
         "runs faster so than with TF's spinning default (bench/analysis.md).",
@@ -210,7 +224,8 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         "- Ceilings: `constant REST` and `constant gRPC` are one uvicorn + grpc.aio process "
         "(bench/baselines/fastapi_servers.py) that reads each request and sends a fixed reply "
         "without running a model: the most a Python HTTP or grpc.aio front does on these cores "
-        "(tfgate's gRPC is its own HTTP/2 server, so it can pass the gRPC one).",
+        "(with `--grpc_implementation=h2` tfgate's gRPC is its own HTTP/2 server, so it can "
+        "pass the gRPC one).",
         "- Load: bench/loadgen.py, closed loop (N requests always outstanding, one per "
         "keep-alive connection; gRPC: N concurrent unary calls over raw HTTP/2 "
         "(bench/grpc_h2.py, ~100 us of client CPU per 64-row call where grpc.aio's client "

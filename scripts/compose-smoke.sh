@@ -4,13 +4,14 @@
 #   1. installs Debian's docker.io, docker-compose and debootstrap (apt-get, as root);
 #   2. starts a private dockerd (--bridge=none, no iptables; own socket, data and exec roots;
 #      overlay2, else vfs) in the background and records its PID;
-#   3. debootstraps a minimal Debian (python3 + venv) from the mirror apt uses here and
+#   3. debootstraps a minimal Debian (python3 + venv) from the mirror in this machine's apt
+#      sources (none there: it fails) and
 #      `docker import`s it as the base image (TensorFlow's image cannot be pulled);
 #   4. builds Debian's redis-server as the redis image and the tfgate image through compose;
 #   5. brings up redis, the demo-model init step and tfgate-cpu on the host network
 #      (127.0.0.1), sends a REST and a gRPC predict (the official Python client from .venv);
-#   6. runs the image the way TF Serving's is run (MODEL_NAME, extra flags), predicts, and
-#      stops it with SIGTERM (exit status 0 expected);
+#   6. runs the image the way TF Serving's is run (MODEL_NAME, extra flags), sends a REST and a
+#      gRPC predict, and stops it with SIGTERM (exit status 0 expected);
 #   7. compose down -v, removes the images it built, stops its dockerd by PID, deletes its
 #      work directory (TFGATE_SMOKE_KEEP=1 keeps the work directory for a look).
 # Usage (as root): scripts/compose-smoke.sh    Output: docs/deploy.md, "Compose smoke run".
@@ -149,17 +150,10 @@ start_dockerd overlay2 || start_dockerd vfs || die "dockerd does not run here (l
 log "dockerd pid $DOCKERD_PID, storage driver $("$DOCKER" info --format '{{.Driver}}'), bridge none"
 
 # --- 3. base image: debootstrap + docker import ------------------------------------------
-mirror=$(
-  { cat /etc/apt/sources.list.d/*.sources 2>/dev/null; echo; } | awk '
-    /^URIs:/ { uri = $2 }
-    /^$/ { if (uri != "" && uri !~ /security/) { print uri; exit } uri = "" }'
-)
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-    | sed -e 's/\[[^]]*\]//' | awk '$1 == "deb" && $2 !~ /security/ { print $2; exit }')
-fi
-mirror=${mirror:-http://deb.debian.org/debian}
-log "debootstrap bookworm (minbase + python3, python3-venv) from $mirror"
+# The Debian mirror is the one this machine's apt uses, read from its own sources by
+# scripts/apt_mirror.py; no mirror is built in, so a machine without one fails here.
+mirror=$(python3 scripts/apt_mirror.py bookworm) || die "debootstrap needs a Debian mirror"
+log "debootstrap bookworm (minbase + python3, python3-venv) from the mirror in the apt sources"
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
   bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
   || { tail -n 20 "$WORK/debootstrap.log"; die "debootstrap"; }
@@ -209,7 +203,8 @@ EOF
 log "build $TFGATE_SMOKE_IMAGE from Dockerfile.gpu (BASE_IMAGE=$TFGATE_SMOKE_BASE_IMAGE)"
 CREATED_IMAGES+=("$TFGATE_SMOKE_IMAGE")
 compose build tfgate-cpu >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; die "build"; }
-grep -E "^Step [0-9]+/[0-9]+ : |Successfully (built|tagged)" "$WORK/build.log" | sed 's/^/    /' | cut -c1-150
+grep -E "^Step [0-9]+/[0-9]+ : |Successfully (built|tagged)|TensorFlow ModelServer: |tfgate: [0-9]+ modules import" \
+  "$WORK/build.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' | cut -c1-150
 log "image size $("$DOCKER" image inspect -f '{{.Size}}' "$TFGATE_SMOKE_IMAGE" | awk '{printf "%d MB", $1/1e6}')"
 
 # --- 5. the compose stack ------------------------------------------------------------------
@@ -228,12 +223,13 @@ for _ in $(seq 200); do
 done
 [ "$health" = running/healthy ] || die "tfgate-cpu not healthy in time: $health"
 log "tfgate-cpu is $health (docker HEALTHCHECK on /readyz)"
-compose ps 2>&1 | sed 's/^/    /'
+COLUMNS=120 compose ps 2>&1 | sed 's/^/    /'
+"$DOCKER" logs "$cid" 2>&1 | grep -m1 "gRPC served by" | cut -c1-160 | sed 's/^/    /' || true
 
 log "REST and gRPC predictions against the compose stack"
 # (TensorFlow's start-up chatter on stderr filtered out; errors still show)
 TF_CPP_MIN_LOG_LEVEL=3 "$PY" - "$TFGATE_SMOKE_REST_PORT" "$TFGATE_SMOKE_GRPC_PORT" \
-  2> >(grep -v -E 'absl::InitializeLog|cudart_stub|cpu_feature_guard|rebuild TensorFlow' >&2) <<'EOF'
+  2> >(grep -v -E 'absl::InitializeLog|cudart_stub|cpu_feature_guard|rebuild TensorFlow|oneDNN' >&2) <<'EOF'
 import json
 import sys
 import urllib.request
@@ -285,7 +281,8 @@ log "docker run $TFGATE_SMOKE_IMAGE like tensorflow/serving: MODEL_NAME=half_plu
   -e TFGATE_HEALTHCHECK_URL="http://127.0.0.1:$TFS_REST_PORT/readyz" "$TFGATE_SMOKE_IMAGE" \
   --port="$TFS_GRPC_PORT" --rest_api_port="$TFS_REST_PORT" \
   --grpc_host=127.0.0.1 --rest_api_host=127.0.0.1 >/dev/null
-"$PY" - "$TFS_REST_PORT" <<'EOF'
+TF_CPP_MIN_LOG_LEVEL=3 "$PY" - "$TFS_REST_PORT" "$TFS_GRPC_PORT" \
+  2> >(grep -v -E 'absl::InitializeLog|cudart_stub|cpu_feature_guard|rebuild TensorFlow|oneDNN' >&2) <<'EOF'
 import json
 import sys
 import time
@@ -310,6 +307,20 @@ with opener.open(base + "/v1/models/half_plus_two:predict", data=body, timeout=3
     result = json.loads(response.read())
 print("    REST predict ->", response.status, json.dumps(result))
 assert result == {"predictions": [3.5]}, result
+
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[2]}") as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([[3.0], [7.0]], dtype=tf.float32))
+    reply = stub.Predict(request, timeout=30)
+    y = tf.make_ndarray(reply.outputs["y"]).ravel().tolist()
+    print("    gRPC Predict ->", f"model_spec {reply.model_spec.name} v{reply.model_spec.version.value},", "y =", y)
+    assert y == [3.5, 5.5], y
 EOF
 # What the entrypoint ran (the image has no procps: read /proc).
 # shellcheck disable=SC2016

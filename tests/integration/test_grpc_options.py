@@ -31,8 +31,10 @@ from tests.serverproc import ServerProcess, port_open
 MAX_THREADS = 2
 
 
-@pytest.fixture(scope="module")
-def server(tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+# Both gRPC servers: grpc.aio (the default) and tfgate's HTTP/2 one, which implements the
+# concurrent-call limit, the UNIX socket and tensor_content replies on its own.
+@pytest.fixture(scope="module", params=["grpcio", "h2"])
+def server(request, tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("grpc_options")
     entries = [model_entry("half_plus_two", tfs_testdata / "saved_model_half_plus_two_cpu")]
     entries += [model_entry(name, model_zoo.base_path(name)) for name in
@@ -47,6 +49,7 @@ def server(tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]
             f"--grpc_socket_path={tmp / 'grpc.sock'}",
             "--enable_serialization_as_tensor_content",
             f"--grpc_max_threads={MAX_THREADS}",
+            f"--grpc_implementation={request.param}",
         ],
         tmp / "server.log",
     )

@@ -76,7 +76,8 @@ def ssl_config_text(pki: pathlib.Path, client_verify: bool) -> str:
 
 
 def tls_server(
-    pki: pathlib.Path, model_zoo, tmp: pathlib.Path, client_verify: bool  # type: ignore[no-untyped-def]
+    pki: pathlib.Path, model_zoo, tmp: pathlib.Path, client_verify: bool,  # type: ignore[no-untyped-def]
+    implementation: str = "grpcio",
 ) -> ServerProcess:
     ssl_config = tmp / "ssl.config"
     ssl_config.write_text(ssl_config_text(pki, client_verify))
@@ -85,22 +86,31 @@ def tls_server(
         "model_config_list {\n" + model_entry("tiny", model_zoo.base_path("tiny")) + "\n}\n")
     return ServerProcess(
         [f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
-         f"--ssl_config_file={ssl_config}"],
+         f"--ssl_config_file={ssl_config}", f"--grpc_implementation={implementation}"],
         tmp / "server.log",
     )
 
 
+# Both gRPC servers: grpc.aio (the default; grpc core's TLS) and tfgate's HTTP/2 one (Python's
+# ssl with ALPN h2).
+@pytest.fixture(scope="module", params=["grpcio", "h2"])
+def implementation(request) -> str:  # type: ignore[no-untyped-def]
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def tls(pki, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
-    proc = tls_server(pki, model_zoo, tmp_path_factory.mktemp("tls"), client_verify=False)
+def tls(pki, model_zoo, tmp_path_factory, implementation) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+    proc = tls_server(pki, model_zoo, tmp_path_factory.mktemp("tls"), client_verify=False,
+                      implementation=implementation)
     proc.start()
     yield proc
     proc.stop()
 
 
 @pytest.fixture(scope="module")
-def mtls(pki, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
-    proc = tls_server(pki, model_zoo, tmp_path_factory.mktemp("mtls"), client_verify=True)
+def mtls(pki, model_zoo, tmp_path_factory, implementation) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+    proc = tls_server(pki, model_zoo, tmp_path_factory.mktemp("mtls"), client_verify=True,
+                      implementation=implementation)
     proc.start()
     yield proc
     proc.stop()
