@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from app.state_events import VersionStateEvent
+
 if TYPE_CHECKING:
     from app.batcher import Batcher
     from app.manager import VersionManager
@@ -306,8 +308,10 @@ def connect(
         metrics.runtime_latency.observe(servable.model, "Predict", "TF1", value=run_seconds * 1e6)
         metrics.executed_batch_rows.observe(servable.model, value=rows)
 
-    def on_state(servable: Any, state: Any, error: Any) -> None:
-        metrics.model_state.set(servable.model, str(servable.version), value=int(state))
+    def on_state(event: Any) -> None:
+        if isinstance(event, VersionStateEvent):
+            state = int(event.state)
+            metrics.model_state.set(event.servable.model, str(event.servable.version), value=state)
 
     def on_examples(model: str, examples: int) -> None:
         metrics.request_example_counts.observe(model, value=examples)
@@ -327,5 +331,5 @@ def connect(
         lambda path, seconds: metrics.model_warmup_latency.observe(path, "OK", value=seconds * 1e6)
     )
     pool.on_restart.append(lambda index: metrics.worker_restarts.inc(str(index)))
-    manager.observers.append(on_state)
+    manager.events.subscribe(on_state)
     manager.load_observers.append(on_load_attempt)

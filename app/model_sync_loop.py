@@ -3,9 +3,11 @@
 jitter), and what the passes report: status for the admin listing, metrics, webhook.
 
 Lifecycle position: main.py starts ModelSync before the initial model wait (a model whose
-only source is remote becomes available), calls update() on every model config reload
-(before the reload waits for new models) and closes it on shutdown. Passes run in daemon
-threads; status and metrics are only touched on the event loop.
+only source is remote becomes available) and closes it on shutdown; ServerCore calls
+update() on every model config reload (before the reload waits for new models), hears of
+every finished pass through `on_pass` (and has discovery look at the base path at once) and
+asks for a pass now with sync_now() (admin "sync now"). Passes run in daemon threads;
+status and metrics are only touched on the event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from app.errors import Code, ServingError
 from app.metrics import Counter, Gauge, Metrics
 from app.model_sync import PassResult, SyncConfig, VersionFailure, sync_once
 from app.settings import SettingsError
@@ -313,6 +316,15 @@ async def _wait_stopped(tasks: list[asyncio.Task[None] | None]) -> None:
         await asyncio.wait(pending, timeout=CLOSE_WAIT_SECONDS)
 
 
+def _abort(name: str, waiters: list[asyncio.Future[PassResult]]) -> None:
+    """Answer the sync_now callers of a model whose sync stopped (reload, shutdown)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(
+                ServingError(Code.ABORTED, f"The sync of model {name} was stopped")
+            )
+
+
 class ModelSync:
     """One sync loop per configured model. start() / update() / close() from the event loop."""
 
@@ -331,7 +343,13 @@ class ModelSync:
         # per model: its loop task, and the event its passes poll to stop at the next chunk
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, threading.Event] = {}
+        # per model: set by sync_now to end the loop's wait before its next pass; and the
+        # callers of sync_now waiting for the pass that starts after their request
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, list[asyncio.Future[PassResult]]] = {}
         self._webhook = WebhookSender()
+        # Told of every finished pass (ServerCore: discovery looks at the base path now).
+        self.on_pass: Callable[[PassResult], None] | None = None
 
     def start(self) -> None:
         self._started = True
@@ -376,6 +394,7 @@ class ModelSync:
         except OSError as exc:  # the pass reports it (and retries) like any failure
             log.error("Model %s: cannot create %s: %s", config.model, config.base_path, exc)
         self._stops[config.model] = threading.Event()
+        self._wakes[config.model] = asyncio.Event()
         self._tasks[config.model] = asyncio.create_task(
             self._loop(config), name=f"model-sync-{config.model}"
         )
@@ -384,11 +403,39 @@ class ModelSync:
         """Tell the model's pass to stop at its next chunk and cancel its loop; returns the
         loop task to wait for."""
         stop, task = self._stops.pop(name, None), self._tasks.pop(name, None)
+        self._wakes.pop(name, None)
         if stop is not None:
             stop.set()
         if task is not None:
             task.cancel()
+        _abort(name, self._waiters.pop(name, []))
         return task
+
+    async def sync_now(self, name: str, wait_seconds: float) -> PassResult:
+        """Start the model's next pass now (ending its wait for poll_seconds or a backoff;
+        a pass in flight finishes first) and return that pass's result. Waiting longer
+        than `wait_seconds` answers DEADLINE_EXCEEDED; the pass goes on."""
+        wake = self._wakes.get(name)
+        if wake is None or self._closed:
+            raise ServingError(
+                Code.FAILED_PRECONDITION, f"The sync of model {name} is not running"
+            )
+        waiter: asyncio.Future[PassResult] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append(waiter)
+        wake.set()
+        try:
+            async with asyncio.timeout(wait_seconds):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"The sync pass of model {name} did not finish within {wait_seconds:g} s; "
+                "it goes on",
+            ) from None
+        finally:
+            waiter.cancel()  # nobody reads it any more (a no-op once it has its answer)
+            if waiter in self._waiters.get(name, ()):
+                self._waiters[name].remove(waiter)
 
     def describe(self, name: str) -> dict[str, Any]:
         """The admin listing's per-model extras: {'sync': {...}} for synced models."""
@@ -410,6 +457,11 @@ class ModelSync:
 
         result = await run_in_daemon_thread(one_pass)
         self.record(result)
+        if self.on_pass is not None and name in self.configs:
+            try:
+                self.on_pass(result)
+            except Exception:  # a failing listener must not end the sync loop
+                log.exception("Model %s: handling the finished sync pass failed", name)
         return result
 
     def record(self, result: PassResult) -> None:
@@ -462,8 +514,18 @@ class ModelSync:
         failure) of sleep; never ends on an error."""
         status = self.status[config.model]
         stop = self._stops[config.model]
+        wake = self._wakes[config.model]
         while not stop.is_set():
-            result = await self.run_pass(config.model)
+            wake.clear()  # sync_now calls from here on wait for this pass
+            waiters, self._waiters[config.model] = self._waiters.get(config.model, []), []
+            try:
+                result = await self.run_pass(config.model)
+            except asyncio.CancelledError:
+                _abort(config.model, waiters)
+                raise
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(result)
             if result.cancelled:
                 return
             delay = config.poll_seconds
@@ -480,4 +542,7 @@ class ModelSync:
                     status.consecutive_failures,
                     delay,
                 )
-            await asyncio.sleep(delay)
+            # the wait before the next pass, cut short by sync_now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await wake.wait()
