@@ -84,12 +84,13 @@ class ServerCore:
         registry = self.registry
 
         def settled() -> bool:
-            # As the manager's reconcile loops do: every aspired version of every model is
-            # tried (a pinned older version too), not only the first one up.
+            # Every aspired version of every model has had its first load attempt (a pinned
+            # older version too, not only the first one up); a version waiting to retry a
+            # failed load does not hold up the start.
             if initial_load_error(registry) is not None:
                 return True
             configured = [m for n, m in registry.models.items() if n not in registry.dropped]
-            return registry.all_available() and not any(map(_load_pending, configured))
+            return registry.all_available() and not any(map(_first_load_pending, configured))
 
         await self.monitor.wait_until(settled, None)
         error = initial_load_error(registry)
@@ -176,7 +177,11 @@ class ServerCore:
             # As TF Serving, whose reloads hold its config lock while they wait: a reload
             # also waits for models of its config that an earlier reload is waiting for.
             awaited = [c.name for c in configs if c.name in self._awaited]
-        if not await self.monitor.wait_until(lambda: self._settled(awaited), wait_seconds):
+        # Those not AVAILABLE now are waited for until their loads are done, retries too.
+        loading = self._unavailable(awaited)
+        if not await self.monitor.wait_until(
+            lambda: self._settled(awaited, loading), wait_seconds
+        ):
             waiting = self._unavailable(awaited)
             raise ServingError(
                 Code.DEADLINE_EXCEEDED,
@@ -251,12 +256,12 @@ class ServerCore:
             and not record.available_versions()
         ]
 
-    def _settled(self, names: list[str]) -> bool:
-        """No model of `names` still configured has a load in progress, and each is
-        AVAILABLE or removed, or one that is not failed to load."""
-        configured = [m for n in names if (m := self.registry.configured(n)) is not None]
+    def _settled(self, names: list[str], loading: list[str]) -> bool:
+        """No model of `loading` still configured has a load in progress, and each model
+        of `names` is AVAILABLE or removed, or one that is not failed to load."""
+        configured = [m for n in loading if (m := self.registry.configured(n)) is not None]
         if any(map(_load_pending, configured)):
-            return False  # as TF Serving: the reload answers once its loads are done
+            return False
         waiting = self._unavailable(names)
         return not waiting or initial_load_error(self.registry, waiting) is not None
 
@@ -382,6 +387,19 @@ class ServerCore:
                 f"Model {name} is not synced: there is no [models.{name}.sync] table",
             )
         await self.model_sync.sync_now(name, wait_seconds)
+
+
+def _first_load_pending(model: ModelRecord) -> bool:
+    """Whether an aspired version of `model` has not finished its first load attempt."""
+    return any(
+        r.aspired
+        and not r.error
+        and (
+            r.state is VersionState.START
+            or (r.state is VersionState.LOADING and r.load_attempts == 0)
+        )
+        for r in model.versions.values()
+    )
 
 
 def _load_pending(model: ModelRecord) -> bool:

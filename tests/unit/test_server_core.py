@@ -249,3 +249,20 @@ async def test_a_synced_model_keeps_serving_while_its_new_base_path_fills(
         assert harness.registry.models["s"].versions[1].path == str(tmp_path / "new" / "1")
     finally:
         await harness.close()
+
+
+async def test_the_start_waits_until_every_aspired_version_had_its_load(harness: Harness) -> None:
+    """A restored pin of an older version: the start waits for it too, not only for the
+    newest version, which the manager loads first."""
+    for version in (1, 2):
+        harness.version("m", version)
+    harness.core.configure_initial([harness.config("m", "m")])
+    harness.core.pin(harness.registry.models["m"], 1)
+    start = asyncio.create_task(harness.core.wait_for_initial_models())
+    await asyncio.sleep(0.05)
+    assert not start.done()  # nothing on disk was looked at yet
+    harness.core.scan()
+    async with asyncio.timeout(WAIT_SECONDS):
+        await start
+    assert set(harness.pool.loaded) == {ServableId("m", 1), ServableId("m", 2)}
+    assert harness.serving("m") == 1
