@@ -34,7 +34,8 @@ from app.discovery import Discovery
 from app.errors import ServingError, StartupError
 from app.manager import LoadOptions, VersionManager
 from app.metrics import Metrics
-from app.model_sync_loop import ModelSync, load_sync_configs, sync_table_models
+from app.model_sync_config import load_sync_configs, sync_table_models
+from app.model_sync_loop import ModelSync
 from app.registry import ModelConfig, Registry
 from app.server_core import ServerCore
 from app.service import ServingService

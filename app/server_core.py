@@ -22,7 +22,8 @@ from app.discovery import Discovery
 from app.errors import Code, ServingError, StartupError
 from app.manager import VersionManager, initial_load_error
 from app.model_sync import PassResult, SyncConfig
-from app.model_sync_loop import ModelSync, load_sync_configs
+from app.model_sync_config import load_sync_configs
+from app.model_sync_loop import ModelSync
 from app.registry import ModelConfig, ModelRecord, Registry
 from app.settings import SettingsError
 from app.state_events import (
