@@ -318,3 +318,46 @@ def test_sync_now_over_rest_and_grpc_loads_without_discovery_polls(  # type: ign
             assert json.loads(reply.json)["sync"]["consecutive_failures"] == 0
     finally:
         server.stop()
+
+
+def test_a_base_path_change_of_a_synced_model_never_interrupts_serving(  # type: ignore[no-untyped-def]
+    model_zoo, tmp_path: pathlib.Path
+) -> None:
+    """A config reload moves a synced model to an empty base path: the copy loaded from the
+    old one answers every request until the sync has filled the new one, from which the
+    version is then reloaded in place."""
+    source = SourceOptions(f"file://{tmp_path / 'remote' / 'hp'}")
+    publish(str(model_zoo.base_path("half_plus_two") / "1"), f"{source.url}/1", source)
+    (tmp_path / "tokens").write_text(TOKEN + "\n")
+    config = tmp_path / "tfgate.toml"
+    config.write_text(
+        f'[admin]\ntokens_file = "{tmp_path / "tokens"}"\n\n'
+        f'[models.hp.sync]\nsource = "{source.url}"\npoll_seconds = 3600\n'
+    )
+    models = tmp_path / "models.config"
+    text = (
+        'model_config_list {{ config {{ name: "hp" base_path: "{}" '
+        'model_platform: "tensorflow" }} }}\n'
+    )
+    models.write_text(text.format(tmp_path / "old"))
+    server = ServerProcess(
+        [f"--model_config_file={models}", f"--config={config}",
+         "--file_system_poll_wait_seconds=1"],
+        tmp_path / "server.log",
+    ).start()
+    try:
+        with server.client() as http, Load(server.rest_url) as load:
+            wait_for(lambda: load.ok > 20, 60)
+            models.write_text(text.format(tmp_path / "new"))
+            reload = http.post(
+                "/v1/admin/reload-config", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert reload.status_code == 200, reload.text
+            wait_for(lambda: "replace those under" in server.log(), 60)
+            served = load.ok
+            wait_for(lambda: load.ok > served + 20, 60)
+            assert states(http) == {1: "AVAILABLE"}
+        assert load.failures == []
+        assert (tmp_path / "new" / "1" / "saved_model.pb").is_file()
+    finally:
+        server.stop()
