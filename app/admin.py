@@ -1,27 +1,28 @@
 """Admin operations: list models, pin / unpin a version, load / unload a version, reload
-the model config; bearer-token auth; pins persisted in a state file.
+the model config, sync a model now; bearer-token auth; pins persisted in a state file.
 
 Transport-neutral: the REST routes (admin_routes.py) and the gRPC AdminService
-(grpc_admin.py) both call `AdminApi`. Lifecycle position: admin -> registry (pin, forced,
-excluded) -> manager.reconcile(), so versions still only enter through the registry's
-aspired set, and discovery's view of the disk stays the source of truth.
+(grpc_admin.py) both call `AdminApi`. Lifecycle position: admin -> ServerCore (pin, load,
+unload, reload, sync now), the one owner of model state; versions still only enter through
+the registry's aspired set, and discovery's view of the disk stays the source of truth.
+What stays here is the request around a change: validation, the answer's JSON, waiting for
+the outcome (on the state events) and the pins' state file, which is written only once a
+pin's version loaded and undone when it does not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from app.discovery import Discovery
 from app.errors import Code, ServingError
-from app.manager import VersionManager
-from app.registry import ModelRecord, Registry
+from app.registry import ModelRecord
+from app.server_core import ServerCore
 from app.state_file import write_json_atomically
 from app.types import VersionState
 
@@ -115,19 +116,14 @@ class PinState:
 class AdminApi:
     def __init__(
         self,
-        registry: Registry,
-        manager: VersionManager,
-        discovery: Discovery,
+        core: ServerCore,
         state: PinState,
-        reload_config: Callable[[float | None], Awaitable[None]],
         describe_extras: Callable[[str], dict[str, Any]] | None = None,
         load_wait_seconds: float = LOAD_WAIT_SECONDS,
     ) -> None:
-        self.registry = registry
-        self.manager = manager
-        self.discovery = discovery
+        self.core = core
+        self.registry = core.registry  # read only: every change is a call on `core`
         self.state = state
-        self._reload_config = reload_config
         self.load_wait_seconds = load_wait_seconds
         # extra per-model fields from other components (sync status, cache hit ratio)
         self.describe_extras = describe_extras or (lambda name: {})
@@ -155,7 +151,7 @@ class AdminApi:
                 log.warning("Persisted pin of model %s not applied: the model is not "
                             "configured", name)
                 continue
-            model.pinned = version
+            self.core.pin(model, version)
             log.info("Restored pin of model %s to version %d", name, version)
 
     # --- queries ---
@@ -220,7 +216,7 @@ class AdminApi:
         return self.registry.configured(model.name) is model
 
     def _require_on_disk(self, model: ModelRecord, version: int) -> None:
-        self.discovery.scan([model.name])
+        self.core.scan([model.name])
         if version not in model.on_disk:
             raise ServingError(
                 Code.NOT_FOUND,
@@ -238,9 +234,7 @@ class AdminApi:
             # find out before changing anything that the state file can be written.
             self._save_pins(self._saved_pins)
             was_excluded = version in model.excluded
-            model.pinned = version
-            model.excluded.discard(version)
-            self._apply_for(model, version)
+            self.core.pin(model, version)
         error = await self._settle(
             model,
             version,
@@ -264,8 +258,7 @@ class AdminApi:
             if model is None:  # a persisted pin of a model this server does not serve
                 log.info("Removed the persisted pin of unconfigured model %s", name)
                 return {"name": name, "pinned_version": None}
-            model.pinned = None
-            self._apply(model)
+            self.core.unpin(model)
             log.info("Unpinned model %s; the version policy decides again", name)
             return self.describe(name)
 
@@ -274,14 +267,12 @@ class AdminApi:
             model = self._configured(name, version)
             self._require_on_disk(model, version)
             was_excluded = version in model.excluded
-            model.excluded.discard(version)
-            model.forced.add(version)
-            self._apply_for(model, version)
+            self.core.load_version(model, version)
         error = await self._settle(
             model,
             version,
             still_wanted=lambda: version in model.forced,
-            undo=lambda: self._undo_load(model, version, was_excluded),
+            undo=lambda: self.core.revert_load(model, version, excluded=was_excluded),
         )
         if error is not None:
             raise _admin_error(error, f"Version {version} of model {name} did not load")
@@ -296,7 +287,7 @@ class AdminApi:
                     Code.FAILED_PRECONDITION,
                     f"Version {version} of model {name} is pinned; unpin it first",
                 )
-            self.discovery.scan([name])
+            self.core.scan([name])
             if version not in model.on_disk and version not in model.versions:
                 # Excluding a version nobody has seen would hide it for good once published.
                 raise ServingError(
@@ -304,37 +295,30 @@ class AdminApi:
                     f"Version {version} of model {name} is neither loaded nor on disk under "
                     f"{model.config.base_path}",
                 )
-            model.forced.discard(version)
-            model.excluded.add(version)
-            self._apply(model)
+            self.core.unload_version(model, version)
         # The unload is in force either way; the answer waits for it, within the bound.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.load_wait_seconds):
-                await self.manager.wait_idle(name)
+        await self.core.monitor.wait_until(
+            lambda: _unloaded(model, version), self.load_wait_seconds
+        )
         return self.describe(name)
 
     async def reload_config(self) -> dict[str, Any]:
-        # Not under the admin lock: the server's reload lock orders config changes, and a
+        # Not under the admin lock: ServerCore's reload lock orders config changes, and a
         # new model that takes long to appear must not hold up pins of the others.
-        await self._reload_config(self.load_wait_seconds)
+        await self.core.reload_config_file(self.load_wait_seconds)
         return self.list_models()
+
+    async def sync_now(self, name: str) -> dict[str, Any]:
+        """Run the model's sync pass now; answers once it finished (its outcome is in the
+        model's `sync` status) and discovery has seen what it installed."""
+        await self.core.sync_now(name, self.load_wait_seconds)
+        return self.describe(name)
 
     async def close(self) -> None:
         """Stop the outcomes still being waited for (at shutdown)."""
         for task in list(self._settling):
             task.cancel()
         await asyncio.gather(*self._settling, return_exceptions=True)
-
-    def _apply(self, model: ModelRecord) -> None:
-        self.registry.recompute_aspired(model.name)
-        self.manager.reconcile(model.name)
-
-    def _apply_for(self, model: ModelRecord, version: int) -> None:
-        """Re-aspire after an explicit request for `version`, which retries it if it failed."""
-        record = model.versions.get(version)
-        if record is not None and record.state is VersionState.END and record.error:
-            del model.versions[version]
-        self._apply(model)
 
     async def _settle(
         self,
@@ -397,27 +381,20 @@ class AdminApi:
     def _undo_pin(self, model: ModelRecord, version: int, was_excluded: bool) -> None:
         """Back to the pin in the state file (the last one that loaded), or none, and to
         the version's exclusion as it was."""
-        model.pinned = self._saved_pins.get(model.name)
-        if model.pinned is not None:
-            model.excluded.discard(model.pinned)
-        if was_excluded and version != model.pinned:
-            model.excluded.add(version)
-        self._apply(model)
-
-    def _undo_load(self, model: ModelRecord, version: int, was_excluded: bool) -> None:
-        model.forced.discard(version)
-        if was_excluded:
-            model.excluded.add(version)
-        self._apply(model)
+        self.core.restore_pin(
+            model,
+            self._saved_pins.get(model.name),
+            excluded=version if was_excluded else None,
+        )
 
     async def _wait_loaded(
         self, model: ModelRecord, version: int, still_wanted: Callable[[], bool]
     ) -> ServingError | None:
         """None once `version` is AVAILABLE; its error if it failed; ABORTED once a later
-        admin change replaced the request; DEADLINE_EXCEEDED after load_wait_seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.load_wait_seconds
-        while loop.time() < deadline:
+        admin change replaced the request; DEADLINE_EXCEEDED after load_wait_seconds.
+        Re-checked on every state event (a replacing change publishes one too)."""
+
+        def outcome() -> ServingError | None:
             if not still_wanted():
                 return _replaced()
             record = model.versions.get(version)
@@ -429,9 +406,12 @@ class AdminApi:
                 return ServingError(
                     Code.FAILED_PRECONDITION, f"it failed to load: {record.error.message}"
                 )
-            async with self.manager.changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.manager.changed.wait(), 0.5)
+            return _PENDING
+
+        if await self.core.monitor.wait_until(
+            lambda: outcome() is not _PENDING, self.load_wait_seconds
+        ):
+            return outcome()
         return ServingError(
             Code.DEADLINE_EXCEEDED,
             f"it was not available after {self.load_wait_seconds:g} s; the request was undone",
@@ -446,6 +426,16 @@ class AdminApi:
                 f"Cannot write the admin state file {self.state.path}: "
                 f"{exc.strerror or exc}; nothing was changed",
             ) from None
+
+
+# _wait_loaded's "no outcome yet"
+_PENDING = ServingError(Code.UNKNOWN, "pending")
+
+
+def _unloaded(model: ModelRecord, version: int) -> bool:
+    """Whether `version` is down: never loaded, failed, or unloaded."""
+    record = model.versions.get(version)
+    return record is None or record.state in (VersionState.START, VersionState.END)
 
 
 def _replaced() -> ServingError:

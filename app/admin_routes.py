@@ -86,6 +86,11 @@ def admin_router(admin: AdminApi, tokens: AdminTokens) -> APIRouter:
     async def unload(name: str, version: str) -> Response:
         return _json(await admin.unload_version(name, _version_from_path(version)))
 
+    @router.post("/models/{name}/sync")
+    async def sync_now(name: str) -> Response:
+        """Run the model's sync pass now; answers once it finished."""
+        return _json(await admin.sync_now(name))
+
     @router.post("/reload-config")
     async def reload_config() -> Response:
         """Re-read --model_config_file and apply it (full replacement)."""

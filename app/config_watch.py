@@ -1,5 +1,5 @@
 """Polls --model_config_file every --model_config_file_poll_wait_seconds and applies a
-changed file through Server.apply_model_config (full replacement, as TF Serving does).
+changed file through ServerCore.apply_model_config (full replacement, as TF Serving does).
 
 A file that fails to parse, or a config the server refuses (a label on a version that is not
 AVAILABLE yet, a platform change...), is logged and the running config stays in force. As

@@ -1,9 +1,10 @@
 """Version discovery: polls each model's base path for numeric version directories.
 
-Lifecycle position: discovery -> registry.set_aspired_versions() -> manager.reconcile().
-This is the only module that tells the registry which versions exist (model sync only
-writes directories). Children whose names parse as int64 are versions (`00000123` == 123);
-anything else, including sync's `.partial` area, is ignored.
+Lifecycle position: discovery -> ServerCore.aspire_versions() (TF Serving's aspired-versions
+callback) -> registry.set_aspired_versions() -> manager.reconcile(). This is the only module
+that finds which versions exist (model sync only writes directories). Children whose names
+parse as int64 are versions (`00000123` == 123); anything else, including sync's `.partial`
+area, is ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import os
 from collections.abc import Callable, Iterable
 
 from app.registry import Registry
+
+# (model name, {version: directory} on disk now, versions whose directory was replaced)
+AspiredVersionsCallback = Callable[[str, dict[int, str], set[int]], None]
 
 log = logging.getLogger("tfgate.discovery")
 
@@ -62,17 +66,18 @@ def version_dir_identity(path: str) -> tuple[int, int, int]:
 
 
 class Discovery:
-    """Scans base paths once or every poll_wait_seconds; calls `on_change(name)` after a
-    model's aspired versions were updated."""
+    """Scans the configured base paths once or every poll_wait_seconds; reports a model's
+    versions to `on_versions` when what is on disk changed. Reads the registry, never
+    writes it."""
 
     def __init__(
         self,
         registry: Registry,
-        on_change: Callable[[str], None],
+        on_versions: AspiredVersionsCallback,
         poll_wait_seconds: float,
     ) -> None:
         self.registry = registry
-        self.on_change = on_change
+        self.on_versions = on_versions
         self.poll_wait_seconds = poll_wait_seconds
         self._seen: dict[str, dict[int, tuple[int, int, int]] | None] = {}
         self._task: asyncio.Task[None] | None = None
@@ -107,8 +112,7 @@ class Discovery:
                 continue
             replaced = {v for v, ident in identities.items() if (seen or {}).get(v, ident) != ident}
             self._seen[name] = identities
-            self.registry.set_aspired_versions(name, found, replaced=replaced)
-            self.on_change(name)
+            self.on_versions(name, found, replaced)
 
     def forget(self, name: str) -> None:
         self._seen.pop(name, None)

@@ -60,3 +60,5 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReloadConfig(self, request, context):  # type: ignore[no-untyped-def]
         return await self._call(context, self.admin.reload_config)
 
+    async def SyncNow(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._call(context, lambda: self.admin.sync_now(request.name))

@@ -226,7 +226,7 @@ def _add_servicers(server: Server, grpc_server: Any) -> list[str]:
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(
             server.service,
-            server.reload_model_config,
+            server.core.reload_model_config,
             server.inference_auth,
             server.metrics.counter_total,
             server.admin_tokens,

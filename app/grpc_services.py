@@ -390,7 +390,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         # name that is not a counter here), reported once per name.
         names = list(dict.fromkeys(request.metric_names))
         before = {name: self.counter_total(name) for name in names}
-        # Server.reload_model_config applies reloads one at a time (gRPC, config file poll,
+        # ServerCore.reload_model_config applies reloads one at a time (gRPC, config file poll,
         # admin), then waits, as TF Serving does, for the models this config adds.
         try:
             await self.reload_model_config(configs)

@@ -32,15 +32,17 @@ from app.cache import ResultCache
 from app.cache_config import load_cache_config
 from app.config_watch import ConfigWatcher
 from app.discovery import Discovery
-from app.errors import STARTUP_FAILURE_EXIT_STATUS, Code, ServingError, StartupError
-from app.manager import LoadOptions, VersionManager, initial_load_error
+from app.errors import STARTUP_FAILURE_EXIT_STATUS, ServingError, StartupError
+from app.manager import LoadOptions, VersionManager
 from app.metrics import Metrics
-from app.model_sync import SyncConfig
-from app.model_sync_loop import ModelSync, load_sync_configs, sync_table_models
+from app.model_sync_config import load_sync_configs, sync_table_models
+from app.model_sync_loop import ModelSync
 from app.registry import ModelConfig, Registry
+from app.server_core import ServerCore
 from app.service import ServingService
 from app.session_bundle import SessionBundleSettings, session_bundle_settings
 from app.settings import Settings, SettingsError
+from app.state_events import StateEventBus
 from app.worker_pool import WorkerPool
 from app.worker_process import PoolOptions
 
@@ -104,6 +106,7 @@ class Server:
     admin: AdminApi
     admin_tokens: AdminTokens
     inference_auth: InferenceAuth
+    core: ServerCore
     config_watcher: ConfigWatcher | None = None
     monitoring_path: str = ""
     model_sync: ModelSync | None = None
@@ -112,138 +115,6 @@ class Server:
     admin_server: uvicorn.Server | None = None
     grpc_server: Any = None
     draining: bool = False
-    # gRPC HandleReloadConfigRequest, the config file watcher and admin all reload configs.
-    _reload_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-    # models added by a reload and not AVAILABLE yet: every reload listing one waits for it
-    _awaited: set[str] = dataclasses.field(default_factory=set)
-
-    async def reload_config_file(self, wait_seconds: float | None = None) -> None:
-        """Admin 'reload config': re-read --model_config_file now; then as
-        reload_model_config."""
-        if self.config_watcher is None:
-            raise ServingError(
-                Code.FAILED_PRECONDITION,
-                "The server was not started with --model_config_file; nothing to reload",
-            )
-        try:
-            configs = model_config.load_model_server_config(self.config_watcher.path)
-        except model_config.ConfigError as exc:
-            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
-        await self.reload_model_config(configs, wait_seconds)
-
-    async def reload_model_config(
-        self, configs: list[ModelConfig], wait_seconds: float | None = None
-    ) -> None:
-        """Full replacement (TF Serving's ReloadConfig): models not listed unload, new ones
-        load; returns once every new model (and every model of this config an earlier
-        reload still waits for) has an AVAILABLE version, raises if one failed.
-
-        Only applying the config holds the reload lock. The wait for the new models does
-        not: a new model with no version on disk yet keeps its caller waiting (as in TF
-        Serving) but must not stop the next reload, admin change or config file poll.
-        `wait_seconds` bounds the wait (DEADLINE_EXCEEDED); None waits as long as the caller
-        does (gRPC: until its deadline).
-        """
-        async with self._reload_lock:
-            self._awaited |= set(await self._apply_model_config(configs))
-            # As TF Serving, whose reloads hold its config lock while they wait: a reload
-            # also waits for models of its config that an earlier reload is waiting for.
-            awaited = [c.name for c in configs if c.name in self._awaited]
-        try:
-            async with asyncio.timeout(wait_seconds):
-                await self._wait_available(awaited)
-        except TimeoutError:
-            waiting = self._unavailable(awaited)
-            raise ServingError(
-                Code.DEADLINE_EXCEEDED,
-                f"The model config was applied, but model(s) {', '.join(waiting)} have no "
-                f"available version after {wait_seconds:g} s (is there a version directory "
-                "under the base path?); they load when one appears",
-            ) from None
-
-    async def apply_model_config(self, configs: list[ModelConfig]) -> None:
-        """Apply a model config without waiting for its new models (the file watcher:
-        their loads and failures are logged by the manager)."""
-        async with self._reload_lock:
-            self._awaited |= set(await self._apply_model_config(configs))
-
-    async def _apply_model_config(self, configs: list[ModelConfig]) -> list[str]:
-        """The config change itself; returns the names of the models it added."""
-        self._awaited &= {c.name for c in configs}
-        self._check_platforms(configs)
-        sync_configs = self._sync_configs_for(configs)  # a bad table rejects the whole reload
-        label_error = self.registry.reload_label_error(configs)
-        if label_error is not None:  # TF Serving rejects it before any model changes
-            raise ServingError(Code.FAILED_PRECONDITION, label_error)
-        before = set(self.registry.models) - self.registry.dropped
-        dropped = self.registry.configure(configs)
-        for name in dropped:
-            self.discovery.forget(name)
-            self.manager.reconcile(name)
-        if self.model_sync is not None and sync_configs is not None:
-            # before the scan: a newly added model's base path is created by its sync
-            await self.model_sync.update(sync_configs)
-        self.discovery.scan([c.name for c in configs])
-        for config in configs:
-            self.manager.reconcile(config.name)  # labels or policy may have changed
-        return [c.name for c in configs if c.name not in before]
-
-    def _unavailable(self, names: list[str]) -> list[str]:
-        """Those of `names` still configured (a later reload may have removed one) that
-        have no AVAILABLE version."""
-        return [
-            name for name in names
-            if (record := self.registry.configured(name)) is not None
-            and not record.available_versions()
-        ]
-
-    async def _wait_available(self, names: list[str]) -> None:
-        """Until every model of `names` has an AVAILABLE version; raises TF Serving's error
-        if a load failed, ABORTED if a later reload removed one of them."""
-        while waiting := self._unavailable(names):
-            for name in waiting:
-                await self.manager.wait_idle(name)
-            error = initial_load_error(self.registry, self._unavailable(waiting))
-            if error is not None:
-                self._awaited -= set(waiting)  # failed: later reloads need not wait for it
-                raise error
-            self.discovery.scan(waiting)
-            await asyncio.sleep(0.1)
-        removed = [n for n in names if self.registry.configured(n) is None]
-        if removed:
-            raise ServingError(
-                Code.ABORTED,
-                f"Model(s) {', '.join(removed)} were removed by a later config reload before "
-                "they became available",
-            )
-        self._awaited -= set(names)
-
-    def _check_platforms(self, configs: list[ModelConfig]) -> None:
-        """ServerCore::ValidateNoModelsChangePlatforms, then the platforms tfgate serves."""
-        for config in configs:
-            current = self.registry.configured(config.name)
-            if current is None:
-                continue
-            if config.platform != current.config.platform:
-                raise ServingError(
-                    Code.INVALID_ARGUMENT,
-                    f"Illegal to change a model's platform. For model {config.name} platform "
-                    f"was {current.config.platform} and new platform requested is "
-                    f"{config.platform}",
-                )
-        try:
-            model_config.check_platforms(configs)
-        except model_config.ConfigError as exc:
-            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
-
-    def _sync_configs_for(self, configs: list[ModelConfig]) -> list[SyncConfig] | None:
-        """The model sync set for a new model config (None when sync is not configured)."""
-        if self.model_sync is None:
-            return None
-        try:
-            return load_sync_configs(self.settings.config, {c.name: c.base_path for c in configs})
-        except SettingsError as exc:
-            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
     async def close(self) -> None:
         """Reverse order: stop listening, drain, stop background tasks, stop workers."""
@@ -273,9 +144,9 @@ class Server:
 async def build_server(settings: Settings) -> Server:
     configs = model_configs(settings)
     registry = Registry(settings.allow_version_labels_for_unavailable_models)
-    registry.configure(configs)
     bundle = session_bundle_settings(settings)
     pool = WorkerPool(pool_options(settings, bundle))
+    events = StateEventBus()
     batching_policy = BatchingPolicy(bundle, settings.config)
     batcher = Batcher(pool, batching_policy)
     manager = VersionManager(
@@ -288,9 +159,18 @@ async def build_server(settings: Settings) -> Server:
             max_num_load_retries=settings.max_num_load_retries,
             load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
         ),
+        events,
         before_load=batching_policy.read_version_file,
     )
-    discovery = Discovery(registry, manager.reconcile, settings.file_system_poll_wait_seconds)
+    core = ServerCore(
+        registry,
+        manager,
+        events,
+        file_system_poll_wait_seconds=settings.file_system_poll_wait_seconds,
+        model_config_file=settings.model_config_file,
+        sync_tables=settings.config,
+    )
+    core.configure_initial(configs)
     cache_config = load_cache_config(settings)
     cache = ResultCache(cache_config) if cache_config is not None else None
     service = ServingService(
@@ -311,22 +191,19 @@ async def build_server(settings: Settings) -> Server:
         pool,
         batcher,
         manager,
-        discovery,
+        core.discovery,
         service,
         metrics,
-        admin=None,  # type: ignore[arg-type]  # set below: it needs the server's reload
+        admin=AdminApi(
+            core,
+            PinState(admin_section.get("state_file")),
+            load_wait_seconds=admin_load_wait_seconds(admin_section),
+        ),
         admin_tokens=AdminTokens.load(admin_section.get("tokens_file")),
         inference_auth=inference_auth(settings),
+        core=core,
         monitoring_path=monitoring_path(settings),
         cache=cache,
-    )
-    server.admin = AdminApi(
-        registry,
-        manager,
-        discovery,
-        PinState(admin_section.get("state_file")),
-        server.reload_config_file,
-        load_wait_seconds=admin_load_wait_seconds(admin_section),
     )
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
@@ -341,18 +218,13 @@ async def build_server(settings: Settings) -> Server:
         )
     if sync_configs or waiting:
         server.model_sync = ModelSync(sync_configs, metrics)
+        core.attach_model_sync(server.model_sync)
         server.admin.add_describe_extras(server.model_sync.describe)
-        if settings.file_system_poll_wait_seconds <= 0:
-            log.warning(
-                "Model sync is configured but --file_system_poll_wait_seconds=%d: synced "
-                "versions are only loaded when something else rescans the base path",
-                settings.file_system_poll_wait_seconds,
-            )
     if settings.model_config_file:
         server.config_watcher = ConfigWatcher(
             settings.model_config_file,
             settings.model_config_file_poll_wait_seconds,
-            server.apply_model_config,
+            core.apply_model_config,
         )
     return server
 
@@ -385,18 +257,7 @@ def monitoring_path(settings: Settings) -> str:
 async def wait_for_initial_models(server: Server) -> None:
     """Block until every configured model has an AVAILABLE version; raise on a failed load.
     A model with no version on disk yet is waited for indefinitely, as TF Serving does."""
-    registry, manager = server.registry, server.manager
-    while True:
-        error = initial_load_error(registry)
-        if error is not None:
-            raise StartupError(error.message)
-        if registry.all_available():
-            return
-        async with manager.changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(manager.changed.wait(), 1.0)
-        if server.settings.file_system_poll_wait_seconds > 0:
-            server.discovery.scan()
+    await server.core.wait_for_initial_models()
 
 
 def tune_garbage_collector() -> None:
@@ -462,6 +323,7 @@ async def run(settings: Settings) -> int:
             server.model_sync.start()  # before the initial wait: remote-only models arrive
         if settings.file_system_poll_wait_seconds >= 0:
             server.discovery.scan()
+        server.discovery.start()  # its polls find versions the initial wait waits for
         if server.config_watcher is not None:
             with open(settings.model_config_file, encoding="utf-8") as f:
                 server.config_watcher.remember(f.read())
@@ -473,7 +335,6 @@ async def run(settings: Settings) -> int:
             return 0
         stopper.cancel()
         waiter.result()
-        server.discovery.start()
         if server.config_watcher is not None:
             server.config_watcher.start()
         # gRPC first: once the REST port answers, every listener is up.

@@ -1,10 +1,12 @@
 """Executes version transitions: load, reload, unload servables on the worker pool.
 
-Lifecycle position: discovery -> registry (aspired versions) -> manager.reconcile(name) ->
-worker_pool.load/unload. One reconcile loop per model at a time: it asks the registry's
-pure planner for the next action until there is none (availability preserving: a new
-version is AVAILABLE before the old one unloads). Failed loads are retried
-max_num_load_retries times; an unloading version first waits for its in-flight requests.
+Lifecycle position: ServerCore -> registry (aspired versions) -> manager.reconcile(name) ->
+worker_pool.load/unload; every state change is published on the StateEventBus. One
+reconcile loop per model at a time: it asks the registry's pure planner for the next action
+until there is none (availability preserving: a new version is AVAILABLE before the old one
+unloads). Failed loads are retried
+max_num_load_retries times; an unloading version first waits for its in-flight requests
+(woken by the registry's release of the last one, not by a timer).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from app.errors import Code, ServingError
 from app.model_fingerprint import version_fingerprint
 from app.registry import Action, ModelRecord, Registry, VersionRecord, plan_next_action
 from app.signatures import ServableMetadata
+from app.state_events import StateEventBus, VersionStateEvent
 from app.types import ServableId, VersionState
 from app.worker_pool import LoadSpec, WorkerPool
 
@@ -37,22 +40,19 @@ class LoadOptions:
     load_retry_interval_seconds: float = 60.0
 
 
-StateObserver = Callable[[ServableId, VersionState, ServingError | None], None]
-
-
 class VersionManager:
     def __init__(
         self,
         registry: Registry,
         pool: WorkerPool,
         options: LoadOptions,
-        observers: list[StateObserver] | None = None,
+        events: StateEventBus,
         before_load: Callable[[ServableId, str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.options = options
-        self.observers = observers or []
+        self.events = events
         # load_observers(version_path, ok): once per load attempt, retries and in-place
         # reloads included (TF's load_attempt_count)
         self.load_observers: list[Callable[[str, bool], None]] = []
@@ -61,7 +61,6 @@ class VersionManager:
         self.before_load = before_load
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
-        self.changed = asyncio.Condition()
 
     def reconcile(self, name: str) -> None:
         """Schedule a reconcile of one model (coalesced while one is running)."""
@@ -71,11 +70,6 @@ class VersionManager:
             self._tasks[name] = asyncio.create_task(
                 self._reconcile_loop(name), name=f"manager-{name}"
             )
-
-    async def wait_idle(self, name: str) -> None:
-        task = self._tasks.get(name)
-        if task is not None:
-            await asyncio.shield(task)
 
     async def close(self) -> None:
         for task in self._tasks.values():
@@ -105,8 +99,6 @@ class VersionManager:
             if model is not None:
                 self.registry.apply_labels(name)
                 self._forget_dropped(model)
-            async with self.changed:
-                self.changed.notify_all()
 
     def _forget_dropped(self, model: ModelRecord) -> None:
         """A model removed from the config is forgotten once nothing of it is loaded."""
@@ -127,8 +119,10 @@ class VersionManager:
         record = model.versions[version]
         record.state = state
         record.error = error
-        for observer in self.observers:
-            observer(ServableId(model.name, version), state, error)
+        # Labels follow availability before anyone hears of it: a waiter woken by this
+        # event may answer requests by label at once.
+        self.registry.apply_labels(model.name)
+        self.events.publish(VersionStateEvent(ServableId(model.name, version), state, error))
 
     async def _load(self, model: ModelRecord, version: int, *, replace: bool) -> None:
         record = model.versions[version]
@@ -197,10 +191,12 @@ class VersionManager:
         record = model.versions[version]
         servable = ServableId(model.name, version)
         self._set_state(model, version, VersionState.UNLOADING, None)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_TIMEOUT_SECONDS
-        while record.in_flight > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        if record.in_flight > 0:
+            record.drained = asyncio.Event()  # set by Registry.release for the last request
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                    await record.drained.wait()
+            record.drained = None
         await self.pool.unload(servable)
         record.metadata = None
         self._set_state(model, version, VersionState.END, None)

@@ -21,6 +21,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from app.state_events import VersionStateEvent
+
 if TYPE_CHECKING:
     from app.batcher import Batcher
     from app.manager import VersionManager
@@ -385,8 +387,10 @@ def connect(
         metrics.executed_batch_rows.observe(servable.model, value=rows)
         metrics.worker_run_latency.observe(servable.model, value=whole_micros(run_seconds))
 
-    def on_state(servable: Any, state: Any, error: Any) -> None:
-        metrics.model_state.set(servable.model, str(servable.version), value=int(state))
+    def on_state(event: Any) -> None:
+        if isinstance(event, VersionStateEvent):
+            state = int(event.state)
+            metrics.model_state.set(event.servable.model, str(event.servable.version), value=state)
 
     def on_examples(model: str, examples: int) -> None:
         model = model_label(model)
@@ -419,5 +423,5 @@ def connect(
             lambda: [((str(index),), float(rss)) for index, rss in pool.rss_by_worker()],
         )
     )
-    manager.observers.append(on_state)
+    manager.events.subscribe(on_state)
     manager.load_observers.append(on_load_attempt)

@@ -1,11 +1,14 @@
-"""The server side of model sync: `[models.NAME.sync]` config, one loop per model that runs
-`model_sync.sync_once()` every poll_seconds (retrying failures with exponential backoff and
-jitter), and what the passes report: status for the admin listing, metrics, webhook.
+"""The server side of model sync (its `[models.NAME.sync]` tables: model_sync_config.py):
+one loop per model that runs `model_sync.sync_once()` every poll_seconds (retrying failures
+with exponential backoff and jitter), and what the passes report: status for the admin
+listing, metrics, webhook.
 
 Lifecycle position: main.py starts ModelSync before the initial model wait (a model whose
-only source is remote becomes available), calls update() on every model config reload
-(before the reload waits for new models) and closes it on shutdown. Passes run in daemon
-threads; status and metrics are only touched on the event loop.
+only source is remote becomes available) and closes it on shutdown; ServerCore calls
+update() on every model config reload (before the reload waits for new models), hears of
+every finished pass through `on_pass` (and has discovery look at the base path at once) and
+asks for a pass now with sync_now() (admin "sync now"). Passes run in daemon threads;
+status and metrics are only touched on the event loop.
 """
 
 from __future__ import annotations
@@ -20,142 +23,17 @@ import queue
 import random
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+from app.errors import Code, ServingError
 from app.metrics import Counter, Gauge, Metrics
 from app.model_sync import PassResult, SyncConfig, VersionFailure, sync_once
-from app.settings import SettingsError
-from app.storage import SourceOptions, check_source
 
 log = logging.getLogger("tfgate.model_sync")
 
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 CLOSE_WAIT_SECONDS = 5.0
-
-_SOURCE_KEYS = {
-    "source": str,
-    "endpoints": list,
-    "endpoint_url": str,
-    "region_name": str,
-    "aws_access_key_id": str,
-    "aws_secret_access_key": str,
-    "user": str,
-    "timeout_seconds": float,
-}
-_SYNC_KEYS = {
-    **_SOURCE_KEYS,
-    "poll_seconds": float,
-    "bandwidth_bytes_per_second": float,
-    "mirror_deletes": bool,
-    "backups_to_keep": int,
-    "webhook_url": str,
-    "retry_initial_seconds": float,
-    "retry_max_seconds": float,
-}
-
-
-# --- configuration ---
-
-_KIND_NAMES = {
-    float: "a number",
-    int: "an integer",
-    bool: "true or false",
-    str: "a string",
-    list: "a list",
-}
-
-
-def sync_table_models(config: Mapping[str, Any]) -> list[str]:
-    """The model names that have a `[models.NAME.sync]` table."""
-    return [
-        name
-        for name, section in config.get("models", {}).items()
-        if isinstance(section, dict) and "sync" in section
-    ]
-
-
-def load_sync_configs(config: Mapping[str, Any], base_paths: Mapping[str, str]) -> list[SyncConfig]:
-    """The `[models.NAME.sync]` tables of the models in `base_paths` (the model config now),
-    validated; SettingsError names the table at fault. Tables of models not configured yet are
-    validated too but give no SyncConfig: a model config reload that adds the model starts
-    its sync (ModelSync.update)."""
-    configs = []
-    for name in sync_table_models(config):
-        try:
-            base_path = base_paths.get(name)
-            sync = _sync_config(name, config["models"][name]["sync"], base_path or "")
-            if base_path is not None:
-                configs.append(sync)
-        except (ValueError, TypeError) as exc:
-            raise SettingsError(f"[models.{name}.sync]: {exc}") from None
-    return configs
-
-
-def _typed(section: Mapping[str, Any], key: str, default: Any) -> Any:
-    kind = _SYNC_KEYS[key]
-    value = section.get(key, default)
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if kind is float:  # TOML writes 30 and 30.0 differently; both are fine
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok:
-        raise TypeError(f"{key} must be {_KIND_NAMES[kind]}")
-    return float(value) if kind is float else value
-
-
-def _sync_config(name: str, section: Any, base_path: str) -> SyncConfig:
-    if not isinstance(section, dict):
-        raise TypeError("must be a table")
-    unknown = sorted(set(section) - set(_SYNC_KEYS))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
-    if "://" in base_path:
-        raise ValueError(
-            f"the model's base_path {base_path!r} must be a local directory: sync "
-            "downloads from `source` into it"
-        )
-    if not section.get("source"):
-        raise ValueError("source is required (s3://, webhdfs://, hdfs:// or file:// URL)")
-    endpoints = _typed(section, "endpoints", [])
-    if not all(isinstance(e, str) for e in endpoints):
-        raise TypeError("endpoints must be a list of HOST:PORT strings")
-    options = SourceOptions(
-        url=_typed(section, "source", ""),
-        timeout_seconds=_typed(section, "timeout_seconds", 30.0),
-        endpoints=tuple(endpoints),
-        endpoint_url=_typed(section, "endpoint_url", ""),
-        region_name=_typed(section, "region_name", ""),
-        aws_access_key_id=_typed(section, "aws_access_key_id", ""),
-        aws_secret_access_key=_typed(section, "aws_secret_access_key", ""),
-        user=_typed(section, "user", ""),
-    )
-    check_source(options)
-    poll = _typed(section, "poll_seconds", 30.0)
-    config = SyncConfig(
-        model=name,
-        base_path=base_path,
-        source=options,
-        poll_seconds=poll,
-        bandwidth_bytes_per_second=_typed(section, "bandwidth_bytes_per_second", 0.0),
-        mirror_deletes=_typed(section, "mirror_deletes", False),
-        backups_to_keep=_typed(section, "backups_to_keep", 2),
-        webhook_url=_typed(section, "webhook_url", ""),
-        retry_initial_seconds=_typed(section, "retry_initial_seconds", 1.0),
-        retry_max_seconds=_typed(section, "retry_max_seconds", poll),
-    )
-    for key in ("poll_seconds", "retry_initial_seconds", "retry_max_seconds"):
-        if getattr(config, key) <= 0:
-            raise ValueError(f"{key} must be > 0")
-    if config.bandwidth_bytes_per_second < 0 or config.backups_to_keep < 0:
-        raise ValueError("bandwidth_bytes_per_second and backups_to_keep must be >= 0")
-    if config.webhook_url and urllib.parse.urlsplit(config.webhook_url).scheme not in (
-        "http",
-        "https",
-    ):
-        raise ValueError(f"webhook_url {config.webhook_url!r} must be an http(s) URL")
-    return config
-
 
 # --- decisions ---
 
@@ -313,6 +191,15 @@ async def _wait_stopped(tasks: list[asyncio.Task[None] | None]) -> None:
         await asyncio.wait(pending, timeout=CLOSE_WAIT_SECONDS)
 
 
+def _abort(name: str, waiters: list[asyncio.Future[PassResult]]) -> None:
+    """Answer the sync_now callers of a model whose sync stopped (reload, shutdown)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(
+                ServingError(Code.ABORTED, f"The sync of model {name} was stopped")
+            )
+
+
 class ModelSync:
     """One sync loop per configured model. start() / update() / close() from the event loop."""
 
@@ -331,7 +218,13 @@ class ModelSync:
         # per model: its loop task, and the event its passes poll to stop at the next chunk
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, threading.Event] = {}
+        # per model: set by sync_now to end the loop's wait before its next pass; and the
+        # callers of sync_now waiting for the pass that starts after their request
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, list[asyncio.Future[PassResult]]] = {}
         self._webhook = WebhookSender()
+        # Told of every finished pass (ServerCore: discovery looks at the base path now).
+        self.on_pass: Callable[[PassResult], None] | None = None
 
     def start(self) -> None:
         self._started = True
@@ -376,6 +269,7 @@ class ModelSync:
         except OSError as exc:  # the pass reports it (and retries) like any failure
             log.error("Model %s: cannot create %s: %s", config.model, config.base_path, exc)
         self._stops[config.model] = threading.Event()
+        self._wakes[config.model] = asyncio.Event()
         self._tasks[config.model] = asyncio.create_task(
             self._loop(config), name=f"model-sync-{config.model}"
         )
@@ -384,11 +278,39 @@ class ModelSync:
         """Tell the model's pass to stop at its next chunk and cancel its loop; returns the
         loop task to wait for."""
         stop, task = self._stops.pop(name, None), self._tasks.pop(name, None)
+        self._wakes.pop(name, None)
         if stop is not None:
             stop.set()
         if task is not None:
             task.cancel()
+        _abort(name, self._waiters.pop(name, []))
         return task
+
+    async def sync_now(self, name: str, wait_seconds: float) -> PassResult:
+        """Start the model's next pass now (ending its wait for poll_seconds or a backoff;
+        a pass in flight finishes first) and return that pass's result. Waiting longer
+        than `wait_seconds` answers DEADLINE_EXCEEDED; the pass goes on."""
+        wake = self._wakes.get(name)
+        if wake is None or self._closed:
+            raise ServingError(
+                Code.FAILED_PRECONDITION, f"The sync of model {name} is not running"
+            )
+        waiter: asyncio.Future[PassResult] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append(waiter)
+        wake.set()
+        try:
+            async with asyncio.timeout(wait_seconds):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"The sync pass of model {name} did not finish within {wait_seconds:g} s; "
+                "it goes on",
+            ) from None
+        finally:
+            waiter.cancel()  # nobody reads it any more (a no-op once it has its answer)
+            if waiter in self._waiters.get(name, ()):
+                self._waiters[name].remove(waiter)
 
     def describe(self, name: str) -> dict[str, Any]:
         """The admin listing's per-model extras: {'sync': {...}} for synced models."""
@@ -410,6 +332,11 @@ class ModelSync:
 
         result = await run_in_daemon_thread(one_pass)
         self.record(result)
+        if self.on_pass is not None and name in self.configs:
+            try:
+                self.on_pass(result)
+            except Exception:  # a failing listener must not end the sync loop
+                log.exception("Model %s: handling the finished sync pass failed", name)
         return result
 
     def record(self, result: PassResult) -> None:
@@ -462,8 +389,18 @@ class ModelSync:
         failure) of sleep; never ends on an error."""
         status = self.status[config.model]
         stop = self._stops[config.model]
+        wake = self._wakes[config.model]
         while not stop.is_set():
-            result = await self.run_pass(config.model)
+            wake.clear()  # sync_now calls from here on wait for this pass
+            waiters, self._waiters[config.model] = self._waiters.get(config.model, []), []
+            try:
+                result = await self.run_pass(config.model)
+            except asyncio.CancelledError:
+                _abort(config.model, waiters)
+                raise
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(result)
             if result.cancelled:
                 return
             delay = config.poll_seconds
@@ -480,4 +417,7 @@ class ModelSync:
                     status.consecutive_failures,
                     delay,
                 )
-            await asyncio.sleep(delay)
+            # the wait before the next pass, cut short by sync_now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await wake.wait()

@@ -32,12 +32,9 @@ def create_ops_app(server: Server) -> FastAPI:
     async def readyz() -> Response:
         """Readiness: every configured model has an AVAILABLE version and we are not
         draining for shutdown."""
-        models = {
-            name: record.available_versions()
-            for name, record in server.registry.models.items()
-            if name not in server.registry.dropped
-        }
-        ready = not server.draining and server.registry.all_available()
+        # As the version state events reported them (ServerCore's monitor).
+        models = server.core.available_versions()
+        ready = not server.draining and bool(models) and all(models.values())
         body = {
             "status": "ready" if ready else "not ready",
             "models": {name: {"available_versions": v} for name, v in models.items()},

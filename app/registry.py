@@ -1,13 +1,15 @@
 """Models, versions, states, labels and pins; request resolution; the transition planner.
 
 Data path position: service.py asks `resolve(spec)` for the one ServableId a request runs on.
-Lifecycle position: discovery.py calls `set_aspired_versions()` (the one way in for versions);
+Lifecycle position: ServerCore calls `set_aspired_versions()` with what discovery found (the
+one way in for versions) and changes configs, pins and admin overrides;
 manager.py executes what `plan_next_action()` (a pure function) says and records states here.
 Event-loop only: no locks, no I/O.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 from collections.abc import Iterable
@@ -73,6 +75,8 @@ class VersionRecord:
     # Digest of the files the loaded copy came from (model_fingerprint.py); the result
     # cache keys on it.
     fingerprint: bytes = b""
+    # While the version unloads: set when its last in-flight request is released.
+    drained: asyncio.Event | None = None
 
 
 @dataclasses.dataclass
@@ -182,15 +186,21 @@ class Registry:
         model.on_disk = dict(on_disk)
         self.recompute_aspired(name)
 
+    def aspired_among(self, name: str, on_disk: Iterable[int]) -> set[int]:
+        """Aspired = policy(on disk) + pinned + forced - excluded, among `on_disk`."""
+        model = self.models[name]
+        if name in self.dropped:
+            return set()
+        found = set(on_disk)
+        aspired = model.config.policy.aspired(found)
+        aspired |= {v for v in (model.pinned, *model.forced) if v is not None and v in found}
+        return aspired - model.excluded
+
     def recompute_aspired(self, name: str) -> None:
-        """Aspired = policy(on disk) + pinned + forced - excluded, among what is on disk."""
+        """The aspired versions among what is on disk now (aspired_among)."""
         model = self.models[name]
         on_disk = model.on_disk
-        aspired = model.config.policy.aspired(on_disk)
-        aspired |= {v for v in (model.pinned, *model.forced) if v is not None and v in on_disk}
-        aspired -= model.excluded
-        if name in self.dropped:
-            aspired = set()
+        aspired = self.aspired_among(name, on_disk)
         for version, record in model.versions.items():
             was = record.aspired
             record.aspired = version in aspired
@@ -300,6 +310,8 @@ class Registry:
         record = self._record(servable)
         if record is not None:
             record.in_flight -= 1
+            if record.in_flight == 0 and record.drained is not None:
+                record.drained.set()
 
     # --- status ---
 

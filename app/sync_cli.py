@@ -19,13 +19,8 @@ from collections.abc import Sequence
 from app import model_config
 from app.manifest import ManifestError, publish
 from app.model_sync import PassResult, SyncConfig, sync_once
-from app.model_sync_loop import (
-    ModelSync,
-    SyncStatus,
-    load_sync_configs,
-    post_webhook,
-    webhook_payload,
-)
+from app.model_sync_config import load_sync_configs
+from app.model_sync_loop import ModelSync, SyncStatus, post_webhook, webhook_payload
 from app.settings import SettingsError, load_settings
 from app.storage import SourceOptions, StorageError, check_source
 

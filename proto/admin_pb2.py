@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/admin.proto\x12\x0ctfgate.admin\"\x1c\n\x0cModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x13\n\x11ListModelsRequest\"\x15\n\x13ReloadConfigRequest\"\x1a\n\nAdminReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xf9\x03\n\x0c\x41\x64minService\x12G\n\nListModels\x12\x1f.tfgate.admin.ListModelsRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\rDescribeModel\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x03Pin\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x05Unpin\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\x0bLoadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12G\n\rUnloadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12K\n\x0cReloadConfig\x12!.tfgate.admin.ReloadConfigRequest\x1a\x18.tfgate.admin.AdminReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/admin.proto\x12\x0ctfgate.admin\"\x1c\n\x0cModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x13\n\x11ListModelsRequest\"\x15\n\x13ReloadConfigRequest\"\x1a\n\nAdminReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xba\x04\n\x0c\x41\x64minService\x12G\n\nListModels\x12\x1f.tfgate.admin.ListModelsRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\rDescribeModel\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x03Pin\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x05Unpin\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\x0bLoadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12G\n\rUnloadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12K\n\x0cReloadConfig\x12!.tfgate.admin.ReloadConfigRequest\x1a\x18.tfgate.admin.AdminReply\x12?\n\x07SyncNow\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,5 +42,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINREPLY']._serialized_start=158
   _globals['_ADMINREPLY']._serialized_end=184
   _globals['_ADMINSERVICE']._serialized_start=187
-  _globals['_ADMINSERVICE']._serialized_end=692
+  _globals['_ADMINSERVICE']._serialized_end=757
 # @@protoc_insertion_point(module_scope)

@@ -69,6 +69,11 @@ class AdminServiceStub:
                 request_serializer=proto_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
                 _registered_method=True)
+        self.SyncNow = channel.unary_unary(
+                '/tfgate.admin.AdminService/SyncNow',
+                request_serializer=proto_dot_admin__pb2.ModelRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -116,6 +121,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncNow(self, request, context):
+        """Run the model's sync pass now (a model with a [models.NAME.sync] table); answers
+        once the pass finished, with the model described as DescribeModel does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +165,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'ReloadConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadConfig,
                     request_deserializer=proto_dot_admin__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
+            ),
+            'SyncNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncNow,
+                    request_deserializer=proto_dot_admin__pb2.ModelRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
             ),
     }
@@ -343,6 +361,33 @@ class AdminService:
             target,
             '/tfgate.admin.AdminService/ReloadConfig',
             proto_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
+            proto_dot_admin__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfgate.admin.AdminService/SyncNow',
+            proto_dot_admin__pb2.ModelRequest.SerializeToString,
             proto_dot_admin__pb2.AdminReply.FromString,
             options,
             channel_credentials,

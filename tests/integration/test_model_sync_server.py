@@ -4,6 +4,7 @@ corrupt one; a killed sync leaves no partial version; bad sync config stops star
 
 from __future__ import annotations
 
+import json
 import pathlib
 import signal
 import subprocess
@@ -12,11 +13,13 @@ import threading
 import time
 import uuid
 
+import grpc
 import httpx
 import pytest
 
 from app.manifest import publish
 from app.storage import SourceOptions, libhdfs_available
+from proto import admin_pb2, admin_pb2_grpc
 from tests.s3_server import S3Endpoint, s3  # noqa: F401 - fixture
 from tests.serverproc import ServerProcess
 from tests.webhdfs_server import WebHdfsCluster, write_tree
@@ -271,5 +274,90 @@ def test_model_added_by_config_reload_starts_syncing(model_zoo, tmp_path: pathli
             response = http.post("/v1/models/late:predict", json={"instances": [1.0, 2.0]})
             assert response.json() == {"predictions": [2.5, 3.0]}
         assert (late / "1" / "saved_model.pb").is_file()  # synced into the new base path
+    finally:
+        server.stop()
+
+
+def test_sync_now_over_rest_and_grpc_loads_without_discovery_polls(  # type: ignore[no-untyped-def]
+    model_zoo, tmp_path: pathlib.Path
+) -> None:
+    """Admin "sync now": a version published while the server runs arrives at once instead
+    of at the next pass an hour later, and loads although discovery never polls (0): the
+    finished pass has ServerCore scan the base path."""
+    source = SourceOptions(f"file://{tmp_path / 'remote' / 'hp'}")
+    saved_model = model_zoo.base_path("half_plus_two") / "1"
+    publish(str(saved_model), f"{source.url}/1", source)
+    (tmp_path / "tokens").write_text(TOKEN + "\n")
+    config = tmp_path / "tfgate.toml"
+    config.write_text(
+        f'[admin]\ntokens_file = "{tmp_path / "tokens"}"\n\n'
+        f'[models.hp.sync]\nsource = "{source.url}"\npoll_seconds = 3600\n'
+    )
+    server = ServerProcess(
+        ["--model_name=hp", f"--model_base_path={tmp_path / 'base' / 'hp'}", f"--config={config}",
+         "--file_system_poll_wait_seconds=0"],
+        tmp_path / "server.log",
+    ).start()
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with server.client() as http:
+            assert states(http) == {1: "AVAILABLE"}
+            publish(str(saved_model), f"{source.url}/2", source)
+            synced = http.post("/v1/admin/models/hp/sync", headers=admin)
+            assert synced.status_code == 200, synced.text
+            assert synced.json()["sync"]["versions_synced"] == [1, 2]
+            assert synced.json()["versions_on_disk"] == [1, 2]
+            wait_for(lambda: states(http) == {2: "AVAILABLE", 1: "END"}, 60)
+            assert http.post("/v1/admin/models/hp/sync").status_code == 401
+            assert http.post("/v1/admin/models/nope/sync", headers=admin).status_code == 404
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            reply = stub.SyncNow(
+                admin_pb2.ModelRequest(name="hp"), metadata=[("authorization", f"Bearer {TOKEN}")]
+            )
+            assert json.loads(reply.json)["sync"]["consecutive_failures"] == 0
+    finally:
+        server.stop()
+
+
+def test_a_base_path_change_of_a_synced_model_never_interrupts_serving(  # type: ignore[no-untyped-def]
+    model_zoo, tmp_path: pathlib.Path
+) -> None:
+    """A config reload moves a synced model to an empty base path: the copy loaded from the
+    old one answers every request until the sync has filled the new one, from which the
+    version is then reloaded in place."""
+    source = SourceOptions(f"file://{tmp_path / 'remote' / 'hp'}")
+    publish(str(model_zoo.base_path("half_plus_two") / "1"), f"{source.url}/1", source)
+    (tmp_path / "tokens").write_text(TOKEN + "\n")
+    config = tmp_path / "tfgate.toml"
+    config.write_text(
+        f'[admin]\ntokens_file = "{tmp_path / "tokens"}"\n\n'
+        f'[models.hp.sync]\nsource = "{source.url}"\npoll_seconds = 3600\n'
+    )
+    models = tmp_path / "models.config"
+    text = (
+        'model_config_list {{ config {{ name: "hp" base_path: "{}" '
+        'model_platform: "tensorflow" }} }}\n'
+    )
+    models.write_text(text.format(tmp_path / "old"))
+    server = ServerProcess(
+        [f"--model_config_file={models}", f"--config={config}",
+         "--file_system_poll_wait_seconds=1"],
+        tmp_path / "server.log",
+    ).start()
+    try:
+        with server.client() as http, Load(server.rest_url) as load:
+            wait_for(lambda: load.ok > 20, 60)
+            models.write_text(text.format(tmp_path / "new"))
+            reload = http.post(
+                "/v1/admin/reload-config", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert reload.status_code == 200, reload.text
+            wait_for(lambda: "replace those under" in server.log(), 60)
+            served = load.ok
+            wait_for(lambda: load.ok > served + 20, 60)
+            assert states(http) == {1: "AVAILABLE"}
+        assert load.failures == []
+        assert (tmp_path / "new" / "1" / "saved_model.pb").is_file()
     finally:
         server.stop()

@@ -28,15 +28,27 @@ def test_unreadable_base_path_is_like_a_missing_one(tmp_path: pathlib.Path) -> N
         tmp_path.chmod(0o755)
 
 
+class Aspirer:
+    """ServerCore's part in a scan: the versions found go into the registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.changed: list[str] = []
+
+    def __call__(self, name: str, on_disk: dict[int, str], replaced: set[int]) -> None:
+        self.registry.set_aspired_versions(name, on_disk, replaced=replaced)
+        self.changed.append(name)
+
+
 def test_scan_skips_odd_names_and_goes_on_to_the_next_model(tmp_path: pathlib.Path) -> None:
     registry = Registry()
     for name in ("a", "b"):
         (tmp_path / name / "1").mkdir(parents=True)
     (tmp_path / "a" / "²").mkdir()
     registry.configure([ModelConfig(n, str(tmp_path / n)) for n in ("a", "b")])
-    changed: list[str] = []
-    Discovery(registry, changed.append, 1).scan()
-    assert changed == ["a", "b"]
+    aspirer = Aspirer(registry)
+    Discovery(registry, aspirer, 1).scan()
+    assert aspirer.changed == ["a", "b"]
     assert set(registry.models["a"].on_disk) == {1}
     assert set(registry.models["b"].on_disk) == {1}
 
@@ -45,10 +57,10 @@ def test_an_empty_name_list_scans_nothing(tmp_path: pathlib.Path) -> None:
     registry = Registry()
     (tmp_path / "a" / "1").mkdir(parents=True)
     registry.configure([ModelConfig("a", str(tmp_path / "a"))])
-    changed: list[str] = []
-    discovery = Discovery(registry, changed.append, 1)
+    aspirer = Aspirer(registry)
+    discovery = Discovery(registry, aspirer, 1)
     discovery.scan([])
-    assert changed == []
+    assert aspirer.changed == []
     registry.configure([])  # "a" dropped: never scanned again
     discovery.scan()
-    assert changed == []
+    assert aspirer.changed == []

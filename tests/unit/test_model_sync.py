@@ -18,7 +18,8 @@ from app.manifest import (
     split_version_url,
 )
 from app.model_sync import PassResult, SyncConfig, VersionFailure, plan_sync
-from app.model_sync_loop import ModelSync, backoff_seconds, load_sync_configs
+from app.model_sync_config import load_sync_configs
+from app.model_sync_loop import ModelSync, backoff_seconds
 from app.settings import SettingsError
 from app.storage import SourceOptions
 
