@@ -16,6 +16,7 @@ from app.codec_tensor import TensorBudget, tensor_nbytes
 from app.errors import Code, ServingError
 from app.protos import example_pb2, input_pb2, tensor_pb2
 from app.settings import load_settings, request_tensor_limit_bytes
+from app.state_events import StateEventBus
 from app.types import DT_DOUBLE, DT_FLOAT, DT_INT8, DT_STRING, SignatureSpec, TensorSpec
 
 
@@ -202,7 +203,7 @@ def test_request_metrics_label_only_configured_models() -> None:
     )
     hooks = SimpleNamespace(
         observers=[], on_run=[], on_warmup=[], on_restart=[], load_observers=[],
-        rss_by_worker=lambda: [],
+        rss_by_worker=lambda: [], events=StateEventBus(),
     )
     registry_metrics = metrics.Metrics()
     metrics.connect(registry_metrics, service, hooks, hooks, hooks)  # type: ignore[arg-type]

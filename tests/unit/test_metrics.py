@@ -8,6 +8,7 @@ import types
 
 from app import metrics
 from app.metrics import Counter, Histogram, Metrics, exponential_buckets, six_digits
+from app.state_events import StateEventBus
 
 
 def test_histogram_lines_as_tf_serving_prints_them() -> None:
@@ -114,8 +115,10 @@ def test_runtime_latency_labelled_with_each_api() -> None:
     registry = Metrics()
     service = types.SimpleNamespace(observers=[], runtime_observers=[], example_observers=[])
     batcher = types.SimpleNamespace(observers=[])
-    pool = types.SimpleNamespace(on_run=[], on_warmup=[], on_restart=[])
-    manager = types.SimpleNamespace(observers=[], load_observers=[])
+    pool = types.SimpleNamespace(
+        on_run=[], on_warmup=[], on_restart=[], rss_by_worker=lambda: []
+    )
+    manager = types.SimpleNamespace(events=StateEventBus(), load_observers=[])
     metrics.connect(registry, service, batcher, pool, manager)  # type: ignore[arg-type]
     for api in ("Predict", "Classify", "Regress"):
         for observer in service.runtime_observers:
