@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.errors import STARTUP_FAILURE_EXIT_STATUS
-from app.settings import FLAGS, Settings, SettingsError, load_settings
+from app.core.errors import STARTUP_FAILURE_EXIT_STATUS
+from app.settings.settings import FLAGS, Settings, SettingsError, load_settings
 
 DEMO_MODEL_NAME = "half_plus_two"
 
@@ -44,7 +44,7 @@ def tensorflow_version() -> str:
 def configure_logging(settings: Settings) -> None:
     level = settings.tensorflow_model_server_log_level.upper()
     if settings.log_format == "json":
-        from app.logs import JsonFormatter
+        from app.ops.logs import JsonFormatter
 
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
@@ -151,7 +151,7 @@ def tfgate_main(argv: list[str] | None = None) -> None:
 
         sys.exit(bench_main(rest))
     if command in ("publish", "sync"):
-        from app import sync_cli
+        from app.sync import cli as sync_cli
 
         sys.exit(sync_cli.publish_main(rest) if command == "publish" else sync_cli.sync_main(rest))
     print(f"tfgate: unknown command {command!r}\n\n{TFGATE_USAGE}", file=sys.stderr)

@@ -22,29 +22,31 @@ from typing import Any
 
 import uvicorn
 
-from app import grpc_server, http_server, model_config
-from app import metrics as metrics_module
-from app.admin import LOAD_WAIT_SECONDS, AdminApi, AdminTokens, PinState
-from app.auth import InferenceAuth
-from app.batcher import Batcher
-from app.batching_policy import BatchingPolicy
-from app.cache import ResultCache
-from app.cache_config import load_cache_config
-from app.config_watch import ConfigWatcher
-from app.discovery import Discovery
-from app.errors import STARTUP_FAILURE_EXIT_STATUS, ServingError, StartupError
-from app.manager import LoadOptions, VersionManager
-from app.metrics import Metrics
-from app.model_sync_config import load_sync_configs, sync_table_models
-from app.model_sync_loop import ModelSync
-from app.registry import ModelConfig, Registry
-from app.server_core import ServerCore
-from app.service import ServingService
-from app.session_bundle import SessionBundleSettings, session_bundle_settings
-from app.settings import Settings, SettingsError
-from app.state_events import StateEventBus
-from app.worker_pool import WorkerPool
-from app.worker_process import PoolOptions
+from app.admin.api import LOAD_WAIT_SECONDS, AdminApi, AdminTokens, PinState
+from app.cache.config import load_cache_config
+from app.cache.result_cache import ResultCache
+from app.core.errors import STARTUP_FAILURE_EXIT_STATUS, ServingError, StartupError
+from app.core.state_events import StateEventBus
+from app.lifecycle.config_watch import ConfigWatcher
+from app.lifecycle.discovery import Discovery
+from app.lifecycle.manager import LoadOptions, VersionManager
+from app.lifecycle.registry import ModelConfig, Registry
+from app.lifecycle.server_core import ServerCore
+from app.ops import metrics as metrics_module
+from app.ops.metrics import Metrics
+from app.rest import server as http_server
+from app.rpc import server as grpc_server
+from app.runtime.pool import WorkerPool
+from app.runtime.worker import PoolOptions
+from app.serving.auth import InferenceAuth
+from app.serving.batcher import Batcher
+from app.serving.batching_policy import BatchingPolicy
+from app.serving.service import ServingService
+from app.settings import model_config
+from app.settings.session_bundle import SessionBundleSettings, session_bundle_settings
+from app.settings.settings import Settings, SettingsError
+from app.sync.config import load_sync_configs, sync_table_models
+from app.sync.loop import ModelSync
 
 log = logging.getLogger("tfgate")
 

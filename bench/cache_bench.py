@@ -50,9 +50,9 @@ SLOW_DELAY_MS = 50
 SHAPES = {"dnn": INPUT_SHAPES["dnn"], "slow": (1,)}
 CACHED_SUFFIX = "_cached"
 PLACEHOLDER = b"1XXXXXX"
-# Which Redis client app/cache_redis.py is, recorded with each run; runs saved before it
+# Which Redis client app/cache/redis_client.py is, recorded with each run; runs saved before it
 # was recorded used the former one.
-CLIENT = (f"redis-py {redis.__version__} asyncio (app/cache_redis.py: the calls of one "
+CLIENT = (f"redis-py {redis.__version__} asyncio (app/cache/redis_client.py: the calls of one "
           "event-loop turn batched into one pipeline)")
 FORMER_CLIENT = ("tfgate's former hand-written RESP2 client (one connection, "
                  "auto-pipelining; replaced by redis-py since)")

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from app.settings import FLAGS
+from app.settings.settings import FLAGS
 from bench.report import Key, Median
 from bench.stats import LevelResult
 
@@ -283,7 +283,7 @@ def _micro(results: SuiteResults) -> list[str]:
         f"TF Serving JSON with a {c.get('json_bytes', 0) / 1e3:.0f} kB body (64 x 256 float32), "
         "MB/s of JSON text:", "",
         "| path | decode JSON -> float32 | encode float32 -> JSON |", "|---|---|---|",
-        f"| app.codec (TF Serving's float formatting) | {_fmt(c.get('decode_mb_s', math.nan), 1)}"
+        f"| app.codec.tensor_json (TF Serving's float formatting) | {_fmt(c.get('decode_mb_s', math.nan), 1)}"
         f" | {_fmt(c.get('encode_mb_s', math.nan), 1)} |",
         f"| orjson -> lists -> ndarray (reference; float64 repr on encode) | "
         f"{_fmt(c.get('decode_orjson_lists_mb_s', math.nan), 1)} | "

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import grpc
 import hpack
 
-from app.h2_frames import (
+from app.rpc.h2.frames import (
     ACK,
     CANCEL,
     CONTINUATION,

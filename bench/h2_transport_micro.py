@@ -1,6 +1,6 @@
 """Per-call CPU of tfgate's hand-written HTTP/2 gRPC server vs the `h2` package (python-hyper).
 
-Not part of the load generator: the measurement behind keeping app/grpc_h2_connection.py
+Not part of the load generator: the measurement behind keeping app/rpc/h2/connection.py
 hand-written (issue 19). The same recorded client bytes (HEADERS + one DATA frame per unary
 call, 1-row and 64-row Predict-sized requests) are fed to (a) GrpcH2Connection with a fake
 transport, the whole call path including the handler task, and (b) h2.connection.H2Connection
@@ -20,9 +20,9 @@ import time
 
 import grpc
 
-from app import h2_frames as f
-from app.grpc_h2_connection import GrpcH2Connection
-from app.grpc_h2_server import GrpcH2Server
+from app.rpc.h2 import frames as f
+from app.rpc.h2.connection import GrpcH2Connection
+from app.rpc.h2.server import GrpcH2Server
 
 try:
     import h2.config

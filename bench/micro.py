@@ -1,6 +1,6 @@
 """Micro-benchmarks of two hot-path pieces, without HTTP: the REST codec and the shm IPC.
 
-- codec: MB/s of TF Serving JSON decoded into float32 tensors (app.codec) and float32
+- codec: MB/s of TF Serving JSON decoded into float32 tensors (app.codec.tensor_json) and float32
   tensors encoded back to JSON, on one core, beside the orjson -> lists -> ndarray path.
 - ipc: gateway -> worker -> gateway time of a 4 MB float32 tensor through a real WorkerPool
   (workers/ipc.py slabs + the control pipe): round trip minus the model's own run time.
@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from app import codec
-from app.types import ServableId, SignatureSpec, TensorSpec
+from app.codec import tensor_json as codec
+from app.core.types import ServableId, SignatureSpec, TensorSpec
 
 DT_FLOAT = 1
 
@@ -41,7 +41,7 @@ def _best_rate(fn: Callable[[], object], nbytes: int, seconds: float) -> float:
 
 
 def codec_throughput(rows: int = 64, width: int = 256, seconds: float = 2.0) -> dict[str, float]:
-    """JSON <-> float32 MB/s (of JSON text) through app.codec, and the list-based reference."""
+    """JSON <-> float32 MB/s (of JSON text) through app.codec.tensor_json, and the list-based reference."""
     from bench.workloads import rest_body
 
     array = np.random.default_rng(1).random((rows, width), dtype=np.float32)
@@ -77,8 +77,8 @@ def codec_throughput(rows: int = 64, width: int = 256, seconds: float = 2.0) -> 
 
 
 async def _ipc(model_dir: str, nbytes: int, iterations: int) -> dict[str, float]:
-    from app.worker_pool import LoadSpec, WorkerPool
-    from app.worker_process import PoolOptions
+    from app.runtime.pool import LoadSpec, WorkerPool
+    from app.runtime.worker import PoolOptions
 
     pool = WorkerPool(
         PoolOptions(num_workers=1, arena_bytes=max(64 << 20, 4 * nbytes), log_level="WARNING")

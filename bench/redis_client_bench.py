@@ -10,7 +10,7 @@ when the machine is too busy for end-to-end numbers.
     .venv/bin/python -m bench.redis_client_bench [--seconds 2] [--rounds 5]
         [--baseline path/to/other/cache_redis.py]
 
---baseline loads another implementation of app/cache_redis.py (e.g. an older one from
+--baseline loads another implementation of app/cache/redis_client.py (e.g. an older one from
 `git show`) and alternates rounds between the two, so both see the same machine noise.
 """
 
@@ -37,9 +37,9 @@ LEVELS = (1, 64)
 
 def load_module(path: pathlib.Path | None) -> types.ModuleType:
     if path is None:
-        import app.cache_redis
+        import app.cache.redis_client
 
-        return app.cache_redis
+        return app.cache.redis_client
     spec = importlib.util.spec_from_file_location(f"baseline_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="medians over this many")
     parser.add_argument("--timeout_ms", type=float, default=20.0)
     parser.add_argument("--baseline", type=pathlib.Path, default=None,
-                        help="another cache_redis.py to compare against, rounds alternating")
+                        help="another cache/redis_client.py to compare against, rounds alternating")
     args = parser.parse_args(argv)
     impls = {"current": load_module(None)}
     if args.baseline is not None:

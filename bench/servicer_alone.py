@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import uvloop
 
-from app.grpc_services import PredictionServicer
+from app.core.protos import predict_pb2
+from app.core.types import ModelSpec
 from app.main import build_server, tune_garbage_collector, wait_for_initial_models
-from app.protos import predict_pb2
-from app.service import Entrypoint
-from app.settings import load_settings
-from app.types import ModelSpec
+from app.rpc.services import PredictionServicer
+from app.serving.service import Entrypoint
+from app.settings.settings import load_settings
 from bench.probes import cpu_seconds, tree_cpu_seconds
 from bench.workloads import INPUT_SHAPES, grpc_request
 
@@ -102,7 +102,7 @@ async def run(args: argparse.Namespace, flags: list[str]) -> None:
         raw = grpc_request(args.model, x)
         spec = ModelSpec(args.model, None, None, "")
         servable, _ = server.registry.resolve(spec)
-        servicer = PredictionServicer(  # as app.grpc_server.start builds it
+        servicer = PredictionServicer(  # as app.rpc.server.start builds it
             server.service,
             use_tensor_content=settings.enable_serialization_as_tensor_content,
             auth=server.inference_auth,

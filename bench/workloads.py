@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from app.protos import model_pb2, predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from app.core.protos import model_pb2, predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "tiny": (1,),

@@ -1,4 +1,4 @@
-"""Print the README's flag table from app/settings.py's FLAGS (the one source of truth).
+"""Print the README's flag table from app/settings/settings.py's FLAGS (the one source of truth).
 
 `.venv/bin/python scripts/flag_table.py` regenerates it; tests/unit/test_readme.py checks
 the README carries the current table.
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app.settings import FLAGS
+from app.settings.settings import FLAGS
 
 
 def flag_table() -> str:

@@ -20,7 +20,7 @@ from grpc_tools import protoc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import protos  # noqa: E402  (TF's message modules, without the TF runtime)
+from app.core import protos  # noqa: E402  (TF's message modules, without the TF runtime)
 
 
 def tensorflow_descriptor_set() -> bytes:

@@ -1,6 +1,6 @@
 """Worker process entry: `python -m workers --request-fd N --reply-fd N ...`.
 
-Spawned by the gateway's worker pool (app/worker_pool.py), never by hand; see workers/loop.py.
+Spawned by the gateway's worker pool (app/runtime/pool.py), never by hand; see workers/loop.py.
 """
 
 from __future__ import annotations

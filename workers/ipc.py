@@ -42,7 +42,7 @@ _FRAME_HEADER = struct.Struct("<I")
 DT_STRING = 7
 
 # TF DataType enum -> numpy dtype, for the dtypes whose values travel as raw little-endian
-# buffers: the one table, read by the workers and by the gateway (app/types.py).
+# buffers: the one table, read by the workers and by the gateway (app/core/types.py).
 NUMPY_DTYPE_BY_TF: dict[int, np.dtype] = {
     1: np.dtype(np.float32),  # DT_FLOAT
     2: np.dtype(np.float64),  # DT_DOUBLE

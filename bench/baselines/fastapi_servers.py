@@ -63,7 +63,7 @@ def constant_app() -> FastAPI:
 
 def constant_predict_response() -> bytes:
     """The gRPC ceiling's reply: a PredictResponse holding one float, as CONSTANT_BODY."""
-    from app.protos import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+    from app.core.protos import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
     shape = tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)] * 2

@@ -3,7 +3,7 @@
 The tensorflow-serving-api wheel ships generated *_pb2 modules but no .proto files, so the
 Java build takes the descriptors from the installed modules instead: prediction_service and
 model_service plus every file they import (TensorFlow's tensor/example/meta_graph protos,
-google/protobuf well-known types), dependencies first. Loaded through app.protos, so the
+google/protobuf well-known types), dependencies first. Loaded through app.core.protos, so the
 TensorFlow runtime is never imported.
 
 usage: python examples/java/dump_descriptors.py OUT.pb   (prints the .proto file names)
@@ -27,7 +27,7 @@ SERVICE_FILES = (
 
 def load_service_files() -> list[FileDescriptor]:
     sys.path.insert(0, str(ROOT))
-    importlib.import_module("app.protos")  # message modules, without the TF runtime
+    importlib.import_module("app.core.protos")  # message modules, without the TF runtime
     files = []
     for name in SERVICE_FILES:
         module = name.removesuffix(".proto").replace("/", ".") + "_pb2"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from app.protos import predict_pb2, prediction_service_pb2_grpc, tensor_pb2, types_pb2
+from app.core.protos import predict_pb2, prediction_service_pb2_grpc, tensor_pb2, types_pb2
 from tests.serverproc import ServerProcess
 
 # Short enough for quick tests, long enough for a loaded 2-core machine to send a request.

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import hpack
 
-from app import h2_frames as h2
+from app.rpc.h2 import frames as h2
 
 
 class Frame(NamedTuple):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from app.protos import prediction_service_pb2_grpc
+from app.core.protos import prediction_service_pb2_grpc
 from tests.adversarial.conftest import (
     BODY_TIMEOUT_SECONDS,
     HANDSHAKE_TIMEOUT_SECONDS,

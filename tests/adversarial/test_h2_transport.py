@@ -27,11 +27,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from app import h2_frames as h2
-from app.grpc_h2_limits import H2Limits
-from app.grpc_h2_server import GrpcH2Server
-from app.grpc_server import MESSAGE_HEADROOM_BYTES
-from app.protos import predict_pb2, prediction_service_pb2_grpc
+from app.core.protos import predict_pb2, prediction_service_pb2_grpc
+from app.rpc.h2 import frames as h2
+from app.rpc.h2.limits import H2Limits
+from app.rpc.h2.server import GrpcH2Server
+from app.rpc.server import MESSAGE_HEADROOM_BYTES
 from tests.adversarial.h2_client import RawClient, grpc_message, request_fields, vm_rss_bytes
 from tests.serverproc import ServerProcess
 

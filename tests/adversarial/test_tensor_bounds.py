@@ -9,7 +9,7 @@ import json
 import grpc
 import pytest
 
-from app.protos import (
+from app.core.protos import (
     classification_pb2,
     example_pb2,
     predict_pb2,

@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 
-from app.protos import (
+from app.core.protos import (
     model_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,

@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 
-from app.protos import predict_pb2, prediction_service_pb2_grpc, tensor_pb2, types_pb2
+from app.core.protos import predict_pb2, prediction_service_pb2_grpc, tensor_pb2, types_pb2
 from tests.serverproc import ROOT, ServerProcess, free_port, port_open
 
 pytestmark = [

@@ -22,10 +22,8 @@ from google.protobuf import descriptor_pb2, json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from app.errors import GRPC_STATUS_BY_CODE, Code, ServingError, StartupError
-from app.grpc_server import parse_channel_arguments
-from app.grpc_services import model_spec_from_proto, translated
-from app.protos import (
+from app.core.errors import GRPC_STATUS_BY_CODE, Code, ServingError, StartupError
+from app.core.protos import (
     classification_pb2,
     example_pb2,
     get_model_metadata_pb2,
@@ -39,7 +37,9 @@ from app.protos import (
     tensor_pb2,
     types_pb2,
 )
-from app.types import ModelSpec
+from app.core.types import ModelSpec
+from app.rpc.server import parse_channel_arguments
+from app.rpc.services import model_spec_from_proto, translated
 from tests.serverproc import ServerProcess
 
 ZOO_MODELS = ("multi_io", "int_ops", "strings", "bools", "classifier", "slow")

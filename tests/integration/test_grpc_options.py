@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from app.protos import (
+from app.core.protos import (
     get_model_status_pb2,
     model_pb2,
     model_service_pb2_grpc,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from app.protos import (
+from app.core.protos import (
     get_model_status_pb2,
     model_management_pb2,
     model_pb2,

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from app.protos import prediction_service_pb2_grpc
+from app.core.protos import prediction_service_pb2_grpc
 from tests.integration.test_grpc import (
     model_entry,
     predict_request,

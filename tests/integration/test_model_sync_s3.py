@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from app.manifest import publish
-from app.model_sync import SyncConfig, sync_once
-from app.storage import SourceOptions
+from app.sync.manifest import publish
+from app.sync.storage import SourceOptions
+from app.sync.sync_pass import SyncConfig, sync_once
 from tests.s3_server import S3Endpoint, s3  # noqa: F401 - fixture
 from tests.webhdfs_server import write_tree
 

@@ -17,8 +17,8 @@ import grpc
 import httpx
 import pytest
 
-from app.manifest import publish
-from app.storage import SourceOptions, libhdfs_available
+from app.sync.manifest import publish
+from app.sync.storage import SourceOptions, libhdfs_available
 from proto import admin_pb2, admin_pb2_grpc
 from tests.s3_server import S3Endpoint, s3  # noqa: F401 - fixture
 from tests.serverproc import ServerProcess

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.manifest import publish
-from app.model_sync import SyncConfig, sync_once
-from app.model_sync_loop import ModelSync
-from app.storage import SourceOptions
+from app.sync.loop import ModelSync
+from app.sync.manifest import publish
+from app.sync.storage import SourceOptions
+from app.sync.sync_pass import SyncConfig, sync_once
 from tests.webhdfs_server import WebHdfsCluster, down_endpoint, write_tree
 
 FILES = {
@@ -178,7 +178,7 @@ async def test_loop_retries_with_backoff_and_alerts(
 ) -> None:
     """Two cut transfers, then success: the loop retries on its own (backoff, not the poll
     interval), status and metrics count it, the webhook hears failed then recovered."""
-    from app.metrics import Metrics
+    from app.ops.metrics import Metrics
 
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()

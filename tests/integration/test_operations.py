@@ -227,7 +227,7 @@ def test_sigterm_drains_in_flight_requests(model_zoo, tmp_path: pathlib.Path) ->
 def test_inference_auth_grpc(auth_server, metadata, code) -> None:  # type: ignore[no-untyped-def]
     import grpc
 
-    from app.protos import (
+    from app.core.protos import (
         get_model_status_pb2,
         model_service_pb2_grpc,
         predict_pb2,
@@ -259,7 +259,7 @@ def test_grpc_reload_config_needs_an_admin_token_once_auth_is_on(auth_server, tm
     even one for every model, cannot point a model at another directory."""
     import grpc
 
-    from app.protos import model_management_pb2, model_service_pb2_grpc
+    from app.core.protos import model_management_pb2, model_service_pb2_grpc
 
     request = model_management_pb2.ReloadConfigRequest()
     entry = request.config.model_config_list.config.add()

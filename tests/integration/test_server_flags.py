@@ -200,7 +200,7 @@ def test_sigterm_exits_cleanly_and_leaves_no_workers(
 
 def test_python_never_imports_tensorflow_in_gateway() -> None:
     code = (
-        "import sys; import app.main, app.rest, app.service, app.codec, app.codec_proto; "
+        "import sys; import app.main, app.rest.api, app.serving.service, app.codec.tensor_json, app.codec.tensor_proto; "
         "print('tensorflow' in sys.modules and hasattr(sys.modules['tensorflow'], 'constant'))"
     )
     result = subprocess.run(

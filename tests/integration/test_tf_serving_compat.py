@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from app.protos import (
+from app.core.protos import (
     classification_pb2,
     get_model_metadata_pb2,
     inference_pb2,

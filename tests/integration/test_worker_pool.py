@@ -140,7 +140,7 @@ def test_tensorflow_thread_flags_reach_the_workers(model_zoo, tmp_path) -> None:
         (worker,) = proc.child_pids()
         with open(f"/proc/{worker}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        from app import protos
+        from app.core import protos
 
         config = protos.config_pb2.ConfigProto.FromString(
             base64.b64decode(argv[argv.index(b"--session-config") + 1])

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from app.settings import load_settings
+from app.settings.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.smoke.yml"]
@@ -156,7 +156,7 @@ def test_compose_config_is_the_example_plus_the_cache() -> None:
     finally:
         os.chdir(cwd)
     assert settings.rest_api_port == 8501
-    cache_config = pytest.importorskip("app.cache_config")
+    cache_config = pytest.importorskip("app.cache.config")
     cache = cache_config.load_cache_config(settings)
     assert cache is not None and cache.address.host == "redis"
     assert "half_plus_two" in cache.models
@@ -285,7 +285,7 @@ def test_dockerfile_build_imports_the_server(dockerfile: list[tuple[str, str]]) 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "modules import" in result.stdout
-    for module in ("app.grpc_server", "app.grpc_h2_server", "app.grpc_services"):
+    for module in ("app.rpc.server", "app.rpc.h2.server", "app.rpc.services"):
         assert f"'{module}'" in result.stdout, result.stdout
 
 
@@ -492,7 +492,7 @@ def test_k8s_configmap_is_a_valid_config(k8s: dict, tmp_path: Path) -> None:
     for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
         name = getattr(settings, flag)
         assert name.startswith("/etc/tfgate/") and name.removeprefix("/etc/tfgate/") in data
-    cache_config = pytest.importorskip("app.cache_config")
+    cache_config = pytest.importorskip("app.cache.config")
     assert cache_config.load_cache_config(settings) is not None
 
 

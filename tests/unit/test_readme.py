@@ -1,4 +1,4 @@
-"""The README's flag table is generated from app/settings.py; it must be current."""
+"""The README's flag table is generated from app/settings/settings.py; it must be current."""
 
 from __future__ import annotations
 

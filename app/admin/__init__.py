@@ -1,0 +1,1 @@
+"""Admin operations: list, pin, load, unload, reload, sync now."""

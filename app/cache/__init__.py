@@ -1,0 +1,1 @@
+"""Result cache: keys, Redis client, circuit breaker, single flight, config."""

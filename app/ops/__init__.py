@@ -1,0 +1,1 @@
+"""Operations: metrics under TF Serving's names, logs."""

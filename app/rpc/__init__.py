@@ -1,0 +1,1 @@
+"""gRPC servicers (PredictionService, ModelService, admin) and the server that hosts them."""

@@ -1,0 +1,505 @@
+"""One client connection of tfgate's HTTP/2 gRPC server: frames in, frames out.
+
+Data path position: under app/rpc/h2/server.py (which accepts connections) and above
+app/rpc/h2/call.py (which runs each call's servicer). GrpcH2Connection cuts the bytes a
+client sends into frames (RFC 9113) and hands them to its base class InboundFrames
+(app/rpc/h2/inbound.py: checks, flow control, flood guards); here it opens an H2Call per
+stream, feeds streaming handlers through a bounded queue, and writes each call's response
+as HEADERS, DATA and trailers (or one trailers-only HEADERS for an error), pausing reading
+while the client does not read. It also enforces the call deadline (grpc-timeout), the
+server's concurrent call cap, the handshake and idle timeouts and the connection cap, and
+ends with GOAWAY at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from app.rpc.h2 import frames as h2
+from app.rpc.h2.call import (
+    END_OF_REQUESTS,
+    CallFailed,
+    H2Call,
+    serve,
+    take_messages,
+)
+from app.rpc.h2.context import CallContext, call_metadata, parse_grpc_timeout, peer_name
+from app.rpc.h2.inbound import (
+    MAX_FRAME_BYTES,
+    MAX_HEADER_LIST_BYTES,
+    STREAM_WINDOW_BYTES,
+    InboundFrames,
+    ProtocolError,
+)
+from app.rpc.h2.limits import (
+    CONNECTION_WINDOW_BYTES,
+    CONTROL_BURST,
+    CONTROL_FRAMES_PER_SECOND,
+    OUTPUT_HIGH_WATER_BYTES,
+    OUTPUT_LOW_WATER_BYTES,
+    REQUEST_QUEUE_MESSAGES,
+    RESET_BURST,
+    RESETS_PER_SECOND,
+    Budget,
+)
+from app.rpc.h2.replies import (
+    DEADLINE_EXCEEDED,
+    GRPC_CONTENT_TYPE,
+    LIMIT_EXCEEDED,
+    METHOD_NOT_FOUND,
+    RESPONSE_HEADERS,
+    header_frames,
+    status_block,
+)
+
+if TYPE_CHECKING:
+    from app.rpc.h2.server import GrpcH2Server
+
+log = logging.getLogger("tfgate.grpc")
+
+
+
+class GrpcH2Connection(InboundFrames, asyncio.Protocol):
+    """One client connection: frames in (InboundFrames), frames out, one task per call."""
+
+    def __init__(self, server: GrpcH2Server) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.message_limit_bytes = server.limits.max_receive_message_bytes
+        self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.peer = ""
+        self.buffer = bytearray()
+        self.preface_seen = False
+        self.settings_seen = False  # the client's first frame must be SETTINGS
+        self.decoder = h2.HeaderDecoder(MAX_HEADER_LIST_BYTES)
+        self.calls: dict[int, H2Call] = {}
+        self.last_stream_id = 0
+        self.send_window = h2.DEFAULT_WINDOW  # connection level, peer's credit to us
+        self.peer_stream_window = h2.DEFAULT_WINDOW
+        self.peer_max_frame = h2.DEFAULT_MAX_FRAME_BYTES
+        self.receive_window = CONNECTION_WINDOW_BYTES  # what the client may still send
+        self.granted = 0  # consumed bytes not yet given back to the connection window
+        self.blocked: dict[int, H2Call] = {}  # calls with data waiting for window
+        self.header_stream = 0  # a HEADERS block waiting for CONTINUATION frames
+        self.header_flags = 0
+        self.header_block = bytearray()
+        self.going_away = False
+        self.writing_paused = False  # the client is not reading what we send
+        self.replies_while_paused = 0
+        self.resets = Budget(RESET_BURST, RESETS_PER_SECOND)
+        self.control_frames = Budget(CONTROL_BURST, CONTROL_FRAMES_PER_SECOND)
+        self.recently_reset: dict[int, None] = {}  # insertion-ordered, bounded
+        self.valid_blocks: dict[bytes, list[tuple[str, str]]] = {}  # checked request headers
+        self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None  # handshake, then idle timeout
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
+        self.peer = peer_name(transport)
+        limits = self.limits
+        if limits.max_connections and len(self.server.connections) >= limits.max_connections:
+            # Over the cap: refused before any work, so idle sockets cannot pile up.
+            log.warning("gRPC connection from %s refused: %d connections open (the limit)",
+                        self.peer, len(self.server.connections))
+            self._close_with(h2.ENHANCE_YOUR_CALM, settings=True)
+            return
+        self.server.connections.add(self)
+        self.transport.set_write_buffer_limits(OUTPUT_HIGH_WATER_BYTES, OUTPUT_LOW_WATER_BYTES)
+        settings = h2.settings_payload({
+            h2.SETTINGS_MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
+            h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_BYTES,
+            h2.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
+        })
+        self.transport.write(
+            h2.frame(h2.SETTINGS, 0, 0, settings)
+            + h2.frame(h2.WINDOW_UPDATE, 0, 0,
+                       h2.u32(CONNECTION_WINDOW_BYTES - h2.DEFAULT_WINDOW))
+        )
+        self.idle_since = self.loop.time()
+        if limits.handshake_timeout_seconds > 0:
+            self.timer = self.loop.call_later(limits.handshake_timeout_seconds, self._too_slow)
+        if self.server.closing:
+            self.go_away()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.connections.discard(self)
+        for call in list(self.calls.values()):
+            self._cancel(call)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we write: stop reading its requests until it
+        catches up, so neither side's bytes pile up here."""
+        self.writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.replies_while_paused = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        for call in list(self.calls.values()):  # streaming writers waiting for room
+            if call.writable is not None and not call.writable.done():
+                call.writable.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        pos = 0
+        try:
+            if not self.preface_seen:
+                if not h2.PREFACE.startswith(bytes(buffer[: len(h2.PREFACE)])):
+                    raise ProtocolError(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                if len(buffer) < len(h2.PREFACE):
+                    return
+                self.preface_seen = True
+                pos = len(h2.PREFACE)
+            end = len(buffer)
+            while end - pos >= h2.FRAME_HEADER_BYTES:
+                length = int.from_bytes(buffer[pos : pos + 3], "big")
+                if length > MAX_FRAME_BYTES:
+                    raise ProtocolError(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                if end - pos < h2.FRAME_HEADER_BYTES + length:
+                    break
+                kind = buffer[pos + 3]
+                flags = buffer[pos + 4]
+                stream_id = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & h2.MAX_WINDOW
+                start = pos + h2.FRAME_HEADER_BYTES
+                payload = bytes(buffer[start : start + length])
+                pos = start + length
+                if not self.settings_seen:
+                    self._first_frame(kind, flags)
+                self._on_frame(kind, flags, stream_id, payload)
+                if self.transport is None:
+                    return
+        except ProtocolError as exc:
+            log.debug("gRPC connection from %s: %s", self.peer, exc)
+            self._close_with(exc.code)
+            return
+        except Exception:
+            log.exception("gRPC connection from %s failed; closing it", self.peer)
+            self._close_with(h2.INTERNAL_ERROR)
+            return
+        del buffer[:pos]
+
+    def _first_frame(self, kind: int, flags: int) -> None:
+        """RFC 9113 section 3.4: the preface ends with the client's SETTINGS."""
+        if kind != h2.SETTINGS or flags & h2.ACK:
+            raise ProtocolError(h2.PROTOCOL_ERROR, "first frame is not SETTINGS")
+        self.settings_seen = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._schedule_idle_check(self.limits.idle_timeout_seconds)
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _too_slow(self) -> None:
+        log.debug("gRPC connection from %s: no HTTP/2 preface in time; closing it", self.peer)
+        self._close_with(h2.NO_ERROR, goaway=self.preface_seen)
+
+    def _schedule_idle_check(self, delay_seconds: float) -> None:
+        if self.limits.idle_timeout_seconds > 0 and self.loop is not None:
+            self.timer = self.loop.call_later(delay_seconds, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """grpc's max_connection_idle: a connection with no call open for the idle timeout
+        is sent GOAWAY and closed (PINGs do not keep it open)."""
+        if self.transport is None or self.loop is None:
+            return
+        idle_seconds = self.limits.idle_timeout_seconds
+        if self.calls:
+            self._schedule_idle_check(idle_seconds)
+            return
+        left_seconds = self.idle_since + idle_seconds - self.loop.time()
+        if left_seconds > 0:
+            self._schedule_idle_check(left_seconds)
+            return
+        log.debug("gRPC connection from %s idle for %ss; closing it", self.peer, idle_seconds)
+        self.go_away()
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def _start_call(self, stream_id: int, headers: list[tuple[str, str]], end: bool) -> None:
+        path = content_type = ""
+        method = None
+        timeout = None
+        encoding = "identity"
+        for name, value in headers:
+            if name == ":path":
+                path = value
+            elif name == ":method":
+                method = value
+            elif name == "content-type":
+                content_type = value
+            elif name == "grpc-timeout":
+                timeout = parse_grpc_timeout(value)
+            elif name == "grpc-encoding":
+                encoding = value
+        if method != "POST" or not content_type.startswith(GRPC_CONTENT_TYPE):
+            # Not a gRPC request: HTTP's answer, as gRPC servers give it.
+            block = h2.literal_block([(":status", "415"), ("content-type", "text/plain")])
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
+            if not end:  # its DATA may still come: ignored, not a protocol error
+                self._reset_stream(stream_id, h2.NO_ERROR)
+            return
+        server = self.server
+        call = H2Call(stream_id, self.peer_stream_window, STREAM_WINDOW_BYTES, encoding)
+        call.remote_closed = end
+        self.calls[stream_id] = call
+        server.active_calls += 1
+        handler = server.registry.lookup(path)
+        if handler is None:
+            self.end_call(call, grpc.StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
+            return
+        if server.max_concurrent_calls and server.active_calls > server.max_concurrent_calls:
+            self.end_call(call, grpc.StatusCode.RESOURCE_EXHAUSTED, LIMIT_EXCEEDED)
+            return
+        call.handler = handler
+        loop = asyncio.get_running_loop()
+        deadline = None
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            call.deadline_timer = loop.call_at(deadline, self._deadline_passed, call)
+        call.context = CallContext(
+            call_metadata(headers),
+            None if timeout is None else time.monotonic() + timeout,
+            self.peer,
+            lambda message: self.write_message(call, message),
+        )
+        if handler.request_streaming:
+            call.requests = asyncio.Queue()
+            call.task = loop.create_task(serve(self, call, None))
+            if end:
+                self._queue_requests(call)
+        elif end:
+            self._end_of_request(call)
+
+    def _end_of_request(self, call: H2Call, last: bytes = b"") -> None:
+        """The client finished sending: a unary call starts, a streaming one sees the end.
+        `last` is the final DATA frame's data, parsed in place when it holds the whole
+        request (the usual case)."""
+        call.remote_closed = True
+        if call.ended:
+            return
+        if call.requests is not None:
+            self._queue_requests(call)
+            return
+        if call.body:
+            call.body += last
+            data: bytes | bytearray = call.body  # not changed again: the request is complete
+        else:
+            data = last
+        try:
+            messages, used = take_messages(data, self.message_limit_bytes)
+            if len(messages) != 1 or used != len(data):
+                raise CallFailed(grpc.StatusCode.INTERNAL,
+                                 f"Expected one request message, got {len(messages)}")
+        except CallFailed as exc:
+            self.end_call(call, exc.code, exc.details)
+            return
+        call.task = asyncio.get_running_loop().create_task(serve(self, call, messages[0]))
+
+    def _queue_requests(self, call: H2Call) -> None:
+        """Move a streaming call's complete request messages from its buffer to its queue,
+        while the queue has room; window goes back to the client only then, so a handler
+        that does not keep up holds the client back instead of filling memory."""
+        requests = call.requests
+        assert requests is not None
+        room = REQUEST_QUEUE_MESSAGES - requests.qsize()
+        if room <= 0 or call.queued_bytes >= STREAM_WINDOW_BYTES:
+            return
+        try:
+            messages, used = take_messages(call.body, self.message_limit_bytes, room)
+        except CallFailed as exc:
+            self.end_call(call, exc.code, exc.details)
+            if call.task is not None:
+                call.task.cancel()  # its handler waits for requests that will not come
+            return
+        for compressed, view in messages:
+            message = bytes(view)
+            view.release()  # the body must be free to shrink
+            call.queued_bytes += 5 + len(message)
+            requests.put_nowait((compressed, message))
+        del call.body[:used]
+        if call.remote_closed and len(messages) < room and not call.end_queued:
+            call.end_queued = True  # whatever is left is not a whole message: ignored
+            requests.put_nowait(END_OF_REQUESTS)
+        if requests.qsize() < REQUEST_QUEUE_MESSAGES and call.queued_bytes < STREAM_WINDOW_BYTES:
+            self._grant(call, call.held)
+            call.held = 0
+
+    async def write_message(self, call: H2Call, message: Any) -> None:
+        """A streamed response message; waits while the peer's window holds it back."""
+        if call.ended:
+            raise asyncio.CancelledError()
+        self.send_message(call, call.handler.response_serializer(message))
+        # Also while the client is not reading: a stream it never reads must not fill
+        # memory with replies (resume_writing() wakes the writer).
+        while (call.outbox or self.writing_paused) and not call.ended:
+            call.writable = asyncio.get_running_loop().create_future()
+            await call.writable
+
+    # -- frames out -----------------------------------------------------------------------
+
+    def send_message(self, call: H2Call, body: bytes, *, flush: bool = True) -> None:
+        """Queue one response message (after the response headers, the first time); a
+        unary reply passes flush=False so its headers, message and trailers leave in one
+        write when end_call() follows."""
+        if call.ended:
+            return
+        if not call.headers_sent:
+            call.headers_sent = True
+            call.head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.stream_id, RESPONSE_HEADERS)
+        call.outbox.append(memoryview(b"\x00" + len(body).to_bytes(4, "big") + body))
+        if flush:
+            self._flush(call)
+
+    def end_call(
+        self, call: H2Call, code: grpc.StatusCode, details: str = "",
+        trailing: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
+        """Decide the call's status; the trailers follow whatever data is still queued."""
+        if call.ended:
+            return
+        self._mark_ended(call)
+        try:
+            call.trailers = status_block(call.headers_sent, code, details, trailing)
+        except Exception:  # e.g. trailing metadata that is not str/bytes
+            log.exception("gRPC status of stream %d cannot be encoded", call.stream_id)
+            call.trailers = status_block(
+                call.headers_sent, grpc.StatusCode.UNKNOWN, "Status cannot be encoded", ())
+        call.headers_sent = True
+        self._flush(call)
+
+    def _flush(self, call: H2Call) -> None:
+        """Send the call's queued data as far as the windows allow, then its trailers."""
+        transport = self.transport
+        if transport is None:
+            return
+        chunks = []
+        if call.head is not None:  # headers are not flow-controlled
+            chunks.append(call.head)
+            call.head = None
+        outbox = call.outbox
+        while outbox:
+            room = min(len(outbox[0]), self.send_window, call.send_window, self.peer_max_frame)
+            if room <= 0:
+                self.blocked[call.stream_id] = call
+                break
+            piece = outbox.popleft()
+            if room < len(piece):
+                outbox.appendleft(piece[room:])
+                piece = piece[:room]
+            self.send_window -= room
+            call.send_window -= room
+            chunks.append(h2.frame(h2.DATA, 0, call.stream_id, piece))
+        if not outbox:
+            self.blocked.pop(call.stream_id, None)
+            if call.writable is not None and not call.writable.done():
+                call.writable.set_result(None)
+            if call.trailers is not None:
+                chunks += header_frames(call.stream_id, call.trailers, self.peer_max_frame)
+                if not call.remote_closed:  # the client may stop sending (gRPC's HTTP/2 spec)
+                    chunks.append(h2.frame(h2.RST_STREAM, 0, call.stream_id, h2.u32(h2.NO_ERROR)))
+                    self._remember_reset(call.stream_id)
+                transport.writelines(chunks)
+                self._release(call)  # after the write: releasing may close the connection
+                return
+        if chunks:
+            transport.writelines(chunks)
+
+    def _release(self, call: H2Call) -> None:
+        if self.calls.pop(call.stream_id, None) is not None:
+            self.server.active_calls -= 1
+            if not self.calls and self.loop is not None:
+                self.idle_since = self.loop.time()
+        self.blocked.pop(call.stream_id, None)
+        call.outbox.clear()
+        # Bytes the client sent that were never consumed still count in the connection's
+        # window: given back, or a connection would shrink with every abandoned stream.
+        self._grant_connection(call.held)
+        call.held = 0
+        if call.writable is not None and not call.writable.done():
+            call.writable.set_result(None)
+        # The context's writer refers back to the call: without this, every call (with its
+        # request bytes) would wait for the cyclic garbage collector to be freed.
+        call.context = None
+        if self.going_away and not self.calls:
+            self._close_with(h2.NO_ERROR, goaway=False)
+        self.server.call_released()
+
+    def _mark_ended(self, call: H2Call, code: grpc.StatusCode | None = None) -> None:
+        call.ended = True
+        if call.deadline_timer is not None:
+            call.deadline_timer.cancel()
+        if call.context is not None:
+            call.context.mark_done(code)
+
+    def _end_now(self, call: H2Call, code: grpc.StatusCode, details: str) -> None:
+        """The server ends a call whose handler may still run: what was not sent never will
+        be, the status goes out, the handler is cancelled."""
+        call.outbox.clear()
+        self.end_call(call, code, details)
+        if call.task is not None:
+            call.task.cancel()
+
+    def _deadline_passed(self, call: H2Call) -> None:
+        if not call.ended:
+            self._end_now(call, grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
+
+    def _cancel(self, call: H2Call) -> None:
+        """The client reset the stream or went away: the handler is cancelled, no reply."""
+        if not call.ended:
+            self._mark_ended(call, grpc.StatusCode.CANCELLED)
+        if call.task is not None:
+            call.task.cancel()
+        self._release(call)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def go_away(self) -> None:
+        """No new calls (GOAWAY with the last stream seen); open calls may finish."""
+        if self.going_away or self.transport is None:
+            return
+        self.going_away = True
+        self._write(self._goaway(h2.NO_ERROR))
+        if not self.calls:
+            self._close_with(h2.NO_ERROR, goaway=False)
+
+    def abort_calls(self) -> None:
+        """The grace period is over: open calls end UNAVAILABLE and the connection closes."""
+        for call in list(self.calls.values()):
+            self._end_now(call, grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+        self._close_with(h2.NO_ERROR, goaway=not self.going_away)
+
+    def _close_with(self, code: int, *, goaway: bool = True, settings: bool = False) -> None:
+        """GOAWAY(code) (after our SETTINGS when none were sent yet), then close."""
+        if self.transport is None:
+            return
+        if goaway:
+            with contextlib.suppress(Exception):
+                head = h2.frame(h2.SETTINGS, 0, 0) if settings else b""
+                self.transport.write(head + self._goaway(code))
+        self.transport.close()
+
+    def _goaway(self, code: int) -> bytes:
+        return h2.frame(h2.GOAWAY, 0, 0, h2.u32(self.last_stream_id) + h2.u32(code))

@@ -1,0 +1,347 @@
+"""gRPC front: the server TF Serving's clients talk to, on --port and --grpc_socket_path.
+
+Data path position: gRPC request -> grpc_services (ModelSpec + codec_proto decode) ->
+service -> codec_proto encode -> gRPC response. This module only builds and starts the
+server the way TF Serving's server.cc does: listening addresses, INT32_MAX message sizes,
+--grpc_max_threads (a limit on concurrent RPCs), TLS / mutual TLS from --ssl_config_file,
+grpc.health.v1 behind --enable_grpc_healthcheck_service, and server reflection (always on;
+a tfgate addition).
+
+Two servers carry the same servicers: grpc.aio (the default, on gRPC's C core) and tfgate's
+own HTTP/2 one (app/rpc/h2/server.py, --grpc_implementation=h2: it costs a fraction of
+grpc.aio's CPU per call, but is experimental and not yet hardened against hostile clients, so
+it is for trusted networks only). --grpc_channel_arguments are grpc core's, so they select
+grpc.aio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+from app.core.errors import StartupError
+from app.core.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
+from app.rpc.admin import AdminServicer
+from app.rpc.h2.limits import H2Limits
+from app.rpc.h2.server import GrpcH2Server
+from app.rpc.services import ModelServicer, PredictionServicer
+from app.settings import model_config
+from app.settings.settings import request_tensor_limit_bytes
+from proto import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from app.main import Server
+    from app.settings.settings import Settings
+
+log = logging.getLogger("tfgate.grpc")
+
+INT32_MAX = 2**31 - 1
+# Room in a request message beyond its tensors' bytes: ModelSpec, aliases, TensorProto framing.
+MESSAGE_HEADROOM_BYTES = 4 << 20
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+# server.cc marks "ModelService" and "PredictionService" SERVING once it listens, and gRPC
+# C++'s default health service reports "" (the whole server) SERVING. The fully qualified
+# names are a tfgate addition: probes that use them get an answer instead of NOT_FOUND.
+HEALTH_SERVICE_NAMES = ("", "ModelService", "PredictionService", PREDICTION_SERVICE, MODEL_SERVICE)
+
+
+class GrpcStartupError(StartupError):
+    """The gRPC server cannot start (bad flag, bad SSL config, address in use)."""
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """--grpc_channel_arguments as server.cc parses it: comma-separated key=value, the value
+    passed as an int when it parses as int32, else as a string."""
+    arguments: list[tuple[str, int | str]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, has_value, value = item.partition("=")
+        if not has_value or not key.strip():
+            raise GrpcStartupError(
+                f"Invalid --grpc_channel_arguments entry {item!r}: expected key=value"
+            )
+        arguments.append((key.strip(), _int32_or_text(value.strip())))
+    return arguments
+
+
+def _int32_or_text(value: str) -> int | str:
+    try:
+        number = int(value)
+    except ValueError:
+        return value
+    return number if -(2**31) <= number <= INT32_MAX else value
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """TF Serving's fixed options, tfgate's connection limits, then the user's channel
+    arguments (which win).
+
+    A request message is capped at the request tensor limit plus MESSAGE_HEADROOM_BYTES (TF
+    Serving allows INT32_MAX): tensors past the limit are refused after decoding anyway, so
+    buffering a larger message only costs memory; grpc core answers RESOURCE_EXHAUSTED.
+    """
+    max_message = min(INT32_MAX, request_tensor_limit_bytes(settings) + MESSAGE_HEADROOM_BYTES)
+    options: dict[str, Any] = {
+        "grpc.max_send_message_length": INT32_MAX,
+        "grpc.max_receive_message_length": max_message,
+        # Checked before the handshake: a connection past the cap is closed at once.
+        "grpc.max_allowed_incoming_connections": settings.grpc_max_connections,
+        # TCP accepted but TLS / HTTP/2 preface not done by then: closed.
+        "grpc.server_handshake_timeout_ms": _millis(settings.grpc_handshake_timeout_seconds),
+    }
+    if settings.grpc_idle_timeout_seconds > 0:
+        # No call in flight for this long: GOAWAY, then closed (clients reconnect on demand).
+        options["grpc.max_connection_idle_ms"] = _millis(settings.grpc_idle_timeout_seconds)
+    options.update(parse_channel_arguments(settings.grpc_channel_arguments))
+    return list(options.items())
+
+
+def _millis(seconds: float) -> int:
+    return max(1, min(INT32_MAX, round(seconds * 1000)))
+
+
+def _ssl_config(ssl_config_file: str) -> Any:
+    try:
+        config = model_config.load_ssl_config(ssl_config_file)
+    except model_config.ConfigError as exc:
+        raise GrpcStartupError(str(exc)) from None
+    if not config.server_key or not config.server_cert:
+        raise GrpcStartupError(
+            f"SSL config {ssl_config_file} must set both server_key and server_cert"
+        )
+    return config
+
+
+def server_credentials(ssl_config_file: str) -> grpc.ServerCredentials | None:
+    """SSLConfig -> grpc.aio server credentials; None means plaintext. client_verify
+    requires and verifies a client certificate (mutual TLS) against custom_ca, or the
+    system roots."""
+    if not ssl_config_file:
+        return None
+    config = _ssl_config(ssl_config_file)
+    roots: bytes | None = None
+    if config.client_verify:
+        roots = config.custom_ca.encode() if config.custom_ca else _system_roots()
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=roots,
+        require_client_auth=config.client_verify,
+    )
+
+
+def server_ssl_context(ssl_config_file: str) -> ssl.SSLContext | None:
+    """SSLConfig -> the TLS context of tfgate's HTTP/2 server (ALPN h2, TLS 1.2+), with the
+    same client_verify rule as server_credentials()."""
+    if not ssl_config_file:
+        return None
+    config = _ssl_config(ssl_config_file)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    # load_cert_chain reads files only: the PEM texts go through a private directory.
+    with tempfile.TemporaryDirectory(prefix="tfgate-tls-") as directory:
+        cert_path = os.path.join(directory, "cert.pem")
+        key_path = os.path.join(directory, "key.pem")
+        for path, text in ((cert_path, config.server_cert), (key_path, config.server_key)):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(text)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise GrpcStartupError(
+                f"Failed to BuildAndStart gRPC server: SSL config {ssl_config_file}: {exc}"
+            ) from None
+    if config.client_verify:
+        context.verify_mode = ssl.CERT_REQUIRED
+        roots = config.custom_ca or _system_roots().decode()
+        try:
+            context.load_verify_locations(cadata=roots)
+        except ssl.SSLError as exc:
+            raise GrpcStartupError(
+                f"Failed to BuildAndStart gRPC server: SSL config {ssl_config_file} custom_ca: "
+                f"{exc}"
+            ) from None
+    return context
+
+
+def _system_roots() -> bytes:
+    """gRPC C++ verifies client certificates against its default roots when custom_ca is
+    empty; Python's gRPC needs them spelled out."""
+    paths = ssl.get_default_verify_paths()
+    for path in (paths.cafile, paths.openssl_cafile):
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError:
+                continue
+    raise GrpcStartupError(
+        "client_verify is set but custom_ca is empty and no system CA bundle was found"
+    )
+
+
+def listen_addresses(settings: Settings) -> list[tuple[str, str]]:
+    """(address, description) pairs: TCP unless --port=0, plus the UNIX socket if set."""
+    addresses = []
+    if settings.port != 0:
+        host = settings.grpc_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # IPv6 literal
+        addresses.append((f"{host}:{settings.port}", f"{settings.grpc_host}:{settings.port}"))
+    if settings.grpc_socket_path:
+        addresses.append(
+            (f"unix:{settings.grpc_socket_path}", f"UNIX socket {settings.grpc_socket_path}")
+        )
+    return addresses
+
+
+def uses_grpcio(settings: Settings) -> bool:
+    return settings.grpc_implementation == "grpcio" or bool(settings.grpc_channel_arguments)
+
+
+def _add_servicers(server: Server, grpc_server: Any) -> list[str]:
+    """Register tfgate's services on either server; returns their names for reflection."""
+    settings = server.settings
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(
+            server.service,
+            use_tensor_content=settings.enable_serialization_as_tensor_content,
+            auth=server.inference_auth,
+            max_tensor_bytes=request_tensor_limit_bytes(settings),
+        ),
+        grpc_server,
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(
+            server.service,
+            server.core.reload_model_config,
+            server.inference_auth,
+            server.metrics.counter_total,
+            server.admin_tokens,
+        ),
+        grpc_server,
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(server.admin, server.admin_tokens), grpc_server
+    )
+    return [PREDICTION_SERVICE, MODEL_SERVICE, ADMIN_SERVICE]
+
+
+def _add_health_and_reflection(
+    settings: Settings, grpc_server: Any, service_names: list[str]
+) -> grpc_health.aio.HealthServicer | None:
+    health: grpc_health.aio.HealthServicer | None = None
+    if settings.enable_grpc_healthcheck_service:
+        health = grpc_health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
+        service_names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    service_names.append(reflection.SERVICE_NAME)
+    # The asyncio reflection servicer whichever server it runs on (enable_server_reflection
+    # picks the threaded one for anything but a grpc.aio server).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(service_names), grpc_server
+    )
+    return health
+
+
+async def start(server: Server) -> grpc.aio.Server | GrpcH2Server:
+    """Build, bind and start the gRPC server for `server` (main.Server); returns it so
+    main.Server.close() can stop it with a grace period."""
+    settings = server.settings
+    addresses = listen_addresses(settings)
+    if uses_grpcio(settings):
+        grpc_server: Any = await _start_grpcio(server, addresses)
+        why = (
+            "--grpc_channel_arguments" if settings.grpc_channel_arguments
+            else "--grpc_implementation=grpcio"
+        )
+        log.info("gRPC served by grpc.aio (%s)", why)
+    else:
+        grpc_server = await _start_h2(server, addresses)
+        log.warning(
+            "gRPC served by tfgate's HTTP/2 server (--grpc_implementation=h2): experimental, "
+            "for trusted networks only"
+        )
+    for _, description in addresses:
+        log.info("Running gRPC ModelServer at %s ...", description)
+    return grpc_server
+
+
+def h2_limits(settings: Settings) -> H2Limits:
+    """The h2 server's limits from the flags; its receive message limit is the one grpc.aio
+    serves with (server_options()), so both transports refuse the same messages."""
+    receive_bytes = dict(server_options(settings))["grpc.max_receive_message_length"]
+    return H2Limits(
+        max_connections=settings.grpc_max_connections,
+        idle_timeout_seconds=settings.grpc_idle_timeout_seconds,
+        handshake_timeout_seconds=settings.grpc_handshake_timeout_seconds,
+        max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        max_receive_message_bytes=(
+            receive_bytes if isinstance(receive_bytes, int) and receive_bytes >= 0
+            else INT32_MAX
+        ),
+    )
+
+
+async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2Server:
+    settings = server.settings
+    h2_server = GrpcH2Server(max(0, settings.grpc_max_threads), h2_limits(settings))
+    health = _add_health_and_reflection(settings, h2_server, _add_servicers(server, h2_server))
+    context = server_ssl_context(settings.ssl_config_file)
+    for address, _ in addresses:
+        try:
+            await h2_server.listen(address, context)
+        except OSError as exc:
+            await h2_server.stop(0)
+            raise GrpcStartupError(
+                f"Failed to BuildAndStart gRPC server: cannot bind {address}: {exc.strerror}"
+            ) from None
+    await _mark_serving(health)
+    return h2_server
+
+
+async def _start_grpcio(server: Server, addresses: list[tuple[str, str]]) -> grpc.aio.Server:
+    settings = server.settings
+    max_rpcs = settings.grpc_max_threads if settings.grpc_max_threads > 0 else None
+    grpc_server = grpc.aio.server(
+        options=server_options(settings), maximum_concurrent_rpcs=max_rpcs
+    )
+    health = _add_health_and_reflection(settings, grpc_server, _add_servicers(server, grpc_server))
+    credentials = server_credentials(settings.ssl_config_file)
+    for address, _ in addresses:
+        _bind(grpc_server, address, credentials)
+    await grpc_server.start()
+    await _mark_serving(health)
+    return grpc_server
+
+
+async def _mark_serving(health: grpc_health.aio.HealthServicer | None) -> None:
+    if health is not None:
+        for name in HEALTH_SERVICE_NAMES:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def _bind(
+    grpc_server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> None:
+    try:
+        if credentials is None:
+            bound = grpc_server.add_insecure_port(address)
+        else:
+            bound = grpc_server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise GrpcStartupError(f"Failed to BuildAndStart gRPC server: {exc}") from None
+    if bound == 0 and not address.startswith("unix:"):
+        raise GrpcStartupError(f"Failed to BuildAndStart gRPC server: cannot bind {address}")

@@ -1,0 +1,1 @@
+"""Parent side of the worker processes: pool, per-worker supervision, dispatch."""

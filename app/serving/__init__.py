@@ -1,0 +1,3 @@
+"""The request path: service (resolve -> cache -> batcher -> worker -> encode), batcher, batching
+policy, inference auth.
+"""

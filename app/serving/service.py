@@ -1,0 +1,374 @@
+"""The request path in one screen: resolve -> (cache) -> batcher -> worker -> result.
+
+rest/api.py and rpc/server.py decode their transport's payload with the codec, call one of the
+methods here, and encode what comes back. Everything in between is numpy and ServableIds.
+The signature checks TF Serving performs per API (predict / classify / regress, in
+serving/signature_checks.py) run here, so both transports report the same errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from app.cache.result_cache import ResultCache
+from app.core.errors import Code, ServingError
+from app.core.protos import meta_graph_pb2
+from app.core.signatures import INIT_OP_SIGNATURE, ServableMetadata
+from app.core.types import (
+    DEFAULT_SIGNATURE,
+    ModelSpec,
+    ServableId,
+    SignatureSpec,
+)
+from app.lifecycle.registry import Registry, VersionRecord
+from app.serving.batcher import Batcher
+from app.serving.signature_checks import (
+    check_classify_outputs,
+    check_predict_inputs,
+    check_regress_output,
+    classify_aliases,
+    decoded_examples,
+    regress_aliases,
+    select_outputs,
+    string_tensor,
+)
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+class Entrypoint(enum.Enum):
+    REST = "REST"
+    GRPC = "GRPC"
+
+
+@dataclasses.dataclass
+class PredictResult:
+    servable: ServableId
+    signature: str
+    outputs: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class ClassifyResult:
+    servable: ServableId
+    signature: str
+    classes: np.ndarray | None
+    scores: np.ndarray | None
+
+
+@dataclasses.dataclass
+class RegressResult:
+    servable: ServableId
+    signature: str
+    outputs: np.ndarray
+
+
+Observer = Callable[[str, str, Entrypoint, Code, float], None]
+RuntimeObserver = Callable[[str, str, float], None]
+
+# The API label TF Serving's runtime_latency carries per call type (predict_util.cc,
+# classifier.cc, regressor.cc); MultiInference records none.
+PREDICT_API = "Predict"
+CLASSIFY_API = "Classify"
+REGRESS_API = "Regress"
+
+
+class ServingService:
+    """Shared by REST and gRPC. Event-loop only."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        batcher: Batcher,
+        *,
+        enable_signature_method_name_check: bool = False,
+        observers: Sequence[Observer] = (),
+        cache: ResultCache | None = None,
+    ) -> None:
+        self.registry = registry
+        self.batcher = batcher
+        self.cache = cache  # None: no result cache configured
+        self.method_name_check = enable_signature_method_name_check
+        # observers(model, api, entrypoint, code, seconds): metrics and access logs
+        self.observers = list(observers)
+        # runtime_observers(model, api, seconds): per successful model run of one request
+        self.runtime_observers: list[RuntimeObserver] = []
+        # example_observers(model, examples): per MultiInference request (metrics)
+        self.example_observers: list[Callable[[str, int], None]] = []
+
+    # --- predict ---
+
+    async def predict(
+        self,
+        spec: ModelSpec,
+        decode_inputs: Callable[[SignatureSpec], dict[str, np.ndarray]],
+        *,
+        output_filter: Sequence[str] = (),
+        deadline: float | None,
+        entrypoint: Entrypoint,
+        cache_control: str | None = None,
+    ) -> PredictResult:
+        with self._observed(spec.name, "predict", entrypoint):
+            servable, metadata = self.registry.resolve(spec)
+            signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
+            inputs = decode_inputs(signature)
+            check_predict_inputs(signature, inputs)
+            output_aliases = select_outputs(signature, output_filter)
+            outputs = await self._run(
+                servable,
+                signature.key,
+                inputs,
+                output_aliases,
+                deadline,
+                cache_control,
+                api=PREDICT_API,
+            )
+            return PredictResult(servable, signature.key, outputs)
+
+    @staticmethod
+    def _predict_signature(
+        metadata: ServableMetadata, name: str, entrypoint: Entrypoint
+    ) -> SignatureSpec:
+        key = name or DEFAULT_SIGNATURE
+        signature = metadata.signatures.get(key)
+        if signature is None or key == INIT_OP_SIGNATURE:
+            if entrypoint is Entrypoint.REST:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f'Serving signature name: "{key}" not found in signature def',
+                )
+            raise ServingError(
+                Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.'
+            )
+        return signature
+
+    async def _run(
+        self,
+        servable: ServableId,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        output_aliases: Sequence[str],
+        deadline: float | None,
+        cache_control: str | None = None,
+        *,
+        api: str | None,
+    ) -> dict[str, np.ndarray]:
+        """The model's outputs for `inputs`, through the cache (when configured) and the
+        batcher. `api` labels runtime_latency; None records none (MultiInference)."""
+        self.registry.acquire(servable)
+        try:
+            submit = functools.partial(
+                self._submit,
+                servable,
+                signature,
+                output_aliases=output_aliases,
+                deadline=deadline,
+                api=api,
+            )
+            if self.cache is None:
+                return await submit(inputs)
+            # cache: rows found in Redis (or being computed for an identical request) are
+            # done; only the missing rows go on to batcher -> worker, merged back in row order.
+            return await self.cache.run(
+                servable,
+                signature,
+                inputs,
+                output_aliases,
+                cache_control=cache_control,
+                deadline=deadline,
+                compute=submit,
+                fingerprint=self.registry.fingerprint(servable),
+            )
+        finally:
+            self.registry.release(servable)
+
+    async def _submit(
+        self,
+        servable: ServableId,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        output_aliases: Sequence[str],
+        deadline: float | None,
+        api: str | None,
+    ) -> dict[str, np.ndarray]:
+        """One hand-off to the batcher, timed for runtime_latency. TF Serving times its
+        Session::Run, which with batching includes the wait for the batch; here the span
+        also covers the hop to the worker. Only a run that succeeded is recorded, as there."""
+        started = time.perf_counter()
+        outputs = await self.batcher.submit(servable, signature, inputs, output_aliases, deadline)
+        if api is not None:
+            seconds = time.perf_counter() - started
+            for observer in self.runtime_observers:
+                observer(servable.model, api, seconds)
+        return outputs
+
+    # --- classify / regress ---
+
+    async def classify(
+        self,
+        spec: ModelSpec,
+        decode_examples: Callable[[], list[bytes]],
+        *,
+        deadline: float | None,
+        entrypoint: Entrypoint,
+        cache_control: str | None = None,
+    ) -> ClassifyResult:
+        with self._observed(spec.name, "classify", entrypoint):
+            servable, metadata = self.registry.resolve(spec)
+            signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
+            return await self.run_classify(
+                servable,
+                signature,
+                decode_examples,
+                deadline=deadline,
+                cache_control=cache_control,
+                api=CLASSIFY_API,
+            )
+
+    async def run_classify(
+        self,
+        servable: ServableId,
+        signature: SignatureSpec,
+        decode_examples: Callable[[], list[bytes]],
+        *,
+        deadline: float | None,
+        cache_control: str | None = None,
+        api: str | None,
+    ) -> ClassifyResult:
+        """Classify on a resolved servable and signature (Classify, MultiInference's tasks)."""
+        input_alias, classes_alias, scores_alias = classify_aliases(signature)
+        # The Input is converted only after the model and signature checks, as in TF Serving.
+        examples = decoded_examples(decode_examples)
+        outputs = await self._run(
+            servable,
+            signature.key,
+            {input_alias: string_tensor(examples)},
+            [a for a in (classes_alias, scores_alias) if a],
+            deadline,
+            cache_control,
+            api=api,
+        )
+        classes = outputs.get(classes_alias) if classes_alias else None
+        scores = outputs.get(scores_alias) if scores_alias else None
+        check_classify_outputs(classes, scores, len(examples))
+        return ClassifyResult(servable, signature.key, classes, scores)
+
+    async def regress(
+        self,
+        spec: ModelSpec,
+        decode_examples: Callable[[], list[bytes]],
+        *,
+        deadline: float | None,
+        entrypoint: Entrypoint,
+        cache_control: str | None = None,
+    ) -> RegressResult:
+        with self._observed(spec.name, "regress", entrypoint):
+            servable, metadata = self.registry.resolve(spec)
+            signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
+            return await self.run_regress(
+                servable,
+                signature,
+                decode_examples,
+                deadline=deadline,
+                cache_control=cache_control,
+                api=REGRESS_API,
+            )
+
+    async def run_regress(
+        self,
+        servable: ServableId,
+        signature: SignatureSpec,
+        decode_examples: Callable[[], list[bytes]],
+        *,
+        deadline: float | None,
+        cache_control: str | None = None,
+        api: str | None,
+    ) -> RegressResult:
+        """Regress on a resolved servable and signature (Regress, MultiInference's tasks)."""
+        input_alias, output_alias = regress_aliases(signature)
+        examples = decoded_examples(decode_examples)
+        outputs = await self._run(
+            servable,
+            signature.key,
+            {input_alias: string_tensor(examples)},
+            [output_alias],
+            deadline,
+            cache_control,
+            api=api,
+        )
+        values = check_regress_output(outputs[output_alias], len(examples))
+        return RegressResult(servable, signature.key, values)
+
+    def record_examples(self, model: str, count: int) -> None:
+        """request_example_counts: TF Serving records it for MultiInference only (Classify
+        and Regress stopped in 2020), once per request, after the model ran."""
+        for observer in self.example_observers:
+            observer(model, count)
+
+    def _example_signature(
+        self, metadata: ServableMetadata, name: str, method: str
+    ) -> SignatureSpec:
+        key = name or DEFAULT_SIGNATURE
+        signature = metadata.signatures.get(key)
+        if signature is None:
+            raise ServingError(
+                Code.INVALID_ARGUMENT, f"No signature was found with the name: {key}"
+            )
+        self.check_method_name(signature, method)
+        return signature
+
+    def check_method_name(self, signature: SignatureSpec, method: str) -> None:
+        """--enable_signature_method_name_check: the signature must declare `method`."""
+        if self.method_name_check and signature.method_name != method:
+            kind = "classification" if method == CLASSIFY_METHOD else "regression"
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Expected {kind} signature method_name to be {method}. "
+                f"Was: {signature.method_name}",
+            )
+
+    # --- status / metadata ---
+
+    def resolve(self, spec: ModelSpec) -> tuple[ServableId, ServableMetadata]:
+        return self.registry.resolve(spec)
+
+    def metadata(self, spec: ModelSpec) -> tuple[ServableId, meta_graph_pb2.MetaGraphDef]:
+        servable, metadata = self.registry.resolve(spec)
+        return servable, metadata.meta_graph
+
+    def model_status(self, name: str, version: int | None) -> list[VersionRecord]:
+        """Newest version first, as TF Serving's status lists them (REST and gRPC)."""
+        records = self.registry.version_records(name)[::-1]
+        if not records:
+            raise ServingError(Code.NOT_FOUND, f"Could not find any versions of model {name}")
+        if version is not None:
+            records = [r for r in records if r.version == version]
+            if not records:
+                raise ServingError(
+                    Code.NOT_FOUND, f"Could not find version {version} of model {name}"
+                )
+        return records
+
+    @contextlib.contextmanager
+    def _observed(self, model: str, api: str, entrypoint: Entrypoint) -> Iterator[None]:
+        """Report every request's outcome and duration to the observers (metrics)."""
+        started = time.perf_counter()
+        code = Code.OK
+        try:
+            yield
+        except ServingError as exc:
+            code = exc.code
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            for observer in self.observers:
+                observer(model, api, entrypoint, code, elapsed)

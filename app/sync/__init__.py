@@ -1,0 +1,1 @@
+"""Model sync: storage backends, MD5SUMS manifest, sync pass, loop, publish CLI."""

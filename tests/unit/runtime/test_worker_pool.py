@@ -1,0 +1,139 @@
+"""WorkerPool supervision with fake workers: each worker has its own supervisor, so one
+worker's slow restart never delays another's restart or hang watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from app.core.types import ServableId
+from app.runtime.pool import LoadSpec, WorkerPool
+from app.runtime.worker import PoolOptions
+from proto import worker_pb2
+
+
+class FakeWorker:
+    """Only what WorkerPool's supervision touches. start_seconds: how long a restart's
+    first ping takes, standing in for a slow process start plus model reloads."""
+
+    def __init__(self, index: int, start_seconds: float = 0.0) -> None:
+        self.index = index
+        self.start_seconds = start_seconds
+        self.alive = True
+        self.servables: set[ServableId] = set()
+        self.restoring: set[ServableId] = set()
+        self.restarts = 0
+        self.last_rss_bytes = 0
+        self.exited = asyncio.Event()
+        self.started_at: list[float] = []
+        self.killed_at: list[float] = []
+        self.run_started: float | None = None
+        self.pings_done = 0
+
+    def start(self) -> None:
+        self.alive = True
+        self.exited = asyncio.Event()
+        self.started_at.append(time.monotonic())
+
+    async def call(self, request, written=None, rows=0):  # type: ignore[no-untyped-def]
+        if request.WhichOneof("kind") == "ping":
+            if self.restarts:
+                await asyncio.sleep(self.start_seconds)
+            self.pings_done += 1
+        return worker_pb2.WorkerReply(), {}
+
+    def die(self) -> None:
+        self.alive = False
+        self.exited.set()
+
+    def kill(self) -> None:
+        self.killed_at.append(time.monotonic())
+        self.run_started = None
+        self.die()
+
+    async def reap(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.die()
+
+    def oldest_run_age_seconds(self, now: float) -> float:
+        return 0.0 if self.run_started is None else now - self.run_started
+
+
+def make_pool(workers: list[FakeWorker], watchdog_seconds: float = 120.0) -> WorkerPool:
+    options = PoolOptions(
+        num_workers=len(workers), watchdog_seconds=watchdog_seconds, restart_backoff_seconds=0.01
+    )
+    pool = WorkerPool(options)
+    pool.workers = workers  # type: ignore[assignment]
+    return pool
+
+
+async def wait_until(condition, timeout_seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_slow_restart_does_not_delay_another_workers_restart(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("app.runtime.pool.ipc.reclaim_stale_segments", lambda: None)
+    slow, fast = FakeWorker(0, start_seconds=30.0), FakeWorker(1)
+    pool = make_pool([slow, fast])
+    await pool.start()
+    try:
+        slow.die()
+        await wait_until(lambda: slow.restarts == 1)  # slow's restart is now under way (30 s)
+        fast.die()
+        died = time.monotonic()
+        await wait_until(lambda: fast.alive and fast.restarts == 1)
+        assert fast.started_at[-1] - died < 2.0
+        assert slow.pings_done == 1  # slow's restart is still in its 30 s start
+    finally:
+        await pool.close()
+
+
+async def test_the_watchdog_runs_while_another_worker_restarts(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("app.runtime.pool.ipc.reclaim_stale_segments", lambda: None)
+    slow, hung = FakeWorker(0, start_seconds=30.0), FakeWorker(1)
+    pool = make_pool([slow, hung], watchdog_seconds=0.3)
+    await pool.start()
+    try:
+        slow.die()
+        await wait_until(lambda: slow.restarts == 1)
+        hung_since = hung.run_started = time.monotonic()
+        await wait_until(lambda: bool(hung.killed_at), timeout_seconds=3.0)
+        assert hung.killed_at[0] - hung_since < 1.5
+        await wait_until(lambda: hung.alive and hung.restarts == 1)
+    finally:
+        await pool.close()
+
+
+async def test_a_restarted_worker_gets_its_servables_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("app.runtime.pool.ipc.reclaim_stale_segments", lambda: None)
+    worker = FakeWorker(0)
+    pool = make_pool([worker])
+    await pool.start()
+    try:
+        servable = ServableId("m", 1)
+        await pool.load(servable, LoadSpec("/models/m/1", ("serve",), False, 1))
+        assert worker.servables == {servable}
+        worker.die()
+        await wait_until(lambda: worker.alive and worker.servables == {servable})
+        assert pool.pick_worker(servable) is worker
+    finally:
+        await pool.close()
+
+
+async def test_close_cancels_every_supervisor(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("app.runtime.pool.ipc.reclaim_stale_segments", lambda: None)
+    workers = [FakeWorker(0), FakeWorker(1, start_seconds=30.0)]
+    pool = make_pool(workers)
+    await pool.start()
+    workers[1].die()
+    await wait_until(lambda: workers[1].restarts == 1)
+    tasks = list(pool._supervisors)
+    assert len(tasks) == 2
+    await asyncio.wait_for(pool.close(), 5.0)
+    assert all(t.done() for t in tasks)
