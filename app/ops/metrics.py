@@ -19,15 +19,40 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from app.core.state_events import VersionStateEvent
+from app.core.state_events import StateEventBus, VersionStateEvent
 
-if TYPE_CHECKING:
-    from app.lifecycle.manager import VersionManager
-    from app.runtime.pool import WorkerPool
-    from app.serving.batcher import Batcher
-    from app.serving.service import ServingService
+# The hook lists connect() appends to, named by what it needs instead of importing the
+# components: ops/ sits below serving/, lifecycle/ and runtime/, which all feed it.
+
+
+class ConfiguredModels(Protocol):  # lifecycle.registry.Registry
+    def configured(self, name: str) -> object | None: ...
+
+
+class RequestHooks(Protocol):  # serving.service.ServingService
+    registry: ConfiguredModels
+    observers: list[Any]  # (model, api, entrypoint, code, seconds)
+    runtime_observers: list[Any]  # (model, api, seconds)
+    example_observers: list[Any]  # (model, examples)
+
+
+class BatchHooks(Protocol):  # serving.batcher.Batcher
+    observers: list[Any]  # (servable, rows, pad_rows, queued_seconds, pool_name)
+
+
+class WorkerHooks(Protocol):  # runtime.pool.WorkerPool
+    on_run: list[Any]  # (servable, rows, run_seconds)
+    on_warmup: list[Any]  # (version_path, warmup_seconds)
+    on_restart: list[Any]  # (worker_index)
+
+    def rss_by_worker(self) -> list[tuple[int, int]]: ...
+
+
+class StateHooks(Protocol):  # lifecycle.manager.VersionManager
+    events: StateEventBus  # VersionStateEvent among others
+    load_observers: list[Any]  # (version_path, ok)
 
 
 def exponential_buckets(scale: float, growth_factor: float, count: int) -> tuple[float, ...]:
@@ -345,10 +370,10 @@ def whole_micros(seconds: float) -> int:
 
 def connect(
     metrics: Metrics,
-    service: ServingService,
-    batcher: Batcher,
-    pool: WorkerPool,
-    manager: VersionManager,
+    service: RequestHooks,
+    batcher: BatchHooks,
+    pool: WorkerHooks,
+    manager: StateHooks,
 ) -> None:
     """Connect every component's observer hooks to the metrics registry."""
 
