@@ -6,14 +6,25 @@ routes; main.py builds it with the running Server so handlers read live state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
 if TYPE_CHECKING:
-    from app.main import Server
+    from app.lifecycle.registry import Registry
+    from app.ops.metrics import Metrics
+
+
+class Server(Protocol):
+    """What these routes read of the running server (main.Server), live on every request:
+    main.py builds the routes, so this module names those parts instead of importing main."""
+
+    registry: Registry
+    metrics: Metrics
+    monitoring_path: str
+    draining: bool
 
 
 def json_response(payload: object, status_code: int = 200) -> Response:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import uvicorn
 from fastapi import FastAPI
 
+from app.rest import ops_routes
 from app.rest.admin_routes import admin_router, install_error_handler
 from app.rest.api import TfServingRestApi
 from app.rest.edge import HttpLimits, edge_protocol
@@ -19,12 +20,29 @@ from app.rest.ops_routes import create_ops_app
 from app.settings.settings import Settings, request_tensor_limit_bytes
 
 if TYPE_CHECKING:
-    from app.main import Server
+    from app.admin.api import AdminApi, AdminTokens
+    from app.serving.auth import InferenceAuth
+    from app.serving.service import ServingService
+    from app.settings.settings import Settings
 
 log = logging.getLogger("tfgate.http")
 
 MAX_REST_BODY_BYTES = 100 << 20  # TF Serving's own request-size ceiling
 GRACEFUL_SHUTDOWN_SECONDS = 30
+
+
+class Server(ops_routes.Server, Protocol):
+    """What the HTTP servers use of the running server (main.Server), which keeps the uvicorn
+    servers they start: main.py builds this module's servers, so this module names those parts
+    instead of importing main."""
+
+    settings: Settings
+    service: ServingService
+    inference_auth: InferenceAuth
+    admin: AdminApi
+    admin_tokens: AdminTokens
+    rest_server: uvicorn.Server | None
+    admin_server: uvicorn.Server | None
 
 
 class BindError(Exception):

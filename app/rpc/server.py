@@ -20,7 +20,7 @@ import logging
 import os
 import ssl
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health as grpc_health
@@ -38,7 +38,11 @@ from app.settings.settings import request_tensor_limit_bytes
 from proto import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
-    from app.main import Server
+    from app.admin.api import AdminApi, AdminTokens
+    from app.lifecycle.registry import ModelConfig
+    from app.ops.metrics import Metrics
+    from app.serving.auth import InferenceAuth
+    from app.serving.service import ServingService
     from app.settings.settings import Settings
 
 log = logging.getLogger("tfgate.grpc")
@@ -205,6 +209,22 @@ def listen_addresses(settings: Settings) -> list[tuple[str, str]]:
             (f"unix:{settings.grpc_socket_path}", f"UNIX socket {settings.grpc_socket_path}")
         )
     return addresses
+
+
+class Server(Protocol):
+    """What the gRPC server uses of the running server (main.Server): main.py builds this
+    module's server, so this module names those parts instead of importing main."""
+
+    settings: Settings
+    service: ServingService
+    inference_auth: InferenceAuth
+    metrics: Metrics
+    admin: AdminApi
+    admin_tokens: AdminTokens
+
+    async def reload_model_config(
+        self, configs: list[ModelConfig], wait_seconds: float | None = None
+    ) -> None: ...
 
 
 def uses_grpcio(settings: Settings) -> bool:
