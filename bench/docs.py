@@ -11,15 +11,13 @@ import math
 import os
 import pathlib
 import statistics
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from app.settings.settings import FLAGS
-from bench.report import Key, Median
-from bench.stats import LevelResult
-
-if TYPE_CHECKING:
-    from bench.suite import SuiteResults
+from bench.report import Key, Median, by_repeat, inprocess_by_size, ratio, throughput
+from bench.stats import SuiteResults
+from bench.targets import evaluate
+from bench.workloads import LARGE, LARGE_CONCURRENCY
 
 ANALYSIS = pathlib.Path(__file__).resolve().parent / "analysis.md"
 FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
@@ -37,6 +35,7 @@ LABELS = {("tfgate", "rest"): "tfgate REST", ("tfgate", "grpc"): "tfgate gRPC",
 
 
 
+
 def grpc_transport(tfgate_args: Sequence[str]) -> str:
     """Which gRPC server tfgate ran with: the last --grpc_implementation, else the default."""
     chosen = [a.split("=", 1)[1] for a in tfgate_args if a.startswith("--grpc_implementation=")]
@@ -46,10 +45,6 @@ def grpc_transport(tfgate_args: Sequence[str]) -> str:
         "h2": "tfgate's own HTTP/2 server (`--grpc_implementation=h2`, experimental)",
     }.get(name, f"`--grpc_implementation={name}`")
     return described if chosen else f"{described}, the default"
-
-def inprocess_by_size(results: SuiteResults, model: str) -> dict[int, float]:
-    return {r["batch_size"]: r["rows_per_second"] for r in results.inprocess
-            if r["model"] == model}
 
 
 def large_limits(results: SuiteResults, model: str, batch: int) -> dict[int, float]:
@@ -66,29 +61,10 @@ def _per_repeat_share(results: SuiteResults, server: tuple[str, str], batch: int
                       fallback: float) -> float:
     """Median over repeats of the server's large-workload rows/s over the in-process limit
     of the same repeat (the suite-start limit for runs that did not measure one)."""
-    from bench.suite import LARGE, LARGE_CONCURRENCY
-
     limits = large_limits(results, LARGE.model, batch)
-    levels = _find(results.levels, *server, LARGE.name, LARGE_CONCURRENCY)
+    levels = by_repeat(results.levels, *server, LARGE.name, LARGE_CONCURRENCY)
     values = [r.throughput * r.rows_per_request / limits.get(k, fallback)
               for k, r in levels.items() if limits.get(k, fallback) > 0]
-    return statistics.median(values) if values else math.nan
-
-
-def _find(levels: list[LevelResult], target: str, protocol: str, workload: str,
-          concurrency: int) -> dict[int, LevelResult]:
-    return {int(r.extra.get("repeat", 0)): r for r in levels
-            if (r.target, r.protocol, r.workload, r.concurrency)
-            == (target, protocol, workload, concurrency)}
-
-
-def ratio(levels: list[LevelResult], a: tuple[str, str], b: tuple[str, str], workload: str,
-          concurrency: int, field: Callable[[LevelResult], float]) -> float:
-    """Median over repeats of field(a) / field(b), pairing levels of the same repeat."""
-    left = _find(levels, *a, workload, concurrency)
-    right = _find(levels, *b, workload, concurrency)
-    values = [field(left[k]) / field(right[k]) for k in left.keys() & right.keys()
-              if field(right[k]) > 0]
     return statistics.median(values) if values else math.nan
 
 
@@ -100,10 +76,6 @@ def _fmt(value: float, digits: int = 0) -> str:
 
 def _x(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}x"
-
-
-def throughput(r: LevelResult) -> float:
-    return r.inferences_per_second
 
 
 def workload_table(results: SuiteResults, table: dict[Key, Median], model: str,
@@ -140,8 +112,6 @@ def workload_table(results: SuiteResults, table: dict[Key, Median], model: str,
 
 
 def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[str], dict]:
-    from bench.suite import LARGE, LARGE_CONCURRENCY
-
     inproc = inprocess_by_size(results, LARGE.model)
     size_max = LARGE.rows * LARGE_CONCURRENCY
     limit = inproc.get(LARGE.rows, math.nan)
@@ -188,8 +158,6 @@ def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[s
 
 def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pathlib.Path],
            docs_path: pathlib.Path) -> str:
-    from bench.targets import evaluate
-
     models = sorted({k[2] for k in table if "x" not in k[2]},
                     key=lambda m: ("tiny", "dnn", "cnn").index(m)
                     if m in ("tiny", "dnn", "cnn") else 9)

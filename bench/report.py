@@ -13,9 +13,9 @@ import math
 import pathlib
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from bench.stats import LevelResult
+from bench.stats import LevelResult, SuiteResults
 
 # perf_analyzer's -f CSV header, verbatim (times in usec), then tfgate's extra columns.
 PERF_ANALYZER_COLUMNS = [
@@ -81,6 +81,33 @@ def medians(results: Sequence[LevelResult]) -> dict[Key, Median]:
             all_stable=all(r.stable for r in group),
         )
     return out
+
+
+def by_repeat(levels: list[LevelResult], target: str, protocol: str, workload: str,
+              concurrency: int) -> dict[int, LevelResult]:
+    """Repeat -> the level of that target, protocol, workload and concurrency."""
+    return {int(r.extra.get("repeat", 0)): r for r in levels
+            if (r.target, r.protocol, r.workload, r.concurrency)
+            == (target, protocol, workload, concurrency)}
+
+
+def ratio(levels: list[LevelResult], a: tuple[str, str], b: tuple[str, str], workload: str,
+          concurrency: int, field: Callable[[LevelResult], float]) -> float:
+    """Median over repeats of field(a) / field(b), pairing levels of the same repeat."""
+    left = by_repeat(levels, *a, workload, concurrency)
+    right = by_repeat(levels, *b, workload, concurrency)
+    values = [field(left[k]) / field(right[k]) for k in left.keys() & right.keys()
+              if field(right[k]) > 0]
+    return statistics.median(values) if values else math.nan
+
+
+def throughput(r: LevelResult) -> float:
+    return r.inferences_per_second
+
+
+def inprocess_by_size(results: SuiteResults, model: str) -> dict[int, float]:
+    return {r["batch_size"]: r["rows_per_second"] for r in results.inprocess
+            if r["model"] == model}
 
 
 def _us(value: float) -> str:

@@ -2,6 +2,7 @@
 
 Used by bench/loadgen.py: every completed request adds its latency to the current window;
 a level is stable when the last 3 windows agree within 10% on throughput and p99 latency.
+SuiteResults holds one suite run's levels and in-process measurements.
 """
 
 from __future__ import annotations
@@ -137,3 +138,23 @@ def aggregate(
         stable=is_stable,
         windows=len(windows),
     )
+
+
+@dataclasses.dataclass
+class SuiteResults:
+    """Everything one `tfgate bench suite` run measured (results.json); docs.py renders it."""
+
+    levels: list[LevelResult] = dataclasses.field(default_factory=list)
+    inprocess: list[dict] = dataclasses.field(default_factory=list)
+    # The large workload's in-process limit again just before and just after each repeat's
+    # large levels, tagged with the repeat: the host's speed drifts over a 20-minute run, so
+    # the large ratios pair each repeat with the mean of the limits measured around it.
+    inprocess_large: list[dict] = dataclasses.field(default_factory=list)
+    codec: dict = dataclasses.field(default_factory=dict)
+    ipc: dict = dataclasses.field(default_factory=dict)
+    machine: dict = dataclasses.field(default_factory=dict)
+    bentoml: str = ""  # version, or why it did not run
+    started: str = ""
+    seconds: float = 0.0
+    command: str = ""
+    tfgate_args: list[str] = dataclasses.field(default_factory=list)

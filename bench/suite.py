@@ -22,14 +22,12 @@ from bench import micro, report, servers
 from bench.loadgen import GrpcTarget, HttpTarget, LevelOptions, run_level
 from bench.probes import ServerProbe, delta
 from bench.progress import Progress
-from bench.stats import STABILITY_WINDOWS, LevelResult, aggregate
-from bench.workloads import MODELS, Workload
+from bench.stats import STABILITY_WINDOWS, LevelResult, SuiteResults, aggregate
+from bench.workloads import LARGE, LARGE_CONCURRENCY, MODELS, Workload
 
 ROOT = servers.ROOT
 BATCHING_FILE = ROOT / "bench" / "batching_parameters.pbtxt"
 CONFIG_FILE = ROOT / "bench" / "tfgate.toml"  # per-model batching overrides
-LARGE = Workload("dnn", 64)
-LARGE_CONCURRENCY = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +53,6 @@ def quick_options(out_dir: pathlib.Path, docs_path: pathlib.Path | None, **kw) -
     )
 
 
-@dataclasses.dataclass
-class SuiteResults:
-    levels: list[LevelResult] = dataclasses.field(default_factory=list)
-    inprocess: list[dict] = dataclasses.field(default_factory=list)
-    # The large workload's in-process limit again just before and just after each repeat's
-    # large levels, tagged with the repeat: the host's speed drifts over a 20-minute run, so
-    # the large ratios pair each repeat with the mean of the limits measured around it.
-    inprocess_large: list[dict] = dataclasses.field(default_factory=list)
-    codec: dict = dataclasses.field(default_factory=dict)
-    ipc: dict = dataclasses.field(default_factory=dict)
-    machine: dict = dataclasses.field(default_factory=dict)
-    bentoml: str = ""  # version, or why it did not run
-    started: str = ""
-    seconds: float = 0.0
-    command: str = ""
-    tfgate_args: list[str] = dataclasses.field(default_factory=list)
 
 
 def export_models(model_root: pathlib.Path, names: tuple[str, ...]) -> None:
@@ -305,7 +287,7 @@ def write_outputs(options: SuiteOptions, results: SuiteResults) -> None:
     plots = {}
     for model in options.models:
         path = plot_dir / f"{model}.png"
-        if report.plot_workload(table, model, docs.inprocess_by_size(results, model), path):
+        if report.plot_workload(table, model, report.inprocess_by_size(results, model), path):
             plots[model] = path
             if plot_dir != out:
                 (out / path.name).write_bytes(path.read_bytes())

@@ -7,14 +7,9 @@ target says by how much.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from bench.docs import inprocess_by_size, ratio, throughput
-from bench.report import Key, Median
-from bench.stats import LevelResult
-
-if TYPE_CHECKING:
-    from bench.suite import SuiteResults
+from bench.report import Key, Median, inprocess_by_size, ratio, throughput
+from bench.stats import LevelResult, SuiteResults
 
 REST, GRPC = ("tfgate", "rest"), ("tfgate", "grpc")
 NAIVE, BENTO, CONSTANT = ("naive", "rest"), ("bentoml", "rest"), ("constant", "rest")

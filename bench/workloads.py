@@ -44,6 +44,12 @@ class Workload:
         return grpc_request(self.model, self.array())
 
 
+# The large-request workload: 64-row dnn requests at concurrency 8 (suite levels, docs
+# tables and targets all read these).
+LARGE = Workload("dnn", 64)
+LARGE_CONCURRENCY = 8
+
+
 def _nested_text(array: np.ndarray) -> str:
     if array.ndim == 1:
         return "[" + ",".join(f"{v:.6g}" for v in array.tolist()) + "]"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from bench import report
 from bench.docs import large_table
-from bench.stats import LevelResult
-from bench.suite import LARGE, LARGE_CONCURRENCY, SuiteResults
+from bench.stats import LevelResult, SuiteResults
+from bench.workloads import LARGE, LARGE_CONCURRENCY
 
 
 def _level(target: str, protocol: str, requests_per_second: float, repeat: int) -> LevelResult:
