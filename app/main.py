@@ -30,7 +30,7 @@ from app.core.state_events import StateEventBus
 from app.lifecycle.config_watch import ConfigWatcher
 from app.lifecycle.discovery import Discovery
 from app.lifecycle.manager import LoadOptions, VersionManager
-from app.lifecycle.registry import ModelConfig, Registry
+from app.lifecycle.registry import Registry
 from app.lifecycle.server_core import ServerCore
 from app.ops import metrics as metrics_module
 from app.ops.metrics import Metrics
@@ -43,6 +43,7 @@ from app.serving.batcher import Batcher
 from app.serving.batching_policy import BatchingPolicy
 from app.serving.service import ServingService
 from app.settings import model_config
+from app.settings.model_config import ModelConfig
 from app.settings.session_bundle import SessionBundleSettings, session_bundle_settings
 from app.settings.settings import Settings, SettingsError
 from app.sync.config import load_sync_configs, sync_table_models

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from app.core.errors import ServingError
-from app.lifecycle.registry import ModelConfig
 from app.settings import model_config
+from app.settings.model_config import ModelConfig
 
 log = logging.getLogger("tfgate.config_watch")
 

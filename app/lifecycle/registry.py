@@ -11,53 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 from collections.abc import Iterable
 
 from app.core.errors import Code, ServingError
 from app.core.signatures import ServableMetadata
 from app.core.types import ModelSpec, ServableId, VersionState
-
-
-class PolicyKind(enum.Enum):
-    LATEST = "latest"
-    ALL = "all"
-    SPECIFIC = "specific"
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionPolicy:
-    """TF Serving's ServableVersionPolicy: latest{num_versions} (default 1) / all / specific."""
-
-    kind: PolicyKind = PolicyKind.LATEST
-    num_versions: int = 1
-    versions: tuple[int, ...] = ()
-
-    def aspired(self, on_disk: Iterable[int]) -> set[int]:
-        found = sorted(set(on_disk))
-        if self.kind is PolicyKind.ALL:
-            return set(found)
-        if self.kind is PolicyKind.SPECIFIC:
-            return set(found) & set(self.versions)
-        return set(found[-max(1, self.num_versions) :]) if found else set()
-
-    def describe(self) -> dict[str, object]:
-        if self.kind is PolicyKind.LATEST:
-            return {"latest": {"num_versions": self.num_versions}}
-        if self.kind is PolicyKind.ALL:
-            return {"all": {}}
-        return {"specific": {"versions": list(self.versions)}}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """One model as configured (ModelConfig in TF Serving's model_server_config.proto)."""
-
-    name: str
-    base_path: str
-    policy: VersionPolicy = VersionPolicy()
-    labels: tuple[tuple[str, int], ...] = ()
-    platform: str = "tensorflow"
+from app.settings.model_config import ModelConfig
 
 
 @dataclasses.dataclass

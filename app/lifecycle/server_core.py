@@ -27,8 +27,9 @@ from app.core.state_events import (
 from app.core.types import VersionState
 from app.lifecycle.discovery import Discovery
 from app.lifecycle.manager import VersionManager, initial_load_error
-from app.lifecycle.registry import ModelConfig, ModelRecord, Registry
+from app.lifecycle.registry import ModelRecord, Registry
 from app.settings import model_config
+from app.settings.model_config import ModelConfig
 from app.settings.settings import SettingsError
 from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync

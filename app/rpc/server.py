@@ -39,10 +39,10 @@ from proto import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
     from app.admin.api import AdminApi, AdminTokens
-    from app.lifecycle.registry import ModelConfig
     from app.ops.metrics import Metrics
     from app.serving.auth import InferenceAuth
     from app.serving.service import ServingService
+    from app.settings.model_config import ModelConfig
     from app.settings.settings import Settings
 
 log = logging.getLogger("tfgate.grpc")

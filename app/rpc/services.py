@@ -38,11 +38,11 @@ from app.core.protos import (
     regression_pb2,
 )
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec
-from app.lifecycle.registry import ModelConfig
 from app.serving import multi_inference
 from app.serving.auth import InferenceAuth, credential_from
 from app.serving.service import Entrypoint, ServingService
 from app.settings import model_config
+from app.settings.model_config import ModelConfig
 
 log = logging.getLogger("tfgate.grpc")
 

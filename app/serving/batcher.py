@@ -19,7 +19,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,6 +27,7 @@ import numpy as np
 from app.core.errors import Code, ServingError
 from app.core.types import ServableId, row_count
 from app.runtime.pool import RunOutcome, WorkerPool
+from app.settings.model_config import BatchingParameters
 
 log = logging.getLogger("tfgate.batcher")
 
@@ -40,27 +40,6 @@ PIPELINE_DEPTH_PER_WORKER = 1
 # Empty queues are kept for reuse (a queue per request shape would churn at concurrency 1);
 # past this many, empty ones are dropped.
 MAX_IDLE_QUEUES = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchingParameters:
-    """TF Serving's BatchingParameters (session_bundle_config.proto) with its defaults."""
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
-    thread_pool_name: str = "batch_threads"
-    allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-    enable_large_batch_splitting: bool = False
-    max_execution_batch_size: int | None = None
-
-    @property
-    def execution_batch_size(self) -> int:
-        if self.enable_large_batch_splitting and self.max_execution_batch_size:
-            return self.max_execution_batch_size
-        return self.max_batch_size
 
 
 @dataclasses.dataclass(eq=False)

@@ -18,8 +18,8 @@ from typing import Any
 
 from app.core.errors import Code, ServingError
 from app.core.types import ServableId
-from app.serving.batcher import BatchingParameters
 from app.settings import model_config
+from app.settings.model_config import BatchingParameters
 from app.settings.session_bundle import SessionBundleSettings
 from app.settings.settings import SettingsError
 

@@ -3,19 +3,84 @@
 Reads `--model_config_file` (ModelServerConfig, parsed with the official config protos),
 `--batching_parameters_file` / per-model `batching_params.pbtxt` (BatchingParameters),
 `--monitoring_config_file` and `--ssl_config_file`, and applies TF Serving's validation
-with its error texts. Called by main.py at startup and on config reload.
+with its error texts. Called by main.py at startup and on config reload. The values it
+produces (ModelConfig, VersionPolicy, BatchingParameters) are defined here, below the
+registry and the batcher that use them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import os
+from collections.abc import Iterable
 
 from google.protobuf import text_format
 
 from app.core.protos import model_server_config_pb2
-from app.lifecycle.registry import ModelConfig, PolicyKind, VersionPolicy
-from app.serving.batcher import BatchingParameters
 from proto import serving_config_pb2
+
+
+class PolicyKind(enum.Enum):
+    LATEST = "latest"
+    ALL = "all"
+    SPECIFIC = "specific"
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+    """TF Serving's ServableVersionPolicy: latest{num_versions} (default 1) / all / specific."""
+
+    kind: PolicyKind = PolicyKind.LATEST
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def aspired(self, on_disk: Iterable[int]) -> set[int]:
+        found = sorted(set(on_disk))
+        if self.kind is PolicyKind.ALL:
+            return set(found)
+        if self.kind is PolicyKind.SPECIFIC:
+            return set(found) & set(self.versions)
+        return set(found[-max(1, self.num_versions) :]) if found else set()
+
+    def describe(self) -> dict[str, object]:
+        if self.kind is PolicyKind.LATEST:
+            return {"latest": {"num_versions": self.num_versions}}
+        if self.kind is PolicyKind.ALL:
+            return {"all": {}}
+        return {"specific": {"versions": list(self.versions)}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model as configured (ModelConfig in TF Serving's model_server_config.proto)."""
+
+    name: str
+    base_path: str
+    policy: VersionPolicy = VersionPolicy()
+    labels: tuple[tuple[str, int], ...] = ()
+    platform: str = "tensorflow"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingParameters:
+    """TF Serving's BatchingParameters (session_bundle_config.proto) with its defaults."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    thread_pool_name: str = "batch_threads"
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None
+
+    @property
+    def execution_batch_size(self) -> int:
+        if self.enable_large_batch_splitting and self.max_execution_batch_size:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
 
 class ConfigError(Exception):

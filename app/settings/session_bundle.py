@@ -19,9 +19,8 @@ import logging
 from google.protobuf import text_format
 
 from app.core import protos
-from app.serving.batcher import BatchingParameters
 from app.settings import model_config
-from app.settings.model_config import ConfigError
+from app.settings.model_config import BatchingParameters, ConfigError
 from app.settings.settings import FLAGS_BY_NAME, Settings
 from proto import session_bundle_config_pb2
 

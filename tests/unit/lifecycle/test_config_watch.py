@@ -10,7 +10,7 @@ import pytest
 
 from app.core.errors import Code, ServingError
 from app.lifecycle.config_watch import ConfigWatcher
-from app.lifecycle.registry import ModelConfig
+from app.settings.model_config import ModelConfig
 
 CONFIG = 'model_config_list { config { name: "%s" base_path: "/m" model_platform: "tensorflow" } }'
 

@@ -8,7 +8,8 @@ import pathlib
 import pytest
 
 from app.lifecycle.discovery import Discovery, list_versions
-from app.lifecycle.registry import ModelConfig, Registry
+from app.lifecycle.registry import Registry
+from app.settings.model_config import ModelConfig
 
 
 def test_only_ascii_int64_directory_names_are_versions(tmp_path: pathlib.Path) -> None:

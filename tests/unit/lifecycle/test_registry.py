@@ -10,14 +10,12 @@ from app.core.signatures import ServableMetadata
 from app.core.types import ModelSpec, ServableId, VersionState
 from app.lifecycle.registry import (
     Action,
-    ModelConfig,
     ModelRecord,
-    PolicyKind,
     Registry,
-    VersionPolicy,
     VersionRecord,
     plan_next_action,
 )
+from app.settings.model_config import ModelConfig, PolicyKind, VersionPolicy
 
 S, L, A, U, E = (
     VersionState.START,

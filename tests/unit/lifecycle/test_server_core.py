@@ -15,9 +15,10 @@ from app.core.errors import Code, ServingError
 from app.core.state_events import StateEvent, StateEventBus, VersionStateEvent
 from app.core.types import ModelSpec, ServableId, VersionState
 from app.lifecycle.manager import LoadOptions, VersionManager
-from app.lifecycle.registry import ModelConfig, Registry
+from app.lifecycle.registry import Registry
 from app.lifecycle.server_core import ServerCore
 from app.runtime.pool import LoadSpec
+from app.settings.model_config import ModelConfig
 from app.sync.loop import ModelSync
 from app.sync.manifest import publish
 from app.sync.storage import SourceOptions

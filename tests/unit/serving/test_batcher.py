@@ -11,7 +11,8 @@ import pytest
 from app.core.errors import Code, ServingError
 from app.core.types import ServableId
 from app.runtime.pool import RunOutcome
-from app.serving.batcher import Batcher, BatchingParameters, batch_rows, padding_for, split_outputs
+from app.serving.batcher import Batcher, batch_rows, padding_for, split_outputs
+from app.settings.model_config import BatchingParameters
 from workers import ipc
 
 SID = ServableId("m", 1)

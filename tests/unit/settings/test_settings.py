@@ -7,9 +7,8 @@ import re
 
 import pytest
 
-from app.lifecycle.registry import PolicyKind
 from app.settings import model_config
-from app.settings.model_config import ConfigError
+from app.settings.model_config import ConfigError, PolicyKind
 from app.settings.settings import SettingsError, load_settings, parse_flags
 
 
