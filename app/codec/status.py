@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from app.core.errors import Code
+from app.core.errors import Code, ServingError
 from app.core.protos import get_model_metadata_pb2, get_model_status_pb2, meta_graph_pb2, model_pb2
-from app.core.types import ServableId
-from app.lifecycle.registry import VersionRecord
+from app.core.types import ServableId, VersionState
+
+
+class VersionStatus(Protocol):
+    """The part of a version's record (lifecycle.registry.VersionRecord) a status reply
+    shows: the codec sits below lifecycle/ and names what it reads instead of importing it."""
+
+    version: int
+    state: VersionState
+    error: ServingError | None
 
 
 def _cpp_field_order(descriptor: Descriptor, value: dict[str, Any], names: bool) -> dict[str, Any]:
@@ -62,7 +70,7 @@ def message_to_json(message: Message, *, preserve_names: bool) -> str:
 
 
 def status_response(
-    records: Sequence[VersionRecord],
+    records: Sequence[VersionStatus],
 ) -> get_model_status_pb2.GetModelStatusResponse:
     response = get_model_status_pb2.GetModelStatusResponse()
     for record in records:
@@ -77,7 +85,7 @@ def status_response(
     return response
 
 
-def encode_status_json(records: Sequence[VersionRecord]) -> bytes:
+def encode_status_json(records: Sequence[VersionStatus]) -> bytes:
     return message_to_json(status_response(records), preserve_names=False).encode()
 
 
