@@ -14,7 +14,9 @@ while the peer's dynamic table is unchanged), RST_STREAM (REFUSED_STREAM is retr
 still answers finish; the connection then closes and the driver opens another).
 Request headers are literals that never enter the server's dynamic table, so one encoded
 block serves every stream. Responses are not parsed beyond their status: a call succeeds
-when its trailers carry grpc-status 0.
+when its trailers carry grpc-status 0. Framing and header decoding are bench/http2_wire.py's,
+written apart from the server's transport (app/rpc/h2/): the server under test and the load
+generator share no code, so a framing bug on one side shows up against the other.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 import grpc
 import hpack
 
-from app.rpc.h2.frames import (
+from bench.http2_wire import (
     ACK,
     CANCEL,
     CONTINUATION,
@@ -42,7 +44,6 @@ from app.rpc.h2.frames import (
     MAX_WINDOW,
     PING,
     PREFACE,
-    PRIORITY,
     REFUSED_STREAM,
     RST_STREAM,
     SETTINGS,
@@ -52,10 +53,10 @@ from app.rpc.h2.frames import (
     SETTINGS_MAX_FRAME_SIZE,
     WINDOW_UPDATE,
     HeaderDecoder,
+    decode_settings,
+    encode_settings,
     frame,
-    parse_settings,
-    settings_payload,
-    strip_padding,
+    header_fragment,
 )
 
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
@@ -134,8 +135,8 @@ class H2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        settings = settings_payload({SETTINGS_ENABLE_PUSH: 0,
-                                     SETTINGS_INITIAL_WINDOW_SIZE: MAX_WINDOW})
+        settings = encode_settings({SETTINGS_ENABLE_PUSH: 0,
+                                    SETTINGS_INITIAL_WINDOW_SIZE: MAX_WINDOW})
         self.transport.write(
             PREFACE
             + frame(SETTINGS, 0, 0, settings)
@@ -247,10 +248,7 @@ class H2Connection(asyncio.Protocol):
             if flags & END_STREAM:  # a reply without trailers is not a gRPC success
                 self._finish(stream_id, "no_trailers")
         elif kind == HEADERS:
-            payload = strip_padding(flags, payload)
-            if flags & PRIORITY:
-                payload = payload[5:]
-            self.header_block = bytearray(payload)
+            self.header_block = bytearray(header_fragment(flags, payload))
             self.header_stream = stream_id
             self.header_end_stream = bool(flags & END_STREAM)
             if flags & END_HEADERS:
@@ -288,7 +286,7 @@ class H2Connection(asyncio.Protocol):
             self._on_goaway(last_stream_id & MAX_WINDOW, code)
 
     def _on_settings(self, payload: bytes) -> None:
-        for key, value in parse_settings(payload):
+        for key, value in decode_settings(payload):
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 delta = value - self.initial_stream_window
                 self.initial_stream_window = value

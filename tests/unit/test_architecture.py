@@ -232,3 +232,15 @@ def test_app_folders_import_only_the_folders_below_them() -> None:
                 wrong.append(f"{name} -> {target} ({source_folder}/ may not import "
                              f"{target_folder}/)")
     assert wrong == [], "imports across the layers:\n" + "\n".join(wrong)
+
+
+def test_the_bench_grpc_client_shares_no_code_with_the_server() -> None:
+    # bench/grpc_h2.py drives the server under test; a framing bug in code both use would
+    # hide on both sides, so nothing it imports, directly or not, is app/ code
+    seen, todo = set(), ["bench.grpc_h2"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(GRAPH.get(module, ()))
+    assert sorted(m for m in seen if m.split(".")[0] == "app") == []

@@ -1,9 +1,9 @@
-"""HTTP/2 framing shared by tfgate's gRPC server and the benchmark's gRPC client.
+"""HTTP/2 framing for tfgate's gRPC server.
 
 Data path position: the bottom of the gRPC lane. app/rpc/h2/server.py reads and writes
-HTTP/2 frames (RFC 9113) with these helpers; bench/grpc_h2.py (the load generator's gRPC
-driver) uses the same ones on the client side. Only framing lives here: frame types, flags,
-settings identifiers, frame building, and hpack decoding that reuses decoded blocks.
+HTTP/2 frames (RFC 9113) with these helpers. Only framing lives here: frame types, flags,
+settings identifiers, frame building, and hpack decoding that reuses decoded blocks. The
+benchmark's gRPC client has its own (bench/http2_wire.py), so the two ends check each other.
 """
 
 from __future__ import annotations
