@@ -15,8 +15,8 @@ import inspect
 import logging
 import mmap
 import zlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 import grpc
 
@@ -28,14 +28,30 @@ from app.rpc.h2.limits import (
     too_large,
 )
 
-if TYPE_CHECKING:
-    from app.rpc.h2.connection import GrpcH2Connection
-
 log = logging.getLogger("tfgate.grpc")
 
 ACCEPT_ENCODING = "identity,deflate,gzip"
 DESERIALIZE_FAILED = "Exception deserializing request!"  # grpc's text
 END_OF_REQUESTS = object()  # queued after a streaming call's last request message
+
+
+class CallWriter(Protocol):
+    """What serve() and request_iterator() use of the connection a call arrived on
+    (GrpcH2Connection): the connection module builds calls, so this one names the writer
+    instead of importing it."""
+
+    message_limit_bytes: int
+
+    def send_message(self, call: H2Call, body: bytes, *, flush: bool = True) -> None: ...
+
+    async def write_message(self, call: H2Call, message: Any) -> None: ...
+
+    def end_call(
+        self, call: H2Call, code: grpc.StatusCode, details: str = "",
+        trailing: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None: ...
+
+    def request_taken(self, call: H2Call, size: int) -> None: ...
 
 
 class CallFailed(Exception):
@@ -203,7 +219,7 @@ def decompress(
     return memoryview(whole)
 
 
-async def serve(connection: GrpcH2Connection, call: H2Call, payload: Message | None) -> None:
+async def serve(connection: CallWriter, call: H2Call, payload: Message | None) -> None:
     """Run the call's handler and answer on `connection` with its response (or status).
     `payload` is a unary request's message; streaming requests come from call.requests."""
     handler, context = call.handler, call.context
@@ -253,7 +269,7 @@ async def serve(connection: GrpcH2Connection, call: H2Call, payload: Message | N
     connection.end_call(call, code, details, context.trailing_metadata())
 
 
-async def request_iterator(connection: GrpcH2Connection, call: H2Call) -> AsyncIterator[Any]:
+async def request_iterator(connection: CallWriter, call: H2Call) -> AsyncIterator[Any]:
     assert call.requests is not None
     while True:
         item = await call.requests.get()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -48,6 +48,7 @@ from app.rpc.h2.limits import (
     RESET_BURST,
     RESETS_PER_SECOND,
     Budget,
+    H2Limits,
 )
 from app.rpc.h2.replies import (
     DEADLINE_EXCEEDED,
@@ -59,17 +60,32 @@ from app.rpc.h2.replies import (
     status_block,
 )
 
-if TYPE_CHECKING:
-    from app.rpc.h2.server import GrpcH2Server
-
 log = logging.getLogger("tfgate.grpc")
 
+
+
+class MethodLookup(Protocol):
+    def lookup(self, path: str) -> Any: ...
+
+
+class ConnectionOwner(Protocol):
+    """What a connection uses of the server that accepted it (GrpcH2Server): the server
+    module builds connections, so this one names the owner instead of importing it."""
+
+    limits: H2Limits
+    registry: MethodLookup
+    connections: set[Any]  # the open connections, for shutdown
+    closing: bool
+    active_calls: int
+    max_concurrent_calls: int
+
+    def call_released(self) -> None: ...
 
 
 class GrpcH2Connection(InboundFrames, asyncio.Protocol):
     """One client connection: frames in (InboundFrames), frames out, one task per call."""
 
-    def __init__(self, server: GrpcH2Server) -> None:
+    def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.limits = server.limits
         self.message_limit_bytes = server.limits.max_receive_message_bytes
