@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -171,7 +172,6 @@ async def build_server(settings: Settings) -> Server:
         events,
         file_system_poll_wait_seconds=settings.file_system_poll_wait_seconds,
         model_config_file=settings.model_config_file,
-        sync_tables=settings.config,
     )
     core.configure_initial(configs)
     cache_config = load_cache_config(settings)
@@ -221,7 +221,9 @@ async def build_server(settings: Settings) -> Server:
         )
     if sync_configs or waiting:
         server.model_sync = ModelSync(sync_configs, metrics)
-        core.attach_model_sync(server.model_sync)
+        core.attach_model_sync(
+            server.model_sync, functools.partial(load_sync_configs, settings.config)
+        )
         server.admin.add_describe_extras(server.model_sync.describe)
     if settings.model_config_file:
         server.config_watcher = ConfigWatcher(

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from app.core.errors import Code, ServingError, StartupError
 from app.core.state_events import (
@@ -31,11 +31,39 @@ from app.lifecycle.registry import ModelRecord, Registry
 from app.settings import model_config
 from app.settings.model_config import ModelConfig
 from app.settings.settings import SettingsError
-from app.sync.config import load_sync_configs
-from app.sync.loop import ModelSync
-from app.sync.sync_pass import PassResult, SyncConfig
 
 log = logging.getLogger("tfgate.server_core")
+
+
+# Model sync sits above lifecycle/ (its passes read the base paths discovery reads), so
+# ServerCore names what it uses of it instead of importing it.
+
+
+class SyncedModel(Protocol):  # sync.sync_pass.SyncConfig
+    @property
+    def model(self) -> str: ...
+
+
+class SyncPassOutcome(Protocol):  # sync.sync_pass.PassResult
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+
+class ModelSyncer(Protocol):  # sync.loop.ModelSync
+    configs: Mapping[str, Any]  # model name -> its sync config
+    on_pass: Callable[[Any], None] | None  # called with a SyncPassOutcome
+
+    async def update(self, configs: list[Any]) -> None: ...
+
+    async def sync_now(self, name: str, wait_seconds: float) -> None: ...
+
+
+# base paths by model name -> the synced models among them (sync.config.load_sync_configs
+# over tfgate.toml's [models.NAME.sync] tables); raises SettingsError for a bad table
+SyncConfigsFor = Callable[[Mapping[str, str]], list[Any]]
 
 
 class ServerCore:
@@ -49,7 +77,6 @@ class ServerCore:
         *,
         file_system_poll_wait_seconds: float,
         model_config_file: str = "",
-        sync_tables: Mapping[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.manager = manager
@@ -57,9 +84,8 @@ class ServerCore:
         self.monitor = ServableStateMonitor(events)
         self.discovery = Discovery(registry, self.aspire_versions, file_system_poll_wait_seconds)
         self.model_config_file = model_config_file
-        # The TOML whose [models.NAME.sync] tables say which models are synced.
-        self.sync_tables: Mapping[str, Any] = sync_tables or {}
-        self.model_sync: ModelSync | None = None
+        self.model_sync: ModelSyncer | None = None
+        self._sync_configs_for_paths: SyncConfigsFor | None = None
         # gRPC HandleReloadConfigRequest, the config file watcher and admin all reload configs.
         self._reload_lock = asyncio.Lock()
         # models added by a reload and not AVAILABLE yet: every reload listing one waits for it
@@ -75,8 +101,10 @@ class ServerCore:
         self.registry.configure(configs)
         self._publish_configured()
 
-    def attach_model_sync(self, model_sync: ModelSync) -> None:
+    def attach_model_sync(self, model_sync: ModelSyncer, configs_for: SyncConfigsFor) -> None:
+        """Model sync is configured: `configs_for` reads which models a config syncs."""
         self.model_sync = model_sync
+        self._sync_configs_for_paths = configs_for
         model_sync.on_pass = self.sync_passed
 
     async def wait_for_initial_models(self) -> None:
@@ -223,7 +251,7 @@ class ServerCore:
         return [c.name for c in configs if c.name not in before]
 
     def _note_base_path_moves(
-        self, configs: list[ModelConfig], sync_configs: list[SyncConfig] | None
+        self, configs: list[ModelConfig], sync_configs: list[SyncedModel] | None
     ) -> None:
         """Remember the synced models whose base_path this config changes while one of
         their versions serves (see aspire_versions); forget those no longer moving."""
@@ -303,12 +331,12 @@ class ServerCore:
         except model_config.ConfigError as exc:
             raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
-    def _sync_configs_for(self, configs: list[ModelConfig]) -> list[SyncConfig] | None:
+    def _sync_configs_for(self, configs: list[ModelConfig]) -> list[SyncedModel] | None:
         """The model sync set for a new model config (None when sync is not configured)."""
-        if self.model_sync is None:
+        if self._sync_configs_for_paths is None:
             return None
         try:
-            return load_sync_configs(self.sync_tables, {c.name: c.base_path for c in configs})
+            return self._sync_configs_for_paths({c.name: c.base_path for c in configs})
         except SettingsError as exc:
             raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
@@ -371,7 +399,7 @@ class ServerCore:
 
     # --- model sync ---
 
-    def sync_passed(self, result: PassResult) -> None:
+    def sync_passed(self, result: SyncPassOutcome) -> None:
         """A sync pass finished: what it installed (or deleted) is on disk now, so
         discovery looks at the model's base path at once instead of at its next poll."""
         if result.cancelled or self.registry.configured(result.model) is None:

@@ -280,7 +280,7 @@ def test_dockerfile_build_imports_the_server(dockerfile: list[tuple[str, str]]) 
     assert "import app.main" in code and "walk_packages" in code
     result = subprocess.run(
         [sys.executable, "-B", "-c", code + "; import sys; print(sorted(m for m in sys.modules"
-         " if m.startswith('app.grpc')))"],
+         " if m.startswith('app.rpc')))"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,6 +4,7 @@ model sync (file:// source) over an in-process stand-in for the worker pool."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from app.lifecycle.registry import Registry
 from app.lifecycle.server_core import ServerCore
 from app.runtime.pool import LoadSpec
 from app.settings.model_config import ModelConfig
+from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync
 from app.sync.manifest import publish
 from app.sync.storage import SourceOptions
@@ -63,12 +65,13 @@ class Harness:
             self.manager,
             self.events,
             file_system_poll_wait_seconds=0,
-            sync_tables=sync_tables or {},
         )
         self.sync: ModelSync | None = None
         if sync_tables is not None:
             self.sync = ModelSync([])
-            self.core.attach_model_sync(self.sync)
+            self.core.attach_model_sync(
+                self.sync, functools.partial(load_sync_configs, sync_tables)
+            )
             self.sync.start()
 
     def version(self, base: str, version: int) -> pathlib.Path:
