@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from app.core.protos import predict_pb2, prediction_service_pb2_grpc
 from app.rpc.h2 import frames as h2
-from app.rpc.h2.limits import H2Limits
+from app.rpc.h2.limits import CONNECTION_WINDOW_BYTES, H2Limits
 from app.rpc.h2.server import GrpcH2Server
 from app.rpc.server import MESSAGE_HEADROOM_BYTES
 from tests.adversarial.h2_client import RawClient, grpc_message, request_fields, vm_rss_bytes
@@ -352,6 +352,100 @@ def test_row12_huge_length_prefix_is_refused_on_the_prefix(gateway: ServerProces
 
 
 # --- row 13: idle connections ----------------------------------------------------------
+
+
+# --- partly sent unary messages on many streams ---------------------------------------
+
+
+class FlowControlledSender:
+    """A raw client that honours the server's flow control: it sends DATA only within the
+    windows the server grants, so what it manages to send is what the server accepted."""
+
+    def __init__(self, raw: RawClient) -> None:
+        self.raw = raw
+        self.connection_window = h2.DEFAULT_WINDOW
+        self.initial_window = h2.DEFAULT_WINDOW
+        self.max_frame = h2.DEFAULT_MAX_FRAME_BYTES
+        self.windows: dict[int, int] = {}
+
+    def open(self, stream_id: int) -> None:
+        self.raw.headers(stream_id, request_fields(PREDICT))
+        self.windows[stream_id] = self.initial_window
+
+    def absorb(self, timeout_seconds: float) -> bool:
+        """Take one frame from the server into account; False when none came in time."""
+        frame = self.raw.next_frame(timeout_seconds)
+        if frame is None:
+            return False
+        if frame.kind == h2.SETTINGS and not frame.flags & h2.ACK:
+            for key, value in h2.parse_settings(frame.payload):
+                if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
+                    for stream_id in self.windows:
+                        self.windows[stream_id] += value - self.initial_window
+                    self.initial_window = value
+                elif key == h2.SETTINGS_MAX_FRAME_SIZE:
+                    self.max_frame = value
+            self.raw.send(h2.SETTINGS, h2.ACK, 0)
+        elif frame.kind == h2.WINDOW_UPDATE:
+            increment = int.from_bytes(frame.payload, "big") & h2.MAX_WINDOW
+            if frame.stream_id == 0:
+                self.connection_window += increment
+            elif frame.stream_id in self.windows:
+                self.windows[frame.stream_id] += increment
+        return True
+
+    def send(self, stream_id: int, size: int) -> int:
+        n = min(size, self.connection_window, self.windows[stream_id], self.max_frame)
+        if n > 0:
+            self.raw.send(h2.DATA, 0, stream_id, bytes(n))
+            self.connection_window -= n
+            self.windows[stream_id] -= n
+        return max(n, 0)
+
+
+def test_partly_sent_unary_messages_cannot_pin_unbounded_memory(gateway: ServerProcess) -> None:
+    """Eight streams each start a 60 MiB Predict (within the receive limit) and never finish
+    it. The server refills the connection window for them only up to its unary buffer budget
+    (two receive limits), so the client is held at budget + one connection window instead of
+    pinning 480 MiB; legitimate calls on other connections go on, and the memory comes back
+    when the connection goes."""
+    declared = 60 << 20
+    streams = list(range(1, 17, 2))
+    pid = gateway.process.pid
+    baseline = vm_rss_bytes(pid)
+    sent = dict.fromkeys(streams, 0)
+    with Legit(gateway.grpc_port) as legit, PeakRss(pid) as peak:
+        with RawClient(gateway.grpc_port) as raw:
+            sender = FlowControlledSender(raw)
+            while sender.absorb(0.5):  # the server's SETTINGS and first WINDOW_UPDATE
+                pass
+            for stream_id in streams:
+                sender.open(stream_id)
+                raw.send(h2.DATA, 0, stream_id, b"\x00" + declared.to_bytes(4, "big"))
+                sender.connection_window -= 5
+                sender.windows[stream_id] -= 5
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                progressed = 0
+                for stream_id in streams:
+                    n = sender.send(stream_id, declared - 1 - sent[stream_id])  # never done
+                    sent[stream_id] += n
+                    progressed += n
+                if not progressed and not sender.absorb(2.0):
+                    break  # no credit for 2 s: the server holds this client back
+                while sender.absorb(0.01):
+                    pass
+            held_back = time.monotonic() < deadline
+            accepted = sum(sent.values())
+        legit.assert_served()
+    rss = settle_rss(pid, baseline)
+    figures("unary buffer", accepted_mib=accepted >> 20, baseline_rss=baseline,
+            peak_rss=peak.peak, after_rss=rss)
+    assert held_back, f"the server kept granting credit: {accepted >> 20} MiB accepted"
+    budget = 2 * DEFAULT_RECEIVE_LIMIT_BYTES + CONNECTION_WINDOW_BYTES + (8 << 20)
+    assert accepted <= budget, (accepted >> 20, budget >> 20)
+    assert peak.peak - baseline < budget + RSS_SLACK_BYTES, (baseline, peak.peak)
+    assert rss <= baseline + RSS_SLACK_BYTES, (baseline, rss)
 
 
 def open_fds(pid: int) -> int:

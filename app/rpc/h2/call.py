@@ -68,6 +68,7 @@ class H2Call:
 
     __slots__ = (
         "body",
+        "buffered",
         "context",
         "deadline_timer",
         "encoding",
@@ -106,8 +107,12 @@ class H2Call:
         self.receive_window = receive_window  # bytes the client may still send on it
         self.granted = 0  # consumed bytes not yet given back in a WINDOW_UPDATE
         self.expected = 0  # a unary request's size from its length prefix, once known
-        # Streaming requests: bytes received but not yet given back as window (the client
-        # must wait for a slow handler), bytes waiting in `requests`, whether its end is.
+        # A unary request's bytes received so far, until its message is complete.
+        self.buffered = 0
+        # Bytes received but not yet given back as connection window: a streaming request's
+        # until its handler takes them (the client must wait for a slow handler), a unary
+        # one's past the connection's buffer budget until its message is complete. Then a
+        # streaming call's bytes waiting in `requests`, and whether its end is.
         self.held = 0
         self.queued_bytes = 0
         self.end_queued = False

@@ -47,6 +47,7 @@ from app.rpc.h2.limits import (
     REQUEST_QUEUE_MESSAGES,
     RESET_BURST,
     RESETS_PER_SECOND,
+    UNARY_BUFFER_MESSAGES,
     Budget,
     H2Limits,
 )
@@ -103,6 +104,10 @@ class GrpcH2Connection(InboundFrames, asyncio.Protocol):
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME_BYTES
         self.receive_window = CONNECTION_WINDOW_BYTES  # what the client may still send
         self.granted = 0  # consumed bytes not yet given back to the connection window
+        # Partly received unary requests, and what they may take before the connection's
+        # window stops being refilled for them (limits.UNARY_BUFFER_MESSAGES).
+        self.unary_buffered_bytes = 0
+        self.unary_buffer_limit_bytes = UNARY_BUFFER_MESSAGES * self.message_limit_bytes
         self.blocked: dict[int, H2Call] = {}  # calls with data waiting for window
         self.header_stream = 0  # a HEADERS block waiting for CONTINUATION frames
         self.header_flags = 0
@@ -320,6 +325,7 @@ class GrpcH2Connection(InboundFrames, asyncio.Protocol):
             data: bytes | bytearray = call.body  # not changed again: the request is complete
         else:
             data = last
+        self._unbuffer(call)  # complete: what was withheld is consumed now
         try:
             messages, used = take_messages(data, self.message_limit_bytes)
             if len(messages) != 1 or used != len(data):
@@ -440,6 +446,7 @@ class GrpcH2Connection(InboundFrames, asyncio.Protocol):
             transport.writelines(chunks)
 
     def _release(self, call: H2Call) -> None:
+        self._unbuffer(call)
         if self.calls.pop(call.stream_id, None) is not None:
             self.server.active_calls -= 1
             if not self.calls and self.loop is not None:

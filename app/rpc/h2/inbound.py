@@ -63,6 +63,8 @@ class InboundFrames:
         peer_max_frame: int
         receive_window: int
         granted: int
+        unary_buffered_bytes: int
+        unary_buffer_limit_bytes: int
         blocked: dict[int, H2Call]
         header_stream: int
         header_flags: int
@@ -214,8 +216,7 @@ class InboundFrames:
         call.receive_window -= size
         data = _strip(flags, payload)
         if call.requests is None:
-            # Unary: buffering is consuming (the message is bounded by its length prefix).
-            self._grant(call, size)
+            self._buffer_unary(call, size)
             if flags & h2.END_STREAM:
                 self._end_of_request(call, data)
                 return
@@ -325,12 +326,39 @@ class InboundFrames:
                 raise ProtocolError(h2.ENHANCE_YOUR_CALM, "control frames while not reading")
         self._write(frame)
 
+    def _buffer_unary(self, call: H2Call, size: int) -> None:
+        """`size` bytes of a unary request arrived. Its message is bounded by its length
+        prefix, so the stream's window is refilled at once; the connection's too while the
+        connection's partly received unary requests stay within their budget. Past it the
+        credit is held back until the message is complete or its call ends, so many streams
+        of half-sent messages run the client's connection window down instead of memory up."""
+        call.buffered += size
+        self.unary_buffered_bytes += size
+        if self.unary_buffered_bytes <= self.unary_buffer_limit_bytes:
+            self._grant(call, size)
+            return
+        call.held += size
+        self._grant_stream(call, size)
+
+    def _unbuffer(self, call: H2Call) -> None:
+        """A unary request is complete, or its call ended: its bytes leave the budget and
+        the connection credit held back for it is given back."""
+        if call.requests is not None or not call.buffered:
+            return
+        self.unary_buffered_bytes -= call.buffered
+        call.buffered = 0
+        self._grant_connection(call.held)
+        call.held = 0
+
     def _grant(self, call: H2Call, size: int) -> None:
         """`size` bytes of the call's data are consumed: both windows get them back (the
         stream's in batches, and only while the client still sends on it)."""
         if size <= 0:
             return
         self._grant_connection(size)
+        self._grant_stream(call, size)
+
+    def _grant_stream(self, call: H2Call, size: int) -> None:
         if call.remote_closed:
             return
         call.granted += size

@@ -17,9 +17,12 @@ INT32_MAX = 2**31 - 1
 
 # Connection-level receive window: bytes a client may have in flight before tfgate has
 # consumed them. Unary request bytes count as consumed when buffered (the message they
-# belong to is bounded by its length prefix); streaming request bytes only once the handler
+# belong to is bounded by its length prefix) while the connection's partly received unary
+# requests stay within UNARY_BUFFER_MESSAGES receive limits; past that, only once their
+# message is complete (or its call ends). Streaming request bytes count once the handler
 # takes the message.
 CONNECTION_WINDOW_BYTES = 64 << 20
+UNARY_BUFFER_MESSAGES = 2
 # Output queued in the transport beyond this pauses reading from the client until it drains
 # (asyncio calls pause_writing()/resume_writing() at these marks).
 OUTPUT_HIGH_WATER_BYTES = 1 << 20
