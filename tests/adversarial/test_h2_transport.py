@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from app.core.protos import predict_pb2, prediction_service_pb2_grpc
 from app.rpc.h2 import frames as h2
+from app.rpc.h2.inbound import STREAM_WINDOW_BYTES
 from app.rpc.h2.limits import CONNECTION_WINDOW_BYTES, H2Limits
 from app.rpc.h2.server import GrpcH2Server
 from app.rpc.server import MESSAGE_HEADROOM_BYTES
@@ -601,9 +602,11 @@ def _stream_zero_window_update(raw: RawClient) -> None:
 def _data_past_window(raw: RawClient) -> None:
     # Hold never takes a request: once its queue is full no credit comes back, and the
     # stream's 8 MiB window runs out.
+    # Exactly up to the frame that crosses the window: anything sent after it could reach a
+    # socket the server already closed, and the reset would swallow its GOAWAY.
     _open_stream(raw)
     chunk = grpc_message(bytes(64 << 10))
-    for _ in range(9 * 16 + 2):
+    for _ in range(STREAM_WINDOW_BYTES // len(chunk) + 1):
         raw.send(h2.DATA, 0, 1, chunk)
 
 
