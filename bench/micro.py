@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
+from app.codec import predict_response
 from app.codec import tensor_json as codec
 from app.core.types import ServableId, SignatureSpec, TensorSpec
 
@@ -56,10 +57,10 @@ def codec_throughput(rows: int = 64, width: int = 256, seconds: float = 2.0) -> 
     def decode() -> object:
         return codec.decode_predict_inputs(codec.parse_predict_json(body), signature)
 
-    encoded = codec.encode_predict_response({"y": array}, "row")
+    encoded = predict_response.encode_predict_response({"y": array}, "row")
 
     def encode() -> object:
-        return codec.encode_predict_response({"y": array}, "row")
+        return predict_response.encode_predict_response({"y": array}, "row")
 
     def decode_lists() -> object:
         return np.asarray(orjson.loads(body)["instances"], dtype=np.float32)

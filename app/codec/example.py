@@ -11,7 +11,8 @@ Examples are serialized by hand (protobuf wire format, features in JSON order): 
 what example_pb2 would parse, deterministic for a given body (cache keys), and cheap to build.
 With "context", each example is serialize(context) + serialize(example): concatenating two
 serialized messages merges them, which is what TF Serving feeds the model.
-Response bytes follow rapidjson's PrettyWriter like every other body (see app/codec/tensor_json.py):
+Response bytes follow rapidjson's PrettyWriter like every other body (see
+app/codec/predict_response.py):
   classify: {\\n    "results": [[["", 3.0]], [["a", 0.5], ["b", 0.25]]\\n    ]\\n}
   regress:  {\\n    "results": [3.0, 3.5]\\n}
 """
@@ -25,13 +26,14 @@ import numpy as np
 
 from app.codec.json_read import load_json_object
 from app.codec.json_text import json_quote_bytes, json_type_name
+from app.codec.predict_response import float32_texts
 from app.codec.tensor import (
     TensorBudget,
     decode_b64_object,
     is_b64_object,
     to_float32,
 )
-from app.codec.tensor_json import float32_texts, format_error, read_signature_name
+from app.codec.tensor_json import format_error, read_signature_name
 from app.codec.tensor_proto import varint
 from app.core.errors import invalid_argument as invalid
 from app.core.protos import classification_pb2, input_pb2, regression_pb2, types_pb2

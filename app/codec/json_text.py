@@ -1,7 +1,8 @@
 r"""JSON text as TF Serving writes it: numbers, strings and values, byte for byte (rapidjson).
 
-Data path: the last step of every response (codec/tensor_json.py and codec/example.py lay bodies out
-from these texts) and of every error message that quotes a JSON value (json_value_text()).
+Data path: the last step of every response (codec/predict_response.py and codec/example.py lay
+bodies out from these texts) and of every error message that quotes a JSON value
+(json_value_text()).
 
 Numbers: WriteDecimal() for float/double: %g with 6 significant digits if that reads back as
 the same float (double for DT_DOUBLE), else %.9g (%.17g); ".0" appended when the text has no

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.codec import example as codec_example
+from app.codec import predict_response
 from app.codec import status as codec_status
 from app.codec import tensor_json as codec
 from app.codec.tensor import TensorBudget, unlimited_budget
@@ -168,10 +169,10 @@ class TfServingRestApi:
         except ServingError as exc:
             # A refused body may still be arriving: close rather than read the rest of it.
             extra = [CLOSE_HEADER] if isinstance(exc, PayloadTooLarge) else []
-            return exc.http_status, codec.encode_error(exc.message), extra
+            return exc.http_status, predict_response.encode_error(exc.message), extra
         except Exception:
             log.exception("REST %s %s failed", method, path)
-            return 500, codec.encode_error("Internal server error"), []
+            return 500, predict_response.encode_error("Internal server error"), []
 
     def _authorize(self, scope: Scope, raw_name: str) -> None:
         if self.auth.enabled:
@@ -235,7 +236,7 @@ class TfServingRestApi:
             entrypoint=Entrypoint.REST,
             cache_control=cache_control,
         )
-        return codec.encode_predict_response(result.outputs, parsed.format)
+        return predict_response.encode_predict_response(result.outputs, parsed.format)
 
     def _get(self, match: re.Match[str]) -> bytes:
         name, version_text, label, subresource = match.groups()

@@ -27,7 +27,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.codec.tensor_json import encode_error
+from app.codec.predict_response import encode_error
 
 log = logging.getLogger("tfgate.http")
 

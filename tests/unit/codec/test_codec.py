@@ -14,6 +14,7 @@ import pytest
 
 from app.codec import json_read as codec_json_read
 from app.codec import json_text as codec_json_text
+from app.codec import predict_response
 from app.codec import tensor_json as codec
 from app.core.errors import Code, ServingError
 from app.core.types import (
@@ -497,11 +498,11 @@ ENCODE = [
 
 @pytest.mark.parametrize(("outputs", "fmt", "expected"), ENCODE)
 def test_encode(outputs: dict, fmt: str, expected: bytes) -> None:
-    assert codec.encode_predict_response(outputs, fmt) == expected
+    assert predict_response.encode_predict_response(outputs, fmt) == expected
 
 
 def test_encode_keeps_output_order() -> None:
-    body = codec.encode_predict_response(
+    body = predict_response.encode_predict_response(
         {"z": np.array([1], np.int32), "a": np.array([2], np.int32)}, "columnar"
     )
     assert body.index(b'"z"') < body.index(b'"a"')
@@ -522,14 +523,14 @@ ENCODE_ERRORS = [
 
 @pytest.mark.parametrize(("outputs", "fmt", "message"), ENCODE_ERRORS)
 def test_encode_errors(outputs: dict, fmt: str, message: str) -> None:
-    error = error_of(codec.encode_predict_response, outputs, fmt)
+    error = error_of(predict_response.encode_predict_response, outputs, fmt)
     assert (error.code, error.message) == (Code.INVALID_ARGUMENT, message)
 
 
 def test_encode_error_body() -> None:  # upstream MakeJsonFromStatus cases
-    assert codec.encode_error('Bad key: "key"') == b'{\n    "error": "Bad key: \\"key\\""\n}'
-    assert codec.encode_error("Bad key: 'key'") == b'{\n    "error": "Bad key: \'key\'"\n}'
-    assert codec.encode_error("a\nb") == b'{\n    "error": "a\\nb"\n}'
+    assert predict_response.encode_error('Bad key: "key"') == b'{\n    "error": "Bad key: \\"key\\""\n}'
+    assert predict_response.encode_error("Bad key: 'key'") == b'{\n    "error": "Bad key: \'key\'"\n}'
+    assert predict_response.encode_error("a\nb") == b'{\n    "error": "a\\nb"\n}'
 
 
 # --- float formatting ---------------------------------------------------------------------------
@@ -548,8 +549,8 @@ FLOAT32_TEXT = [
 @pytest.mark.parametrize(("value", "text"), FLOAT32_TEXT)
 def test_float32_text(value: float, text: str) -> None:
     assert codec_json_text.decimal_text_f32(float(np.float32(value))) == text
-    assert codec.float32_texts(np.full(200, value, F32))[0] == text.encode()  # vectorised
-    assert codec.float32_texts(np.full(3, value, F32))[0] == text.encode()  # inlined loop
+    assert predict_response.float32_texts(np.full(200, value, F32))[0] == text.encode()  # vectorised
+    assert predict_response.float32_texts(np.full(3, value, F32))[0] == text.encode()  # inlined loop
 
 
 @pytest.mark.parametrize(
@@ -558,14 +559,14 @@ def test_float32_text(value: float, text: str) -> None:
      (123456789.0, "123456789.0"), (2.0**-1074, "4.94066e-324"), (2.0**-1073, "9.88131e-324"), (1.0 + 2.0**-52, "1.0000000000000002")],
 )  # fmt: skip
 def test_float64_text(value: float, text: str) -> None:
-    assert codec.decimal_text_f64(value) == text
+    assert codec_json_text.decimal_text_f64(value) == text
 
 
 def test_vectorised_float32_matches_scalar_on_random_bit_patterns() -> None:
     rng = np.random.default_rng(7)
     bits = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32)
     values = np.concatenate([bits.view(F32), rng.standard_normal(20_000).astype(F32).round(3)])
-    got = codec.float32_texts(values)
+    got = predict_response.float32_texts(values)
     want = [codec_json_text.decimal_text_f32(v).encode() for v in values.tolist()]
     assert got == want
     assert codec_json_text.float32_leaf_texts(values.tolist()) == want
@@ -575,9 +576,9 @@ def test_vectorised_float32_matches_scalar_on_random_bit_patterns() -> None:
 def test_small_glue_ids_match_the_vectorised_ones(
     shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    small = list(codec._glue_ids(shape))
-    monkeypatch.setattr(codec, "_VECTOR_MIN", 0)
-    assert small == codec._glue_ids(shape).tolist()
+    small = list(predict_response._glue_ids(shape))
+    monkeypatch.setattr(predict_response, "_VECTOR_MIN", 0)
+    assert small == predict_response._glue_ids(shape).tolist()
 
 
 @pytest.mark.parametrize(
@@ -595,25 +596,25 @@ def test_vectorised_leaves_match_per_element_leaves(
 ) -> None:
     thresholds = ("_VECTOR_MIN", "_FLOAT32_MATRIX_MIN", "_INTEGER_MATRIX_MIN")
     for name in thresholds:
-        monkeypatch.setattr(codec, name, 2)
-    vectorised = [codec.encode_predict_response({"y": array}, fmt) for fmt in ("row", "columnar")]
+        monkeypatch.setattr(predict_response, name, 2)
+    vectorised = [predict_response.encode_predict_response({"y": array}, fmt) for fmt in ("row", "columnar")]
     for name in thresholds:
-        monkeypatch.setattr(codec, name, 10**9)
-    assert vectorised == [codec.encode_predict_response({"y": array}, f) for f in ("row", "columnar")]
+        monkeypatch.setattr(predict_response, name, 10**9)
+    assert vectorised == [predict_response.encode_predict_response({"y": array}, f) for f in ("row", "columnar")]
 
 
 def test_round_trip_through_a_json_parser() -> None:
     rng = np.random.default_rng(11)
     outputs = {"a": rng.standard_normal((4, 3, 2)).astype(F32), "b": rng.integers(0, 9, (4,))}
     for fmt, key in (("row", "predictions"), ("columnar", "outputs")):
-        parsed = json.loads(codec.encode_predict_response(outputs, fmt))[key]
+        parsed = json.loads(predict_response.encode_predict_response(outputs, fmt))[key]
         a = [row["a"] for row in parsed] if fmt == "row" else parsed["a"]
         np.testing.assert_array_equal(np.array(a, F32), outputs["a"])
 
 
 def test_nan_and_infinity_round_trip_through_the_request_parser() -> None:
     values = np.array([np.nan, np.inf, -np.inf, 1.5], F32)
-    body = codec.encode_predict_response({"x": values}, "columnar").replace(b'"outputs"', b'"inputs"')
+    body = predict_response.encode_predict_response({"x": values}, "columnar").replace(b'"outputs"', b'"inputs"')
     decoded = decode(body, FLOAT_X)["x"]
     np.testing.assert_array_equal(decoded, values)
 
