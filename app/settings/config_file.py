@@ -279,7 +279,7 @@ def _message(error: Mapping[str, Any], greater_than: str) -> str:
             "greater_than_equal": "must be >= {gt}",
             "less_than_equal": "must be <= {gt}",
         }[kind]
-        text = wording.format(gt=limit)
+        text = wording.format(gt=f"{limit:g}")  # 0, not 0.0, for float keys
     else:
         text = _TYPE_TEXTS.get(kind, str(error["msg"]))
     where = f"{table}: {key}" if key else table
