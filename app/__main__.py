@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from app import __version__
 from app.core.errors import STARTUP_FAILURE_EXIT_STATUS
-from app.settings.settings import FLAGS, Settings, SettingsError, load_settings
+from app.settings.settings import FLAGS, ConfigFileError, Settings, SettingsError, load_settings
 
 DEMO_MODEL_NAME = "half_plus_two"
 
@@ -60,7 +60,8 @@ def serve(argv: Sequence[str]) -> int:
         settings = load_settings(argv)
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
-        print(usage(), file=sys.stderr)
+        if not isinstance(exc, ConfigFileError):  # the flags were wrong: show them
+            print(usage(), file=sys.stderr)
         return STARTUP_FAILURE_EXIT_STATUS
     if settings.version:
         print(f"TensorFlow ModelServer: tfgate-{__version__}")
@@ -72,6 +73,8 @@ def serve(argv: Sequence[str]) -> int:
         print(f"unknown argument: {arg}\n{usage()}", file=sys.stderr)
     for name in settings.ignored_flags:
         log.warning("--%s has no effect in tfgate; ignored", name)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     from app.main import run
 
     try:

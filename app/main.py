@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from app.admin.api import LOAD_WAIT_SECONDS, AdminApi, AdminTokens, PinState
+from app.admin.api import AdminApi, AdminTokens, PinState
 from app.cache.config import load_cache_config
 from app.cache.result_cache import ResultCache
 from app.core.errors import STARTUP_FAILURE_EXIT_STATUS, ServingError, StartupError
@@ -47,7 +47,7 @@ from app.settings import model_config
 from app.settings.model_config import ModelConfig
 from app.settings.session_bundle import SessionBundleSettings, session_bundle_settings
 from app.settings.settings import Settings, SettingsError
-from app.sync.config import load_sync_configs, sync_table_models
+from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync
 
 log = logging.getLogger("tfgate")
@@ -151,7 +151,7 @@ async def build_server(settings: Settings) -> Server:
     bundle = session_bundle_settings(settings)
     pool = WorkerPool(pool_options(settings, bundle))
     events = StateEventBus()
-    batching_policy = BatchingPolicy(bundle, settings.config)
+    batching_policy = BatchingPolicy(bundle, settings.batching_tables)
     batcher = Batcher(pool, batching_policy)
     manager = VersionManager(
         registry,
@@ -174,7 +174,7 @@ async def build_server(settings: Settings) -> Server:
         model_config_file=settings.model_config_file,
     )
     core.configure_initial(configs)
-    cache_config = load_cache_config(settings)
+    cache_config = load_cache_config(settings.cache) if settings.cache else None
     cache = ResultCache(cache_config) if cache_config is not None else None
     service = ServingService(
         registry,
@@ -187,7 +187,7 @@ async def build_server(settings: Settings) -> Server:
     if cache is not None:
         for metric in cache.metrics.all():
             metrics.add(metric)
-    admin_section = settings.config.get("admin", {})
+    admin = settings.admin
     server = Server(
         settings,
         registry,
@@ -198,11 +198,9 @@ async def build_server(settings: Settings) -> Server:
         service,
         metrics,
         admin=AdminApi(
-            core,
-            PinState(admin_section.get("state_file")),
-            load_wait_seconds=admin_load_wait_seconds(admin_section),
+            core, PinState(admin.state_file or None), load_wait_seconds=admin.load_wait_seconds
         ),
-        admin_tokens=AdminTokens.load(admin_section.get("tokens_file")),
+        admin_tokens=AdminTokens.load(admin.tokens_file or None, settings.admin_env_tokens),
         inference_auth=inference_auth(settings),
         core=core,
         monitoring_path=monitoring_path(settings),
@@ -210,8 +208,11 @@ async def build_server(settings: Settings) -> Server:
     )
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
-    sync_configs = load_sync_configs(settings.config, {c.name: c.base_path for c in configs})
-    waiting = sorted(set(sync_table_models(settings.config)) - {c.model for c in sync_configs})
+    read_sync_configs = functools.partial(
+        load_sync_configs, settings.sync_tables, config_file=settings.file.path
+    )
+    sync_configs = read_sync_configs({c.name: c.base_path for c in configs})
+    waiting = sorted(set(settings.sync_tables) - {c.model for c in sync_configs})
     for name in waiting:
         log.warning(
             "[models.%s.sync]: no model named %r is configured yet; its sync starts when a "
@@ -221,9 +222,7 @@ async def build_server(settings: Settings) -> Server:
         )
     if sync_configs or waiting:
         server.model_sync = ModelSync(sync_configs, metrics)
-        core.attach_model_sync(
-            server.model_sync, functools.partial(load_sync_configs, settings.config)
-        )
+        core.attach_model_sync(server.model_sync, read_sync_configs)
         server.admin.add_describe_extras(server.model_sync.describe)
     if settings.model_config_file:
         server.config_watcher = ConfigWatcher(
@@ -234,17 +233,8 @@ async def build_server(settings: Settings) -> Server:
     return server
 
 
-def admin_load_wait_seconds(admin_section: dict[str, Any]) -> float:
-    value = admin_section.get("load_wait_seconds", LOAD_WAIT_SECONDS)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise SettingsError(
-            f"[admin] load_wait_seconds must be a positive number of seconds, got {value!r}"
-        )
-    return float(value)
-
-
 def inference_auth(settings: Settings) -> InferenceAuth:
-    keys_file = settings.config.get("auth", {}).get("api_keys_file")
+    keys_file = settings.auth.api_keys_file
     return InferenceAuth.from_file(keys_file) if keys_file else InferenceAuth.disabled()
 
 
@@ -294,17 +284,17 @@ def fit_connection_caps(settings: Settings) -> None:
         return
     room = max(2, soft - RESERVED_FDS)
     flags = settings.flags
-    wanted = flags["rest_max_connections"] + flags["grpc_max_connections"]
+    wanted = flags.rest_max_connections + flags.grpc_max_connections
     if wanted <= room:
         return
-    for name in ("rest_max_connections", "grpc_max_connections"):
-        flags[name] = max(1, flags[name] * room // wanted)
+    flags.rest_max_connections = max(1, flags.rest_max_connections * room // wanted)
+    flags.grpc_max_connections = max(1, flags.grpc_max_connections * room // wanted)
     log.warning(
         "File descriptor limit %d: connection caps lowered to --rest_max_connections=%d "
         "--grpc_max_connections=%d",
         soft,
-        flags["rest_max_connections"],
-        flags["grpc_max_connections"],
+        flags.rest_max_connections,
+        flags.grpc_max_connections,
     )
 
 

@@ -17,7 +17,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.core.errors import Code, ServingError
@@ -25,26 +25,29 @@ from app.core.types import VersionState
 from app.lifecycle.registry import ModelRecord
 from app.lifecycle.server_core import ServerCore
 from app.lifecycle.state_file import write_json_atomically
+from app.settings.config_file import ADMIN_LOAD_WAIT_SECONDS, ADMIN_TOKENS_ENV
 
 log = logging.getLogger("tfgate.admin")
 
 # How long a pin, an explicit load or a config reload waits for its versions to become
 # AVAILABLE by default ([admin] load_wait_seconds).
-LOAD_WAIT_SECONDS = 600.0
+LOAD_WAIT_SECONDS = ADMIN_LOAD_WAIT_SECONDS
 
 
 class AdminTokens:
-    """Bearer tokens for the admin API, from a file (one per line) and/or an env var
-    (comma-separated). Compared in constant time; never logged."""
+    """Bearer tokens for the admin API, from a file (one per line) and/or the
+    TFGATE_ADMIN_TOKENS env var (comma-separated, read by settings). Compared in constant
+    time; never logged."""
 
-    ENV_VAR = "TFGATE_ADMIN_TOKENS"
+    ENV_VAR = ADMIN_TOKENS_ENV
 
     def __init__(self, tokens: list[str]) -> None:
         self._tokens = [t.encode() for t in tokens if t]
 
     @classmethod
-    def load(cls, tokens_file: str | None) -> AdminTokens:
-        tokens = [t.strip() for t in os.environ.get(cls.ENV_VAR, "").split(",")]
+    def load(cls, tokens_file: str | None, env_tokens: Sequence[str] = ()) -> AdminTokens:
+        """`env_tokens`: Settings.admin_env_tokens; the file's tokens are added to them."""
+        tokens = list(env_tokens)
         if tokens_file:
             try:
                 with open(tokens_file, encoding="utf-8") as f:

@@ -1,5 +1,6 @@
-"""The result cache's configuration: `[cache]` and `[models.NAME.cache]` in the tfgate TOML
-config (plus the `--cache_url` flag), validated at startup with messages naming the key.
+"""The result cache's configuration: the typed `[cache]` and `[models.NAME.cache]` tables
+(validated by app/settings/config_file.py, `--cache_url` already applied) -> CacheConfig,
+with the Redis URL parsed.
 
 Off the request path: main.build_server() calls load_cache_config() once; None means the
 cache is off. Example:
@@ -17,17 +18,25 @@ cache is off. Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from app.cache.redis_client import RedisAddress, parse_redis_url
-from app.settings.settings import Settings, SettingsError
+from app.settings.config_file import (
+    CACHE_DEFAULT_BREAKER_FAILURES,
+    CACHE_DEFAULT_BREAKER_RESET_SECONDS,
+    CACHE_DEFAULT_MAX_ENTRY_BYTES,
+    CACHE_DEFAULT_MAX_PENDING_STORES,
+    CACHE_DEFAULT_TIMEOUT_MS,
+    CACHE_DEFAULT_TTL_SECONDS,
+    CacheTables,
+    ConfigFileError,
+)
 
-DEFAULT_TIMEOUT_MS = 20.0
-DEFAULT_TTL_SECONDS = 300
-DEFAULT_MAX_ENTRY_BYTES = 1 << 20
-DEFAULT_BREAKER_FAILURES = 5
-DEFAULT_BREAKER_RESET_SECONDS = 1.0
-DEFAULT_MAX_PENDING_STORES = 1024
+DEFAULT_TIMEOUT_MS = CACHE_DEFAULT_TIMEOUT_MS
+DEFAULT_TTL_SECONDS = CACHE_DEFAULT_TTL_SECONDS
+DEFAULT_MAX_ENTRY_BYTES = CACHE_DEFAULT_MAX_ENTRY_BYTES
+DEFAULT_BREAKER_FAILURES = CACHE_DEFAULT_BREAKER_FAILURES
+DEFAULT_BREAKER_RESET_SECONDS = CACHE_DEFAULT_BREAKER_RESET_SECONDS
+DEFAULT_MAX_PENDING_STORES = CACHE_DEFAULT_MAX_PENDING_STORES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,95 +60,30 @@ class CacheConfig:
     models: dict[str, ModelCacheConfig] = dataclasses.field(default_factory=dict)
 
 
-_GLOBAL_KEYS = {
-    "url": str,
-    "timeout_ms": float,
-    "default_ttl_seconds": int,
-    "max_entry_bytes": int,
-    "breaker_failure_threshold": int,
-    "breaker_reset_seconds": float,
-    "max_pending_stores": int,
-}
-_MODEL_KEYS = {"enabled": bool, "deterministic": bool, "ttl_seconds": int, "max_entry_bytes": int}
-
-
-def _typed(where: str, key: str, value: Any, kind: type) -> Any:
-    """TOML value -> the expected type, rejecting bools posing as numbers and vice versa."""
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise SettingsError(f"{where} {key} must be true or false, got {value!r}")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise SettingsError(f"{where} {key} must be a string, got {value!r}")
-        return value
-    numeric = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, numeric):
-        expected = "a number" if kind is float else "an integer"
-        raise SettingsError(f"{where} {key} must be {expected}, got {value!r}")
-    if value <= 0:
-        raise SettingsError(f"{where} {key} must be greater than 0, got {value!r}")
-    return kind(value)
-
-
-def _section(where: str, section: Any, known: dict[str, type]) -> dict[str, Any]:
-    if not isinstance(section, dict):
-        raise SettingsError(f"{where} must be a table")
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise SettingsError(
-            f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return {key: _typed(where, key, value, known[key]) for key, value in section.items()}
-
-
-def load_cache_config(settings: Settings) -> CacheConfig | None:
-    """The validated cache config, or None when no cache URL is set (cache off)."""
-    source = settings.flags.get("config") or "config"
-    values = _section(f"{source}: [cache]", settings.config.get("cache", {}), _GLOBAL_KEYS)
-    url = settings.flags.get("cache_url") or values.pop("url", "")
-    values.pop("url", None)
-    models = _model_sections(source, settings.config.get("models", {}))
-    if not url:
-        if models:
-            names = ", ".join(sorted(models))
-            raise SettingsError(
-                f"{source}: caching is enabled for {names} but no cache URL is set "
-                "([cache] url or --cache_url)"
-            )
+def load_cache_config(tables: CacheTables) -> CacheConfig | None:
+    """The cache config, or None when no cache URL is set (cache off). The tables are
+    validated already; what is left is the URL, whose syntax is the Redis client's."""
+    if not tables.url:
         return None
     try:
-        address = parse_redis_url(url)
+        address = parse_redis_url(tables.url)
     except ValueError as exc:
-        raise SettingsError(f"{source}: [cache] url: {exc}") from None
-    base = CacheConfig(url, address, **values)
-    resolved = {
-        name: ModelCacheConfig(
-            ttl_seconds=section.get("ttl_seconds", base.default_ttl_seconds),
-            max_entry_bytes=section.get("max_entry_bytes", base.max_entry_bytes),
-        )
-        for name, section in models.items()
-    }
-    return dataclasses.replace(base, models=resolved)
-
-
-def _model_sections(source: str, models: Any) -> dict[str, dict[str, Any]]:
-    """[models.NAME.cache] sections that enable caching, validated."""
-    enabled: dict[str, dict[str, Any]] = {}
-    if not isinstance(models, dict):
-        raise SettingsError(f"{source}: [models] must be a table of model names")
-    for name, model_section in models.items():
-        if not isinstance(model_section, dict) or "cache" not in model_section:
-            continue
-        where = f"{source}: [models.{name}.cache]"
-        section = _section(where, model_section["cache"], _MODEL_KEYS)
-        if not section.get("enabled", False):
-            continue
-        if not section.get("deterministic", False):
-            raise SettingsError(
-                f"{where} enables caching but does not set deterministic = true: only models "
-                "whose output for a row depends on nothing but that row are cached (no "
-                "randomness, no dependence on the other rows of a batch)"
+        raise ConfigFileError(f"[cache]: url: {exc} (in {tables.source})") from None
+    table = tables.table
+    return CacheConfig(
+        tables.url,
+        address,
+        timeout_ms=table.timeout_ms,
+        default_ttl_seconds=table.default_ttl_seconds,
+        max_entry_bytes=table.max_entry_bytes,
+        breaker_failure_threshold=table.breaker_failure_threshold,
+        breaker_reset_seconds=table.breaker_reset_seconds,
+        max_pending_stores=table.max_pending_stores,
+        models={
+            name: ModelCacheConfig(
+                ttl_seconds=model.ttl_seconds or table.default_ttl_seconds,
+                max_entry_bytes=model.max_entry_bytes or table.max_entry_bytes,
             )
-        enabled[name] = section
-    return enabled
+            for name, model in tables.models.items()
+        },
+    )

@@ -108,7 +108,7 @@ async def serve_asgi(
 
 
 def admin_port(server: Server) -> int:
-    return int(server.settings.config.get("admin", {}).get("port", 0))
+    return server.settings.admin.port
 
 
 async def start_rest(server: Server) -> None:
@@ -151,7 +151,7 @@ async def start_admin(server: Server) -> None:
     port = admin_port(server)
     if port == 0:
         return
-    host = server.settings.config.get("admin", {}).get("host", "127.0.0.1")
+    host = server.settings.admin.host
     app = FastAPI(title="tfgate admin", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handler(app)
     app.include_router(admin_router(server.admin, server.admin_tokens))

@@ -1,6 +1,7 @@
 """Which BatchingParameters apply to a servable, from the SessionBundleConfig
 (app/settings/session_bundle.py: TF Serving's flags or --platform_config_file), the version
-directories and the tfgate TOML config; the batcher asks this for every request's servable.
+directories and the tfgate TOML config's typed [models.NAME.batching] tables
+(app/settings/config_file.py); the batcher asks this for every request's servable.
 
 Precedence: per-model [models.NAME.batching] in the TOML config, then the version's own
 batching_params.pbtxt (with --enable_per_model_batching_parameters), then
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from collections.abc import Mapping
 
 from app.core.errors import Code, ServingError
 from app.core.types import ServableId
 from app.settings import model_config
+from app.settings.config_file import BatchingTable
 from app.settings.model_config import BatchingParameters
 from app.settings.session_bundle import SessionBundleSettings
-from app.settings.settings import SettingsError
 
 VERSION_FILE = "batching_params.pbtxt"
 
@@ -29,8 +30,11 @@ VERSION_FILE = "batching_params.pbtxt"
 class BatchingPolicy:
     """Callable: servable -> BatchingParameters, or None when batching is off for it."""
 
-    def __init__(self, bundle: SessionBundleSettings, tfgate_config: dict[str, Any]) -> None:
-        """`tfgate_config`: the parsed TOML config (its [models.NAME.batching] sections)."""
+    def __init__(
+        self, bundle: SessionBundleSettings, model_tables: Mapping[str, BatchingTable]
+    ) -> None:
+        """`model_tables`: the config file's [models.NAME.batching] tables that set fields
+        (Settings.batching_tables)."""
         self.enabled = bundle.batching is not None
         self.per_model_files = bundle.per_model_batching
         # With batching off only the TOML overrides batch, on top of server.cc's defaults.
@@ -38,14 +42,12 @@ class BatchingPolicy:
             thread_pool_name="model_server_batch_threads"
         )
         self.overrides: dict[str, BatchingParameters] = {}
-        for name, section in tfgate_config.get("models", {}).items():
-            batching = section.get("batching")
-            if batching:
-                merged = dataclasses.replace(self.global_params, **_batching_fields(batching))
-                model_config.validate_allowed_batch_sizes(
-                    merged.allowed_batch_sizes, merged.max_batch_size
-                )
-                self.overrides[name] = merged
+        for name, table in model_tables.items():
+            merged = dataclasses.replace(self.global_params, **table.fields_set())
+            model_config.validate_allowed_batch_sizes(
+                merged.allowed_batch_sizes, merged.max_batch_size
+            )
+            self.overrides[name] = merged
         # servable -> its version's batching_params.pbtxt (read before the version loaded)
         self._version_params: dict[ServableId, BatchingParameters] = {}
 
@@ -70,13 +72,3 @@ class BatchingPolicy:
         except model_config.ConfigError as exc:
             raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
-
-def _batching_fields(section: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(BatchingParameters)}
-    unknown = set(section) - known
-    if unknown:
-        raise SettingsError(f"unknown batching setting(s): {', '.join(sorted(unknown))}")
-    fields = dict(section)
-    if "allowed_batch_sizes" in fields:
-        fields["allowed_batch_sizes"] = tuple(fields["allowed_batch_sizes"])
-    return fields

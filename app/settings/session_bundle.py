@@ -74,7 +74,7 @@ def session_bundle_settings(settings: Settings) -> SessionBundleSettings:
     if settings.platform_config_file:
         replaced = sorted(
             name for name in FLAGS_REPLACED_BY_PLATFORM_CONFIG
-            if settings.flags[name] != FLAGS_BY_NAME[name].default
+            if settings.flag(name) != FLAGS_BY_NAME[name].default
         )
         if replaced:
             log.warning(

@@ -1,9 +1,12 @@
-"""Flags + config files -> one validated Settings object; nothing else reads argv or env.
+"""Flags + config file + environment -> one validated Settings object; nothing else reads
+argv or the environment for configuration.
 
 `tensorflow_model_server` flags keep TF Serving's names, defaults and parsing (`--name=value`,
 bare `--flag` for booleans); flags that only make sense inside TF Serving's C++ build (TF
-Lite, XLA, profiler, TPU, ...) are accepted and reported as ignored. tfgate's own settings
-live in one TOML file (`--config`), validated here; flags override the file.
+Lite, XLA, profiler, TPU, ...) are accepted and reported as ignored. The flag values are a
+pydantic model built from the FLAGS table (typed, checked again on assignment). tfgate's own
+settings live in one TOML file (`--config`), validated into typed tables by config_file.py;
+its [server] table sets flags, and flags given on the command line override it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pydantic
 
-class SettingsError(Exception):
-    """A flag or config file is invalid; the message is what the user sees."""
+from app.settings.config_file import (
+    ADMIN_TOKENS_ENV,
+    AdminTable,
+    AuthTable,
+    BatchingTable,
+    CacheTables,
+    ConfigFile,
+    ConfigFileError,
+    SettingsError,
+    SyncTable,
+)
+
+__all__ = ["FLAGS", "ConfigFileError", "Flag", "Settings", "SettingsError", "load_settings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,37 +263,73 @@ FLAGS: tuple[Flag, ...] = (
 FLAGS_BY_NAME = {f.name: f for f in FLAGS}
 
 
+# The flag values as a typed model: one field per flag, with its kind and default. Strict, so a
+# value set after parsing (main.fit_connection_caps) must have the flag's type.
+ServerFlags: type[pydantic.BaseModel] = pydantic.create_model(
+    "ServerFlags",
+    __config__=pydantic.ConfigDict(strict=True, extra="forbid", validate_assignment=True),
+    **{f.name: (f.kind, f.default) for f in FLAGS},
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every setting of one server process, validated."""
+    """Every setting of one server process, validated. Flags read as attributes
+    (`settings.port`); the config file's tables as typed properties (`settings.admin`,
+    `settings.cache`, `settings.sync_tables`, `settings.batching_tables`)."""
 
-    flags: dict[str, Any]
-    ignored_flags: tuple[str, ...]
-    unknown_args: tuple[str, ...]
-    config: dict[str, Any]  # parsed TOML (empty when no --config)
+    flags: Any  # ServerFlags
+    ignored_flags: tuple[str, ...] = ()
+    unknown_args: tuple[str, ...] = ()
+    file: ConfigFile = dataclasses.field(default_factory=lambda: ConfigFile(""))
+    admin_env_tokens: tuple[str, ...] = ()  # from TFGATE_ADMIN_TOKENS
+    cache: CacheTables | None = None  # filled by load_settings()
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.flags[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        if name in FLAGS_BY_NAME:
+            return getattr(self.flags, name)
+        raise AttributeError(name)
+
+    def flag(self, name: str) -> Any:
+        return getattr(self.flags, name)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Unknown config-file keys that were ignored, for the log."""
+        return self.file.warnings
+
+    @property
+    def admin(self) -> AdminTable:
+        return self.file.admin
+
+    @property
+    def auth(self) -> AuthTable:
+        return self.file.auth
+
+    @property
+    def sync_tables(self) -> dict[str, SyncTable]:
+        return self.file.sync_tables()
+
+    @property
+    def batching_tables(self) -> dict[str, BatchingTable]:
+        return self.file.batching_tables()
 
     @property
     def saved_model_tag_list(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.flags["saved_model_tags"].split(",") if t.strip())
+        return tuple(t.strip() for t in self.flags.saved_model_tags.split(",") if t.strip())
 
     @property
     def intra_op_threads(self) -> int:
         return (
-            self.flags["tensorflow_intra_op_parallelism"]
-            or self.flags["tensorflow_session_parallelism"]
+            self.flags.tensorflow_intra_op_parallelism
+            or self.flags.tensorflow_session_parallelism
         )
 
     @property
     def inter_op_threads(self) -> int:
         return (
-            self.flags["tensorflow_inter_op_parallelism"]
-            or self.flags["tensorflow_session_parallelism"]
+            self.flags.tensorflow_inter_op_parallelism
+            or self.flags.tensorflow_session_parallelism
         )
 
 
@@ -336,22 +387,37 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], list[st
     return values, ignored, unknown
 
 
-def load_settings(argv: Sequence[str]) -> Settings:
+def load_settings(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """argv (without the program name) and the environment (os.environ by default) ->
+    validated Settings; SettingsError (ConfigFileError for the file's contents) says why not."""
+    environ = os.environ if environ is None else environ
     values, ignored, unknown = parse_flags(argv)
-    config: dict[str, Any] = {}
+    file = ConfigFile("")
     if values["config"]:
-        config = load_toml(values["config"])
-        server = config.get("server", {})
+        path = values["config"]
+        file = ConfigFile.parse(load_toml(path), path)
         explicit = {a.lstrip("-").partition("=")[0] for a in argv if a.startswith("-")}
-        for name, value in server.items():
+        for name, value in file.server.items():
             flag = FLAGS_BY_NAME.get(name)
             if flag is None:
-                raise SettingsError(f"{values['config']}: unknown [server] setting {name!r}")
+                raise ConfigFileError(f"{path}: unknown [server] setting {name!r}")
             if name not in explicit:  # flags override the file
                 values[name] = _convert(
                     flag, str(value).lower() if flag.kind is bool else str(value)
                 )
-    settings = Settings(values, tuple(ignored), tuple(unknown), config)
+    env_tokens = tuple(
+        t.strip() for t in environ.get(ADMIN_TOKENS_ENV, "").split(",") if t.strip()
+    )
+    settings = Settings(
+        ServerFlags(**values),
+        tuple(ignored),
+        tuple(unknown),
+        file,
+        env_tokens,
+        file.cache_tables(values["cache_url"]),
+    )
     validate(settings)
     return settings
 
@@ -361,14 +427,14 @@ def load_toml(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as exc:
-        raise SettingsError(f"Cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigFileError(f"Cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"Invalid TOML in config file {path}: {exc}") from None
+        raise ConfigFileError(f"Invalid TOML in config file {path}: {exc}") from None
 
 
 def validate(settings: Settings) -> None:
     """TF Serving's startup checks (main.cc / server.cc), with its texts."""
-    flags = settings.flags
+    flags = settings.flags.model_dump()
     if flags["version"]:
         return
     if flags["port"] == 0 and not flags["grpc_socket_path"]:
@@ -434,9 +500,10 @@ def validate(settings: Settings) -> None:
         if flags[name] <= 0:
             raise SettingsError(f"--{name} must be positive")
 
+
 def request_tensor_limit_bytes(settings: Settings) -> int:
     """What one request's decoded input tensors may take: --max_request_tensor_bytes, never
     more than the worker arena they are written into."""
-    arena = settings.flags["worker_arena_bytes"]
-    wanted = settings.flags["max_request_tensor_bytes"]
+    arena = settings.flags.worker_arena_bytes
+    wanted = settings.flags.max_request_tensor_bytes
     return min(wanted, arena) if wanted > 0 else arena

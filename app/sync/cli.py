@@ -2,12 +2,12 @@
 
 - publish: a training pipeline's last step; uploads a version, MD5SUMS last (sync/manifest.py).
 - sync: the same passes the server runs (sync/sync_pass.py), once (`--once`) or as a loop, for
-  a sidecar or a cron job. Returns exit codes; app/__main__.py exits.
+  a sidecar or a cron job. Returns exit codes; app/__main__.py exits. Their arguments (and
+  AWS_ENDPOINT_URL) are parsed by app/settings/commands.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 
 from app.settings import model_config
-from app.settings.settings import SettingsError, load_settings
+from app.settings.commands import parse_publish_args, parse_sync_args
+from app.settings.settings import Settings, SettingsError
 from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync, SyncStatus, post_webhook, webhook_payload
 from app.sync.manifest import ManifestError, publish
@@ -33,23 +34,11 @@ until SIGTERM/SIGINT."""
 
 
 def publish_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tfgate publish",
-        description="Upload LOCAL_VERSION_DIR to REMOTE_VERSION_URL (e.g. s3://b/models/m/3), "
-        "writing its MD5SUMS manifest last.",
-    )
-    parser.add_argument("local_version_dir")
-    parser.add_argument("remote_version_url")
-    parser.add_argument("--endpoint_url", default=os.environ.get("AWS_ENDPOINT_URL", ""))
-    parser.add_argument("--region_name", default="")
-    parser.add_argument("--endpoints", default="", help="webhdfs: HOST:PORT[,HOST:PORT...]")
-    parser.add_argument("--user", default="", help="webhdfs/hdfs user name")
-    parser.add_argument("--timeout_seconds", type=float, default=60.0)
-    args = parser.parse_args(list(argv))
+    args = parse_publish_args(argv)
     options = SourceOptions(
         url=args.remote_version_url,
         timeout_seconds=args.timeout_seconds,
-        endpoints=tuple(e for e in args.endpoints.split(",") if e),
+        endpoints=args.endpoints,
         endpoint_url=args.endpoint_url,
         region_name=args.region_name,
         user=args.user,
@@ -66,13 +55,14 @@ def publish_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _sync_configs(argv: list[str]) -> list[SyncConfig]:
-    settings = load_settings(argv)
+def _sync_configs(settings: Settings) -> list[SyncConfig]:
     if settings.model_config_file:
         models = model_config.load_model_server_config(settings.model_config_file)
     else:
         models = [model_config.single_model_config(settings.model_name, settings.model_base_path)]
-    configs = load_sync_configs(settings.config, {m.name: m.base_path for m in models})
+    configs = load_sync_configs(
+        settings.sync_tables, {m.name: m.base_path for m in models}, settings.file.path
+    )
     if not configs:
         raise SettingsError("No model has a [models.NAME.sync] table in the --config file")
     return configs
@@ -92,16 +82,16 @@ def _summary(result: PassResult) -> str:
 
 
 def sync_main(argv: Sequence[str]) -> int:
-    args = list(argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(SYNC_USAGE)
-        return 0
-    once = "--once" in args
-    names = {a.partition("=")[2] for a in args if a.startswith("--model=")}
-    args = [a for a in args if a != "--once" and not a.startswith("--model=")]
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        configs = [c for c in _sync_configs(args) if not names or c.model in names]
+        args = parse_sync_args(argv)
+        if args.help or args.settings is None:
+            print(SYNC_USAGE)
+            return 0
+        once, names = args.once, args.models
+        for warning in args.settings.warnings:
+            logging.getLogger("tfgate").warning("%s", warning)
+        configs = [c for c in _sync_configs(args.settings) if not names or c.model in names]
         for unknown in names - {c.model for c in configs}:
             raise SettingsError(f"--model={unknown}: no such model with a sync table")
     except (SettingsError, model_config.ConfigError) as exc:

@@ -157,7 +157,7 @@ def test_compose_config_is_the_example_plus_the_cache() -> None:
         os.chdir(cwd)
     assert settings.rest_api_port == 8501
     cache_config = pytest.importorskip("app.cache.config")
-    cache = cache_config.load_cache_config(settings)
+    cache = cache_config.load_cache_config(settings.cache)
     assert cache is not None and cache.address.host == "redis"
     assert "half_plus_two" in cache.models
 
@@ -493,7 +493,7 @@ def test_k8s_configmap_is_a_valid_config(k8s: dict, tmp_path: Path) -> None:
         name = getattr(settings, flag)
         assert name.startswith("/etc/tfgate/") and name.removeprefix("/etc/tfgate/") in data
     cache_config = pytest.importorskip("app.cache.config")
-    assert cache_config.load_cache_config(settings) is not None
+    assert cache_config.load_cache_config(settings.cache) is not None
 
 
 # --- nginx ------------------------------------------------------------------------------

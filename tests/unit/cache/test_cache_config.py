@@ -8,13 +8,15 @@ import pytest
 
 from app.cache.config import DEFAULT_TTL_SECONDS, load_cache_config
 from app.cache.redis_client import RedisAddress, parse_redis_url
-from app.settings.settings import Settings, SettingsError
+from app.settings.config_file import CacheTables, ConfigFile
+from app.settings.settings import SettingsError
 
 URL = "redis://127.0.0.1:6379/0"
 
 
-def settings(config: dict[str, Any], cache_url: str = "") -> Settings:
-    return Settings({"config": "tfgate.toml", "cache_url": cache_url}, (), (), config)
+def settings(config: dict[str, Any], cache_url: str = "") -> CacheTables:
+    """The typed cache tables of a TOML document, validated as at startup."""
+    return ConfigFile.parse(config, "tfgate.toml").cache_tables(cache_url)
 
 
 def test_no_cache_section_means_off() -> None:

@@ -19,6 +19,7 @@ from app.lifecycle.manager import LoadOptions, VersionManager
 from app.lifecycle.registry import Registry
 from app.lifecycle.server_core import ServerCore
 from app.runtime.pool import LoadSpec
+from app.settings.config_file import ConfigFile
 from app.settings.model_config import ModelConfig
 from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync
@@ -172,7 +173,8 @@ async def test_an_unload_waits_for_the_last_request_in_flight(harness: Harness) 
 
 def _sync_tables(remote: pathlib.Path) -> dict[str, Any]:
     # a pass per hour: any pass sooner than that was started by ServerCore or admin
-    return {"models": {"s": {"sync": {"source": f"file://{remote}", "poll_seconds": 3600}}}}
+    document = {"models": {"s": {"sync": {"source": f"file://{remote}", "poll_seconds": 3600}}}}
+    return ConfigFile.parse(document, "tfgate.toml").sync_tables()
 
 
 def _publish(local: pathlib.Path, remote: pathlib.Path, version: int) -> None:

@@ -30,4 +30,4 @@ def test_example_toml_loads() -> None:
     finally:
         os.chdir(cwd)
     assert settings.enable_batching is True
-    assert settings.config["models"]["half_plus_two"]["batching"]["max_batch_size"] == 64
+    assert settings.batching_tables["half_plus_two"].max_batch_size == 64

@@ -207,7 +207,7 @@ def _policy(argv: list[str]):  # type: ignore[no-untyped-def]
     from app.settings.session_bundle import session_bundle_settings
 
     settings = load_settings(argv)
-    return BatchingPolicy(session_bundle_settings(settings), settings.config)
+    return BatchingPolicy(session_bundle_settings(settings), settings.batching_tables)
 
 
 def test_batching_thread_pool_name_follows_server_cc(tmp_path: pathlib.Path) -> None:

@@ -10,6 +10,7 @@ import pathlib
 
 import pytest
 
+from app.settings.config_file import ConfigFile, SyncTable
 from app.settings.settings import SettingsError
 from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync, backoff_seconds
@@ -151,6 +152,11 @@ def test_backoff_seconds(failures: int, jitter: float, expected: float) -> None:
 BASE = {"m": "/srv/models/m"}
 
 
+def tables(document: dict) -> dict[str, SyncTable]:
+    """The typed sync tables of a TOML document (validated as the server validates it)."""
+    return ConfigFile.parse(document, "tfgate.toml").sync_tables()
+
+
 @pytest.mark.parametrize(
     ("sync", "message"),
     [
@@ -170,14 +176,14 @@ BASE = {"m": "/srv/models/m"}
 )
 def test_sync_config_rejects(sync: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=r"\[models\.m\.sync\]: .*" + message):
-        load_sync_configs({"models": {"m": {"sync": sync}}}, BASE)
+        load_sync_configs(tables({"models": {"m": {"sync": sync}}}), BASE)
 
 
 def test_sync_table_of_a_model_not_configured_yet() -> None:
     """Kept for a config reload that adds the model: no SyncConfig now, but validated."""
-    assert load_sync_configs({"models": {"other": {"sync": {"source": "s3://b/m"}}}}, BASE) == []
+    assert load_sync_configs(tables({"models": {"other": {"sync": {"source": "s3://b/m"}}}}), BASE) == []
     with pytest.raises(SettingsError, match=r"\[models\.other\.sync\]: unknown setting"):
-        load_sync_configs({"models": {"other": {"sync": {"source": "s3://b/m", "x": 1}}}}, BASE)
+        load_sync_configs(tables({"models": {"other": {"sync": {"source": "s3://b/m", "x": 1}}}}), BASE)
 
 
 async def wait_for_path(path: pathlib.Path) -> None:
@@ -220,11 +226,11 @@ async def test_update_starts_restarts_and_stops_loops(tmp_path: pathlib.Path) ->
 
 def test_sync_config_needs_a_local_base_path() -> None:
     with pytest.raises(SettingsError, match="must be a local directory"):
-        load_sync_configs({"models": {"m": {"sync": {"source": "s3://b/m"}}}}, {"m": "s3://b/m"})
+        load_sync_configs(tables({"models": {"m": {"sync": {"source": "s3://b/m"}}}}), {"m": "s3://b/m"})
 
 
 def test_sync_config_defaults_and_values() -> None:
-    (plain,) = load_sync_configs({"models": {"m": {"sync": {"source": "s3://b/m"}}}}, BASE)
+    (plain,) = load_sync_configs(tables({"models": {"m": {"sync": {"source": "s3://b/m"}}}}), BASE)
     assert (plain.poll_seconds, plain.retry_max_seconds, plain.backups_to_keep) == (30, 30, 2)
     assert (plain.mirror_deletes, plain.bandwidth_bytes_per_second) == (False, 0)
     section = {
@@ -238,7 +244,7 @@ def test_sync_config_defaults_and_values() -> None:
         "webhook_url": "http://127.0.0.1:9/hook",
     }
     other = {"batching": {"max_batch_size": 8}}  # other components' tables are left alone
-    configs = load_sync_configs({"models": {"m": {"sync": section}, "n": other}}, BASE)
+    configs = load_sync_configs(tables({"models": {"m": {"sync": section}, "n": other}}), BASE)
     (config,) = configs
     assert config.base_path == "/srv/models/m"
     assert config.source.endpoints == ("nn1:9870", "nn2:9870")
@@ -248,7 +254,7 @@ def test_sync_config_defaults_and_values() -> None:
 
 
 def test_status_for_admin_listing() -> None:
-    (config,) = load_sync_configs({"models": {"m": {"sync": {"source": "s3://b/m"}}}}, BASE)
+    (config,) = load_sync_configs(tables({"models": {"m": {"sync": {"source": "s3://b/m"}}}}), BASE)
     syncer = ModelSync([config])
     assert syncer.describe("other") == {}
     failed = PassResult("m", "s3://b/m", failures=[VersionFailure(3, "md5_mismatch", "bad")])
@@ -270,7 +276,7 @@ def test_status_for_admin_listing() -> None:
 def test_missing_remote_root_warns_once_and_shows_in_the_listing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    (config,) = load_sync_configs({"models": {"m": {"sync": {"source": "s3://typo/m"}}}}, BASE)
+    (config,) = load_sync_configs(tables({"models": {"m": {"sync": {"source": "s3://typo/m"}}}}), BASE)
     syncer = ModelSync([config])
     caplog.set_level(logging.INFO, logger="tfgate")
     for _ in range(3):
