@@ -61,6 +61,7 @@ class RawClient:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer_bytes:  # before connect: the window scale is fixed then
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+        self.timeout_seconds = timeout_seconds
         self.sock.settimeout(timeout_seconds)
         self.sock.connect(("127.0.0.1", port))
         self.encoder = hpack.Encoder()
@@ -86,9 +87,11 @@ class RawClient:
     # -- sending ------------------------------------------------------------------------
 
     def send(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
-        self.sock.sendall(h2.frame(kind, flags, stream_id, payload))
+        self.send_raw(h2.frame(kind, flags, stream_id, payload))
 
     def send_raw(self, data: bytes) -> None:
+        # Reads shorten the socket's timeout to their own deadline; a send gets the full one.
+        self.sock.settimeout(self.timeout_seconds)
         self.sock.sendall(data)
 
     def headers(self, stream_id: int, fields: Sequence[tuple[str, str]], *,
