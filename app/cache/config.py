@@ -31,13 +31,6 @@ from app.settings.config_file import (
     ConfigFileError,
 )
 
-DEFAULT_TIMEOUT_MS = CACHE_DEFAULT_TIMEOUT_MS
-DEFAULT_TTL_SECONDS = CACHE_DEFAULT_TTL_SECONDS
-DEFAULT_MAX_ENTRY_BYTES = CACHE_DEFAULT_MAX_ENTRY_BYTES
-DEFAULT_BREAKER_FAILURES = CACHE_DEFAULT_BREAKER_FAILURES
-DEFAULT_BREAKER_RESET_SECONDS = CACHE_DEFAULT_BREAKER_RESET_SECONDS
-DEFAULT_MAX_PENDING_STORES = CACHE_DEFAULT_MAX_PENDING_STORES
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelCacheConfig:
@@ -49,14 +42,14 @@ class ModelCacheConfig:
 class CacheConfig:
     url: str
     address: RedisAddress
-    timeout_ms: float = DEFAULT_TIMEOUT_MS
-    default_ttl_seconds: int = DEFAULT_TTL_SECONDS
-    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
-    breaker_failure_threshold: int = DEFAULT_BREAKER_FAILURES
-    breaker_reset_seconds: float = DEFAULT_BREAKER_RESET_SECONDS
+    timeout_ms: float = CACHE_DEFAULT_TIMEOUT_MS
+    default_ttl_seconds: int = CACHE_DEFAULT_TTL_SECONDS
+    max_entry_bytes: int = CACHE_DEFAULT_MAX_ENTRY_BYTES
+    breaker_failure_threshold: int = CACHE_DEFAULT_BREAKER_FAILURES
+    breaker_reset_seconds: float = CACHE_DEFAULT_BREAKER_RESET_SECONDS
     # Background SETs in flight at once; past this, results are not stored (never queued
     # without bound behind a slow Redis).
-    max_pending_stores: int = DEFAULT_MAX_PENDING_STORES
+    max_pending_stores: int = CACHE_DEFAULT_MAX_PENDING_STORES
     models: dict[str, ModelCacheConfig] = dataclasses.field(default_factory=dict)
 
 

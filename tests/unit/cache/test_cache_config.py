@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from app.cache.config import DEFAULT_TTL_SECONDS, load_cache_config
+from app.cache.config import load_cache_config
 from app.cache.redis_client import RedisAddress, parse_redis_url
-from app.settings.config_file import CacheTables, ConfigFile
+from app.settings.config_file import CACHE_DEFAULT_TTL_SECONDS, CacheTables, ConfigFile
 from app.settings.settings import SettingsError
 
 URL = "redis://127.0.0.1:6379/0"
@@ -51,7 +51,7 @@ def test_flag_sets_or_overrides_the_url() -> None:
     config = load_cache_config(settings({"cache": {"url": URL}}, cache_url="redis://o:1/0"))
     assert config is not None and config.address.host == "o"
     assert config.models == {}
-    assert config.default_ttl_seconds == DEFAULT_TTL_SECONDS
+    assert config.default_ttl_seconds == CACHE_DEFAULT_TTL_SECONDS
 
 
 def _model(**cache: Any) -> dict[str, Any]:
