@@ -1,9 +1,10 @@
 """gRPC tensor codec: TensorProto <-> numpy, the only place that reads or writes TensorProto.
 
 Data path: rpc/server.py -> tensor_proto_to_ndarray() per PredictRequest input -> service ->
-ndarray_to_tensor_proto() per output -> PredictResponse. Mirrors TF's Tensor::FromProto() (what
-TF Serving runs on each input) and Tensor::AsProtoField() / AsProtoTensorContent() (outputs;
-tensor_content only with --enable_serialization_as_tensor_content).
+fill_tensor_proto() per output, in place in the PredictResponse. Mirrors TF's
+Tensor::FromProto() (what TF Serving runs on each input) and Tensor::AsProtoField() /
+AsProtoTensorContent() (outputs; tensor_content only with
+--enable_serialization_as_tensor_content).
 
 Reading follows the C++ rules, not tf.make_ndarray's: tensor_content must hold exactly
 num_elements * itemsize bytes; typed *_val fields may hold fewer values than the shape needs
@@ -22,7 +23,7 @@ import numpy as np
 
 from app.codec.tensor import TensorBudget, dtype_name
 from app.core.errors import Code, ServingError
-from app.core.protos import tensor_pb2, tensor_shape_pb2
+from app.core.protos import tensor_pb2
 from app.core.types import (
     DT_BOOL,
     DT_COMPLEX64,
@@ -177,14 +178,28 @@ def ndarray_to_tensor_proto(a: np.ndarray, *, use_tensor_content: bool) -> tenso
 
     DT_STRING always uses string_val (str elements are encoded as UTF-8).
     """
+    tp = tensor_pb2.TensorProto()
+    fill_tensor_proto(tp, a, use_tensor_content=use_tensor_content)
+    return tp
+
+
+def fill_tensor_proto(
+    tp: tensor_pb2.TensorProto, a: np.ndarray, *, use_tensor_content: bool
+) -> None:
+    """ndarray_to_tensor_proto() written into an empty TensorProto the caller holds, e.g. a
+    PredictResponse's outputs[alias] entry: the reply is built in place instead of built apart
+    and copied in (CopyFrom), which is per call work on the gRPC path."""
     array = np.asarray(a)
     dtype = tf_dtype_of(array)
     if dtype == DT_INVALID or (dtype != DT_STRING and dtype not in _TYPED_FIELDS):
         raise ServingError(Code.INTERNAL, f"cannot encode numpy dtype {array.dtype} as a tensor")
-    tp = tensor_pb2.TensorProto(dtype=dtype)
-    tp.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+    tp.dtype = dtype  # type: ignore[assignment]
+    dims = tp.tensor_shape.dim
+    for size in array.shape:
+        # add() per dim: ~3x cheaper than extend() with a Dim message built per dim
+        dims.add(size=size)
     if array.size == 0:
-        return tp
+        return
     flat = array.reshape(-1)
     if dtype == DT_STRING:
         tp.string_val.extend(v.encode() if isinstance(v, str) else bytes(v) for v in flat.tolist())
@@ -199,4 +214,3 @@ def ndarray_to_tensor_proto(a: np.ndarray, *, use_tensor_content: bool) -> tenso
         field = _TYPED_FIELDS[dtype][0]
         values = flat.view(np.uint16) if dtype == DT_HALF else flat
         getattr(tp, field).extend(values.tolist())
-    return tp

@@ -200,11 +200,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         response = predict_pb2.PredictResponse()
         fill_model_spec(response.model_spec, spec.name, result.servable.version, result.signature)
+        outputs = response.outputs
         for alias, array in result.outputs.items():
-            response.outputs[alias].CopyFrom(
-                codec_proto.ndarray_to_tensor_proto(
-                    array, use_tensor_content=self.use_tensor_content
-                )
+            # written in place: building each TensorProto apart and CopyFrom()-ing it into
+            # the map copied every output once more per call
+            codec_proto.fill_tensor_proto(
+                outputs[alias], array, use_tensor_content=self.use_tensor_content
             )
         return response
 

@@ -8,9 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from app.codec.tensor_proto import ndarray_to_tensor_proto, tensor_proto_to_ndarray, varint
+from app.codec.tensor_proto import (
+    fill_tensor_proto,
+    ndarray_to_tensor_proto,
+    tensor_proto_to_ndarray,
+    varint,
+)
 from app.core.errors import Code, ServingError
-from app.core.protos import tensor_pb2
+from app.core.protos import predict_pb2, tensor_pb2
 from app.core.types import DT_BFLOAT16, DT_FLOAT, DT_INT8, DT_STRING
 
 RNG = np.random.default_rng(0)
@@ -146,6 +151,29 @@ def test_unknown_rank_is_a_parsing_error() -> None:
 def test_empty_tensors_ignore_their_values() -> None:
     proto = _proto(DT_FLOAT, [0, 3], tensor_content=b"junk")
     assert tensor_proto_to_ndarray(proto).shape == (0, 3)
+
+
+@pytest.mark.parametrize("use_tensor_content", [False, True])
+def test_filled_in_place_in_a_response_as_built_apart(use_tensor_content: bool) -> None:
+    """PredictServicer writes each output straight into its PredictResponse map entry: the
+    reply's bytes are the ones a TensorProto built apart and copied in gives."""
+    built_in_place = predict_pb2.PredictResponse()
+    copied_in = predict_pb2.PredictResponse()
+    for name, array in ARRAYS.items():
+        fill_tensor_proto(
+            built_in_place.outputs[name], array, use_tensor_content=use_tensor_content
+        )
+        copied_in.outputs[name].CopyFrom(
+            ndarray_to_tensor_proto(array, use_tensor_content=use_tensor_content)
+        )
+    for name in ARRAYS:
+        assert (
+            built_in_place.outputs[name].SerializeToString()
+            == copied_in.outputs[name].SerializeToString()
+        )
+    assert built_in_place.outputs["float32"].tensor_shape.dim[1].size == 4
+    assert [d.size for d in built_in_place.outputs["empty"].tensor_shape.dim] == [0, 3]
+    assert not built_in_place.outputs["scalar"].tensor_shape.dim
 
 
 def test_unsupported_numpy_dtype_is_an_internal_error() -> None:
