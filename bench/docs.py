@@ -25,7 +25,9 @@ FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
 # bench/protocols.py (REST vs gRPC), bench/cache_bench.py (cache), bench/hotswap.py.
 SECTIONS = [
     pathlib.Path(__file__).resolve().parent / name
-    for name in ("protocols_section.md", "cache_section.md", "hotswap_section.md")
+    for name in (
+        "protocols_section.md", "v2_protocol_section.md", "cache_section.md", "hotswap_section.md"
+    )
 ]
 SERVERS = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("bentoml", "rest"),
            ("constant", "rest"), ("constant", "grpc")]

@@ -143,6 +143,7 @@ async def start_rest(server: Server) -> None:
             max_body_bytes=MAX_REST_BODY_BYTES,
             auth=server.inference_auth,
             max_tensor_bytes=request_tensor_limit_bytes(settings),
+            access_log=settings.access_log,
         ),
     )
     server.rest_server = await serve_asgi(

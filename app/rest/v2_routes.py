@@ -12,7 +12,9 @@ their canonical code (400 bad input, 404 unknown model, 429, 503, 504, ...).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Callable
 
@@ -28,6 +30,8 @@ from app.serving.auth import InferenceAuth, credential_from
 from app.serving.service import V2_INFER_API, Entrypoint, PredictResult, ServingService
 
 SERVER_NAME = "tfgate"
+access_log = logging.getLogger("tfgate.access")
+log = logging.getLogger("tfgate.rest")
 MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 HEALTH_PATHS = {"/v2/health/live": "live", "/v2/health/ready": "ready"}
 INFERENCE_HEADER_LENGTH = b"inference-header-content-length"
@@ -74,8 +78,10 @@ class V2RestApi:
         max_body_bytes: int,
         auth: InferenceAuth | None = None,
         max_tensor_bytes: int = 0,
+        access_log: bool = False,
     ) -> None:
         self.service = service
+        self.access_log = access_log
         self.server_ready = server_ready
         self.timeout_seconds = timeout_ms / 1000 if timeout_ms > 0 else None
         self.max_body_bytes = max_body_bytes
@@ -90,12 +96,29 @@ class V2RestApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
+        started = time.perf_counter()
         status, body, headers = await self._handle(scope, receive, path)
         if not any(key == b"content-type" for key, _ in headers):
             headers.append(JSON_CONTENT)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        if self.access_log:
+            latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            access_log.info(
+                "%s %s %d %.3fms",
+                scope["method"],
+                path,
+                status,
+                latency_ms,
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "latency_ms": latency_ms,
+                    "entrypoint": "REST",
+                },
+            )
 
     async def _handle(self, scope: Scope, receive: Receive, path: str) -> Response:
         method = scope["method"]
@@ -134,6 +157,9 @@ class V2RestApi:
             # A refused body may still be arriving: close rather than read the rest of it.
             extra = [(b"connection", b"close")] if isinstance(exc, PayloadTooLarge) else []
             return exc.http_status, v2_json.encode_error(exc.message), extra
+        except Exception:
+            log.exception("REST %s %s failed", method, path)
+            return 500, v2_json.encode_error("Internal server error"), []
 
     @staticmethod
     def _json(payload: object, status: int = 200) -> Response:
