@@ -22,7 +22,8 @@ from bench.workloads import LARGE, LARGE_CONCURRENCY
 ANALYSIS = pathlib.Path(__file__).resolve().parent / "analysis.md"
 FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
 # Sections written by separate benchmark runs (kept when regenerating), in this order:
-# bench/protocols.py (REST vs gRPC), bench/cache_bench.py (cache), bench/hotswap.py.
+# bench/protocols.py (REST vs gRPC), bench/v2_protocol.py (V2 beside TF Serving's API),
+# bench/cache_bench.py (cache), bench/hotswap.py.
 SECTIONS = [
     pathlib.Path(__file__).resolve().parent / name
     for name in (

@@ -160,8 +160,10 @@ def render(rows: list[dict[str, object]], repeats: int) -> str:
         '`{"instances": ...}`, V2 REST JSON `data`, V2 REST binary tensor data (raw floats after',
         "the JSON header, binary outputs), TF Serving gRPC `tensor_content`, V2 gRPC",
         "`raw_input_contents`; the five measured back to back in every repeat; medians of "
-        f"{repeats} repeats. The ratio compares V2 with TF Serving's API on the same transport",
-        "(REST with REST, gRPC with gRPC), per repeat.",
+        f"{repeats}",
+        "repeats. The ratio compares V2 with TF Serving's API on the same transport (REST with "
+        "REST,",
+        "gRPC with gRPC), per repeat.",
         "",
         "| model (c) | API | req/s | vs TF Serving's API | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|",
