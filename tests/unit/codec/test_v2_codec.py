@@ -110,6 +110,11 @@ BAD_JSON_CASES = [
     (body({"name": "a", "datatype": "FP32", "shape": [1, 2], "data": ["1", "2"]}),
      "does not hold FP32"),
     (body({"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [[1], 2]}), "mixes arrays"),
+    (body({"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [1, [2]]}), "mixes arrays"),
+    (body({"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [1, {}]}),
+     "does not hold FP32"),
+    (body({"name": "s", "datatype": "BYTES", "shape": [2], "data": ["a", ["b"]]}),
+     "must hold strings"),
     (body({"name": "i8", "datatype": "INT8", "shape": [1], "data": [300]}), "outside INT8"),
     (body({"name": "i8", "datatype": "INT8", "shape": [1], "data": [1.5]}), "does not hold INT8"),
     (body({"name": "flag", "datatype": "BOOL", "shape": [1], "data": [1]}), "true/false"),
@@ -341,3 +346,35 @@ def test_grpc_response_uses_raw_output_contents() -> None:
     assert response.model_version == "3" and response.id == "id1"
     assert response.outputs[0].datatype == "INT64" and list(response.outputs[0].shape) == [2]
     assert np.frombuffer(response.raw_output_contents[0], "<i8").tolist() == [4, 5]
+
+
+# --- large float bodies: simdjson reads `data` without Python lists ---
+
+
+def large_body(data: object, datatype: str = "FP32", shape: list[int] | None = None,
+               **extra: object) -> bytes:
+    raw = body({"name": "a", "datatype": datatype, "shape": shape or [1500, 2], "data": data},
+               **extra)
+    assert len(raw) >= v2_json.DENSE_MIN_HEADER_BYTES
+    return raw
+
+
+def test_large_float_data_takes_the_dense_path_with_the_same_values() -> None:
+    values = np.random.default_rng(3).random((1500, 2)) * 1e3
+    nested = [[float(f"{v:.7g}") for v in row] for row in values]
+    raw = large_body(nested)
+    request = v2_json.parse_infer_request(raw, None)
+    assert isinstance(request.inputs[0].data, v2_json.DenseData)
+    dense = decode(raw)["a"]
+    flat_text = orjson.dumps([v for row in nested for v in row])
+    expected = np.array(orjson.loads(flat_text), np.float64).astype(np.float32).reshape(1500, 2)
+    assert dense.dtype == np.float32 and np.array_equal(dense, expected)
+
+
+def test_large_body_fallbacks_keep_the_usual_errors() -> None:
+    with pytest.raises(ServingError, match="does not hold FP32"):
+        decode(large_body(["x"] * 3000))  # not numbers: orjson's path and its error
+    with pytest.raises(ServingError, match="holds 2999 elements, shape"):
+        decode(large_body([1.0] * 2999))  # dense, but the count is checked the same
+    repeated = large_body([1.0] * 3000).replace(b'{"inputs"', b'{"id":"a","id":"b","inputs"')
+    assert v2_json.parse_infer_request(repeated, None).id == "b"  # orjson decides (last wins)
