@@ -35,7 +35,6 @@ log = logging.getLogger("tfgate.rest")
 MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 HEALTH_PATHS = {"/v2/health/live": "live", "/v2/health/ready": "ready"}
 INFERENCE_HEADER_LENGTH = b"inference-header-content-length"
-ROUTING_KEY_HEADER = b"x-tfgate-routing-key"
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 JSON_CONTENT = (b"content-type", b"application/json")
 BINARY_CONTENT = (b"content-type", b"application/octet-stream")

@@ -26,7 +26,6 @@ from proto import open_inference_pb2 as pb
 from proto import open_inference_pb2_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-ROUTING_KEY_METADATA = "x-tfgate-routing-key"
 INT64_MAX = (1 << 63) - 1
 
 
