@@ -98,7 +98,14 @@ class _Stream:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 connection carrying any number of concurrent unary calls."""
 
-    def __init__(self, host: str, port: int, request: bytes, timeout_seconds: float = 60.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        request: bytes,
+        timeout_seconds: float = 60.0,
+        path: str = PREDICT_PATH,
+    ):
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.streams: dict[int, _Stream] = {}
@@ -121,7 +128,7 @@ class H2Connection(asyncio.Protocol):
         fields = [
             (":method", "POST"),
             (":scheme", "http"),
-            (":path", PREDICT_PATH),
+            (":path", path),  # Predict, or V2's ModelInfer
             (":authority", f"{host}:{port}"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),

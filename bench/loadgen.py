@@ -59,11 +59,16 @@ class HttpTarget:
     path: str
     body: bytes
     protocol: str = "rest"
+    content_type: str = "application/json"
+    # extra request headers, e.g. V2's Inference-Header-Content-Length for binary data
+    headers: tuple[tuple[str, str], ...] = ()
 
     def request_bytes(self) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n\r\n"
+            f"Content-Type: {self.content_type}\r\n{extra}"
+            f"Content-Length: {len(self.body)}\r\n\r\n"
         )
         return head.encode() + self.body
 
@@ -72,9 +77,10 @@ class HttpTarget:
 class GrpcTarget:
     host: str
     port: int
-    request: bytes  # a serialized tensorflow.serving.PredictRequest
+    request: bytes  # a serialized request of `method` (a PredictRequest by default)
     protocol: str = "grpc"
     client: str = "h2"  # "h2": bench/grpc_h2.py; "aio": grpc.aio
+    method: str = PREDICT_METHOD  # or V2's /inference.GRPCInferenceService/ModelInfer
 
 
 Target = HttpTarget | GrpcTarget
@@ -135,10 +141,11 @@ def _parse_response(buffer: bytearray) -> tuple[int, int]:
     head = bytes(buffer[:end]).lower()
     status = int(head[9:12])
     start = end + 4
-    marker = head.find(b"content-length:")
+    # At a line start: V2's "inference-header-content-length:" ends with the same text.
+    marker = head.find(b"\r\ncontent-length:")
     if marker >= 0:
-        line_end = head.find(b"\r\n", marker)
-        length = int(head[marker + 15 : line_end if line_end >= 0 else len(head)])
+        line_end = head.find(b"\r\n", marker + 2)
+        length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
         return (status, start + length) if len(buffer) >= start + length else (0, 0)
     if b"transfer-encoding: chunked" in head:
         return _parse_chunked(buffer, start, status)
@@ -266,7 +273,7 @@ class _GrpcDriver:
             for i in range(channels)
         ]
         # No serializers: the request is already bytes and the reply is not parsed.
-        self.calls = [ch.unary_unary(PREDICT_METHOD) for ch in self.channels]
+        self.calls = [ch.unary_unary(target.method) for ch in self.channels]
         self.tasks: list[asyncio.Task[None]] = []
 
     async def _one(self, call: Callable[..., Awaitable[bytes]], sent_ns: int) -> None:
@@ -332,9 +339,10 @@ class _H2GrpcDriver:
 
     async def _open(self) -> H2Connection:
         host, port, request = self.target.host, self.target.port, self.target.request
+        method = self.target.method
         _, conn = await asyncio.wait_for(
             asyncio.get_running_loop().create_connection(
-                lambda: H2Connection(host, port, request), host, port
+                lambda: H2Connection(host, port, request, path=method), host, port
             ),
             self.CONNECT_TIMEOUT_SECONDS,
         )

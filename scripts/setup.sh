@@ -30,3 +30,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+
+# Triton's and KServe's V2 clients for tests/integration/test_v2_clients.py, in their own
+# venv (they pin protobuf below 7); about a minute the first time, nothing after.
+scripts/setup_v2_clients.sh

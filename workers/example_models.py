@@ -131,6 +131,16 @@ def _bools() -> _Export:
     return tf.Module(), {"serving_default": predict}
 
 
+def _half_precision() -> _Export:
+    """DT_HALF in and out (the V2 protocol's FP16), beside a float32 output."""
+
+    @tf.function(input_signature=[_spec([None, 2], tf.float16, "h")])
+    def predict(h: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"doubled": h * tf.constant(2.0, tf.float16), "as_float": tf.cast(h, tf.float32)}
+
+    return tf.Module(), {"serving_default": predict}
+
+
 def _classifier() -> _Export:
     """A 4-feature, 3-class linear model with predict, classify and regress signatures."""
     rng = np.random.default_rng(4)
@@ -247,6 +257,7 @@ _BUILDERS: dict[str, Callable[[], _Export]] = {
     "int_ops": _int_ops,
     "strings": _strings,
     "bools": _bools,
+    "half_precision": _half_precision,
     "classifier": _classifier,
     "tiny": _tiny,
     "dnn": _dnn,

@@ -386,8 +386,9 @@ def connect(
         metrics.request_count.inc(model, code.name)
         if code.name == "OK":
             # TF Serving's gRPC handlers name the API by its RPC ("Predict"); its REST
-            # handler by the URL's verb ("predict").
-            label = api.capitalize() if entrypoint.value == "GRPC" else api
+            # handler by the URL's verb ("predict"). V2 infer is "v2_infer" on both.
+            grpc_named = entrypoint.value == "GRPC" and not api.startswith("v2_")
+            label = api.capitalize() if grpc_named else api
             metrics.request_latency.observe(
                 model, label, entrypoint.value, value=whole_micros(seconds)
             )

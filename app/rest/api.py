@@ -89,7 +89,10 @@ class TfServingRestApi:
         access_log: bool = False,
         own_prefixes: tuple[str, ...] = ("/v1/admin",),
         max_tensor_bytes: int = 0,
+        v2_app: ASGIApp | None = None,
     ) -> None:
+        # rest/v2_routes.py's V2 (Open Inference Protocol) app, for every /v2 path.
+        self.v2_app = v2_app
         self.service = service
         self.auth = auth or InferenceAuth.disabled()
         self.access_log = access_log
@@ -113,6 +116,9 @@ class TfServingRestApi:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         lowered = path.lower()
+        if self.v2_app is not None and (path == "/v2" or path.startswith("/v2/")):
+            await self.v2_app(scope, receive, send)
+            return
         if not V1_PREFIX_RE.match(path) or lowered.startswith(self.own_prefixes):
             await self.fallback(scope, receive, send)
             return
@@ -177,12 +183,12 @@ class TfServingRestApi:
     def _authorize(self, scope: Scope, raw_name: str) -> None:
         if self.auth.enabled:
             credential = credential_from(
-                _header(scope, b"authorization"), _header(scope, b"x-api-key")
+                header(scope, b"authorization"), header(scope, b"x-api-key")
             )
             self.auth.check(credential, urllib.parse.unquote(raw_name))
 
     def _preflight(self, scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         if origin is None or not ORIGIN_RE.fullmatch(origin):
             raise ServingError(Code.INVALID_ARGUMENT, "Origin header is missing in CORS preflight")
         return 200, b"", []
@@ -191,7 +197,7 @@ class TfServingRestApi:
         name, version_text, label, verb = match.groups()
         spec = model_spec(name, version_text, label)
         # Cache-Control: no-cache / no-store reach the result cache (docs/cache.md).
-        cache_control = _header(scope, b"cache-control")
+        cache_control = header(scope, b"cache-control")
         deadline = (
             asyncio.get_running_loop().time() + self.timeout_seconds
             if self.timeout_seconds
@@ -274,13 +280,14 @@ def parse_version(text: str) -> int:
 
 def _request_id(scope: Scope) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new random one."""
-    given = _header(scope, b"x-request-id")
+    given = header(scope, b"x-request-id")
     if given and REQUEST_ID_RE.fullmatch(given):
         return given
     return os.urandom(8).hex()
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (latin-1), None when absent."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
@@ -303,7 +310,7 @@ async def read_body(scope: Scope, receive: Receive, max_body_bytes: int) -> byte
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = b"".join(chunks)
-    encoding = _header(scope, b"content-encoding")
+    encoding = header(scope, b"content-encoding")
     if encoding and "gzip" in encoding.lower():
         body = gunzip(body)
     return body

@@ -12,6 +12,8 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from app.ops.health import server_ready
+
 if TYPE_CHECKING:
     from app.lifecycle.registry import Registry
     from app.ops.metrics import Metrics
@@ -43,9 +45,8 @@ def create_ops_app(server: Server) -> FastAPI:
     async def readyz() -> Response:
         """Readiness: every configured model has an AVAILABLE version and we are not
         draining for shutdown."""
-        # As the version state events reported them (ServerCore's monitor).
         models = server.core.available_versions()
-        ready = not server.draining and bool(models) and all(models.values())
+        ready = server_ready(server)
         body = {
             "status": "ready" if ready else "not ready",
             "models": {name: {"available_versions": v} for name, v in models.items()},

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 import uvicorn
 from fastapi import FastAPI
 
+from app.ops.health import server_ready
 from app.rest import ops_routes
 from app.rest.admin_routes import admin_router, install_error_handler
 from app.rest.api import TfServingRestApi
 from app.rest.edge import HttpLimits, edge_protocol
 from app.rest.ops_routes import create_ops_app
+from app.rest.v2_routes import V2RestApi
 from app.settings.settings import Settings, request_tensor_limit_bytes
 
 if TYPE_CHECKING:
@@ -134,6 +136,15 @@ async def start_rest(server: Server) -> None:
         auth=server.inference_auth,
         access_log=settings.access_log,
         max_tensor_bytes=request_tensor_limit_bytes(settings),
+        v2_app=V2RestApi(
+            server.service,
+            server_ready=lambda: server_ready(server),
+            timeout_ms=settings.rest_api_timeout_in_ms,
+            max_body_bytes=MAX_REST_BODY_BYTES,
+            auth=server.inference_auth,
+            max_tensor_bytes=request_tensor_limit_bytes(settings),
+            access_log=settings.access_log,
+        ),
     )
     server.rest_server = await serve_asgi(
         app,

@@ -29,13 +29,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from app.core.errors import StartupError
 from app.core.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
+from app.ops.health import server_ready
 from app.rpc.admin import AdminServicer
 from app.rpc.h2.limits import H2Limits
 from app.rpc.h2.server import GrpcH2Server
 from app.rpc.services import ModelServicer, PredictionServicer
+from app.rpc.v2_service import SERVICE_NAME as V2_SERVICE
+from app.rpc.v2_service import V2InferenceServicer
 from app.settings import model_config
 from app.settings.settings import request_tensor_limit_bytes
-from proto import admin_pb2, admin_pb2_grpc
+from proto import admin_pb2, admin_pb2_grpc, open_inference_pb2_grpc
 
 if TYPE_CHECKING:
     from app.admin.api import AdminApi, AdminTokens
@@ -256,7 +259,17 @@ def _add_servicers(server: Server, grpc_server: Any) -> list[str]:
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(server.admin, server.admin_tokens), grpc_server
     )
-    return [PREDICTION_SERVICE, MODEL_SERVICE, ADMIN_SERVICE]
+    # The Open Inference Protocol (V2) beside TF Serving's API, on the same port and path.
+    open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        V2InferenceServicer(
+            server.service,
+            server_ready=lambda: server_ready(server),
+            auth=server.inference_auth,
+            max_tensor_bytes=request_tensor_limit_bytes(settings),
+        ),
+        grpc_server,
+    )
+    return [PREDICTION_SERVICE, MODEL_SERVICE, ADMIN_SERVICE, V2_SERVICE]
 
 
 def _add_health_and_reflection(

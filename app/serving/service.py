@@ -79,6 +79,8 @@ RuntimeObserver = Callable[[str, str, float], None]
 PREDICT_API = "Predict"
 CLASSIFY_API = "Classify"
 REGRESS_API = "Regress"
+# The request metrics' API label of V2 (Open Inference Protocol) infer calls, REST and gRPC.
+V2_INFER_API = "v2_infer"
 
 
 class ServingService:
@@ -115,8 +117,11 @@ class ServingService:
         deadline: float | None,
         entrypoint: Entrypoint,
         cache_control: str | None = None,
+        api: str = "predict",
     ) -> PredictResult:
-        with self._observed(spec.name, "predict", entrypoint):
+        """Predict on the resolved servable. `api` labels request metrics: "predict" for TF
+        Serving's API, V2_INFER_API for the Open Inference Protocol's infer (same path)."""
+        with self._observed(spec.name, api, entrypoint):
             servable, metadata = self.registry.resolve(spec)
             signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
             inputs = decode_inputs(signature)

@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import struct
 import time
 from collections.abc import Iterator
 
@@ -225,6 +226,37 @@ def test_grpc_shares_the_cache_and_honours_metadata(
     _grpc_predict(server, 61.0, (("cache-control", "no-store"),))
     time.sleep(0.2)
     assert redis.dbsize() == size
+
+
+def test_v2_shares_the_cache(
+    server: ServerProcess, client: httpx.Client, redis: RedisProcess,
+) -> None:
+    """V2 infer (REST and gRPC) goes through the same service path: rows stored by a /v1
+    predict are hits for V2, and Cache-Control still applies."""
+    from proto import open_inference_pb2, open_inference_pb2_grpc
+
+    predict(client, [70.0])  # stored through TF Serving's API ...
+    v2_body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [70.0]}]}
+
+    def v2_rest(headers: dict[str, str] | None = None) -> list[float]:
+        response = client.post(f"/v2/models/{MODEL}/infer", json=v2_body, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["outputs"][0]["data"]
+
+    wait_for(lambda: v2_rest() == [37.0] and counts(client)[0] > 0)
+    hits, misses = counts(client)
+    assert v2_rest() == [37.0]  # ... answered over V2 REST
+    assert counts(client) == (hits + 1, misses)
+    assert v2_rest({"Cache-Control": "no-cache"}) == [37.0]
+    assert counts(client) == (hits + 1, misses + 1)
+    request = open_inference_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    request.raw_input_contents.append(struct.pack("<f", 70.0))
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(request, timeout=30)
+    assert struct.unpack("<f", reply.raw_output_contents[0]) == (37.0,)  # ... and V2 gRPC
+    assert counts(client) == (hits + 2, misses + 1)
 
 
 def test_admin_listing_shows_hit_ratio(client: httpx.Client) -> None:

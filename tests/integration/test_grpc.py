@@ -699,12 +699,14 @@ def test_reflection(channel: grpc.Channel) -> None:
     assert names == {
         "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
         "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "tfgate.admin.AdminService",
+        "inference.GRPCInferenceService",  # the Open Inference Protocol (V2)
     }
     for symbol, file_name in [
         ("tensorflow.serving.PredictionService",
          "tensorflow_serving/apis/prediction_service.proto"),
         ("tensorflow.serving.ModelService", "tensorflow_serving/apis/model_service.proto"),
         ("tensorflow.serving.PredictRequest", "tensorflow_serving/apis/predict.proto"),
+        ("inference.GRPCInferenceService", "proto/open_inference.proto"),
     ]:
         found = _reflect(channel, file_containing_symbol=symbol)
         assert found.HasField("file_descriptor_response"), found

@@ -144,6 +144,46 @@ def test_inference_auth_rest(auth_server, headers, status, error) -> None:  # ty
     assert "k-hp2" not in auth_server.log() and "k-all" not in auth_server.log()
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "error"),
+    [
+        ({}, 401, "Missing API key"),
+        ({"Authorization": "Bearer k-other"}, 403, "API key is not allowed to use model hp2"),
+        ({"Authorization": "Bearer k-hp2"}, 200, None),
+    ],
+)
+def test_inference_auth_v2(auth_server, headers, status, error) -> None:  # type: ignore[no-untyped-def]
+    """The Open Inference Protocol (V2) checks the same keys, on REST and gRPC."""
+    import grpc
+
+    from proto import open_inference_pb2, open_inference_pb2_grpc
+
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
+    with auth_server.client() as http:
+        response = http.post("/v2/models/hp2/infer", json=body, headers=headers)
+        assert response.status_code == status
+        if error:
+            assert response.json() == {"error": error}
+        assert http.get("/v2/models/hp2", headers=headers).status_code == status
+        assert http.get("/v2/health/live").status_code == 200  # health stays open
+    request = open_inference_pb2.ModelInferRequest(model_name="hp2")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    tensor.contents.fp32_contents.append(1.0)
+    metadata = [(k.lower(), v) for k, v in headers.items()]
+    with grpc.insecure_channel(f"127.0.0.1:{auth_server.grpc_port}") as channel:
+        stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        if error is None:
+            stub.ModelInfer(request, metadata=metadata, timeout=30)
+        else:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request, metadata=metadata, timeout=30)
+            expected = (
+                grpc.StatusCode.UNAUTHENTICATED if status == 401
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            assert info.value.code() == expected and info.value.details() == error
+
+
 def test_rest_tls(tfs_testdata, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(

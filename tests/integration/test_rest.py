@@ -627,8 +627,9 @@ def test_malformed_requests(http: httpx.Client, method: str, path: str) -> None:
     assert err(response) == f"Malformed request: {method} {path}"
 
 
-def test_paths_outside_v1_are_404(http: httpx.Client) -> None:
-    assert http.get("/v2/models/half_plus_two").status_code == 404
+def test_paths_outside_v1_and_v2_are_404(http: httpx.Client) -> None:
+    # /v2 is the Open Inference Protocol's (tests/integration/test_v2_protocol.py)
+    assert http.get("/v3/models/half_plus_two").status_code == 404
     assert http.get("/").status_code == 404
 
 

@@ -47,6 +47,12 @@ SIGNATURES: dict[str, dict[str, tuple[Spec, Spec]]] = {
         ),
     },
     "bools": {"serving_default": ({"flag": (B, (-1,))}, {"not_flag": (B, (-1,))})},
+    "half_precision": {
+        "serving_default": (
+            {"h": (tf.float16, (-1, 2))},
+            {"doubled": (tf.float16, (-1, 2)), "as_float": (F, (-1, 2))},
+        ),
+    },
     "classifier": {
         "serving_default": (
             {"x": (F, (-1, 4))},
