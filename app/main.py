@@ -152,7 +152,10 @@ async def build_server(settings: Settings) -> Server:
     pool = WorkerPool(pool_options(settings, bundle))
     events = StateEventBus()
     batching_policy = BatchingPolicy(bundle, settings.batching_tables)
-    batcher = Batcher(pool, batching_policy)
+    # Adaptive batch sizes only where the worker shares the gateway's cores (CPU workers): a
+    # GPU runs its configured batches faster than smaller ones would.
+    adaptive = settings.adaptive_batching and not pool.options.gpu_ids
+    batcher = Batcher(pool, batching_policy, adaptive=adaptive)
     manager = VersionManager(
         registry,
         pool,
