@@ -17,7 +17,14 @@ from app.settings.settings import FLAGS
 from bench.report import Key, Median, by_repeat, inprocess_by_size, ratio, throughput
 from bench.stats import SuiteResults
 from bench.targets import evaluate
-from bench.workloads import DEFAULT_FORMAT, LARGE, LARGE_CONCURRENCY, Workload
+from bench.workloads import (
+    DEFAULT_FORMAT,
+    EXTRA_FORMATS,
+    FORMAT_CONCURRENCY,
+    LARGE,
+    LARGE_CONCURRENCY,
+    Workload,
+)
 
 ANALYSIS = pathlib.Path(__file__).resolve().parent / "analysis.md"
 FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
@@ -114,8 +121,6 @@ def workload_table(results: SuiteResults, table: dict[Key, Median], model: str,
 
 def stock_table(results: SuiteResults, table: dict[Key, Median]) -> list[str]:
     """Tuned and stock-config tfgate against naive at one concurrency, per number format."""
-    from bench.suite import EXTRA_FORMATS, FORMAT_CONCURRENCY
-
     c = FORMAT_CONCURRENCY
     lv = results.levels
     tuned, stock, naive = ("tfgate", "rest"), ("stock", "rest"), ("naive", "rest")

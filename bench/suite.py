@@ -26,16 +26,19 @@ from bench.loadgen import GrpcTarget, HttpTarget, LevelOptions, run_level
 from bench.probes import ServerProbe, delta
 from bench.progress import Progress
 from bench.stats import STABILITY_WINDOWS, LevelResult, SuiteResults, aggregate
-from bench.workloads import LARGE, LARGE_CONCURRENCY, MODELS, Workload
+from bench.workloads import (
+    EXTRA_FORMATS,
+    FORMAT_CONCURRENCY,
+    LARGE,
+    LARGE_CONCURRENCY,
+    MODELS,
+    Workload,
+)
 
 ROOT = servers.ROOT
 BATCHING_FILE = ROOT / "bench" / "batching_parameters.pbtxt"
 CONFIG_FILE = ROOT / "bench" / "tfgate.toml"  # per-model batching overrides
 STOCK_BATCHING_FILE = ROOT / "bench" / "batching_stock.pbtxt"  # no TOML beside it
-# Where the issue-21 targets are: the stock server and the extra number formats run only at
-# this concurrency (the constant-reply ceilings only from it up), so the suite's time stays.
-FORMAT_CONCURRENCY = 64
-EXTRA_FORMATS = ("4f",)  # beside the default 6g: 4-decimal bodies
 FORMAT_SERVERS = ("tfgate", "stock", "naive")
 
 
