@@ -47,6 +47,12 @@ EWMA_WEIGHT = 0.2
 MIN_ADAPTIVE_ROWS = 8
 
 
+def applies(enabled: bool, gpu_ids: Sequence[str]) -> bool:
+    """Whether the rule runs: --adaptive_batching and CPU workers only (a worker pinned to a
+    GPU does not share the gateway's cores, and its device runs full batches faster)."""
+    return enabled and not any(gpu_ids)
+
+
 def adaptive_batch_size(
     max_batch_size: int,
     outstanding_rows: int,

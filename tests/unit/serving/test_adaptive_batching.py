@@ -62,6 +62,16 @@ def test_rule(
     assert 1 <= size <= max_batch
 
 
+@pytest.mark.parametrize(
+    ("enabled", "gpu_ids", "expected"),
+    [(True, (), True), (True, ("0",), False), (True, ("0", "1"), False), (False, (), False)],
+)
+def test_rule_applies_to_cpu_workers_only(
+    enabled: bool, gpu_ids: tuple[str, ...], expected: bool
+) -> None:
+    assert adaptive_batching.applies(enabled, gpu_ids) is expected
+
+
 def test_worker_estimate_scales_up_never_down() -> None:
     cap = AdaptiveCap(GatewayCpuMeter())
     assert cap.worker_seconds_for(32) is None
