@@ -30,10 +30,11 @@ MS = 1e-3
         (64, 64, 1 * MS, 200e-6, (), 32),
         (256, 64, 1 * MS, 200e-6, (), 32),
         (64, 63, 1 * MS, 200e-6, (), 32),  # rounded up
-        (64, 20, 0.1 * MS, 200e-6, (), 10),
-        (64, 10, 0.1 * MS, 200e-6, (), 8),  # never below MIN_ADAPTIVE_ROWS
-        (64, 1, 0.1 * MS, 200e-6, (), 8),
-        (4, 6, 0.1 * MS, 200e-6, (), 4),  # ... nor above the ceiling
+        (256, 128, 1 * MS, 200e-6, (), 64),
+        (256, 100, 1 * MS, 200e-6, (), 50),
+        (64, 20, 0.1 * MS, 200e-6, (), 32),  # never below MIN_ADAPTIVE_ROWS
+        (64, 1, 0.1 * MS, 200e-6, (), 32),
+        (16, 30, 0.1 * MS, 200e-6, (), 16),  # ... nor above the ceiling
         (64, 0, None, None, (), 64),
         # half of the system is more than the ceiling: the ceiling
         (64, 256, 1 * MS, 200e-6, (), 64),
@@ -44,9 +45,9 @@ MS = 1e-3
         # allowed_batch_sizes: snapped down to an allowed size, or the smallest one
         (64, 64, 1 * MS, 200e-6, (8, 16, 64), 16),
         (64, 64, 1 * MS, 200e-6, (32, 64), 32),
-        (64, 40, 0.1 * MS, 200e-6, (8, 16, 64), 16),
-        (64, 20, 0.1 * MS, 200e-6, (4, 16, 64), 4),
-        (64, 6, 0.1 * MS, 200e-6, (16, 64), 16),
+        (256, 100, 1 * MS, 200e-6, (8, 16, 48, 256), 48),
+        (64, 20, 0.1 * MS, 200e-6, (4, 16, 64), 16),
+        (64, 6, 0.1 * MS, 200e-6, (40, 64), 40),
     ],
 )
 def test_rule(
@@ -88,15 +89,15 @@ def test_peak_follows_the_outstanding_rows_and_forgets_old_windows(
     cap = AdaptiveCap(GatewayCpuMeter())
     cap.gateway.seconds_per_row = 1 * MS
     cap.batch_done(32, 1 * MS, 32)
-    for rows in (10, 40, 64, 20):
+    for rows in (10, 40, 128, 20):
         cap.outstanding(rows)
-    assert cap.limit(256, ()) == 32
+    assert cap.limit(256, ()) == 64
     now[0] += adaptive_batching.PEAK_WINDOW_SECONDS  # next window: the last one still counts
-    cap.outstanding(24)
-    assert cap.limit(256, ()) == 32
+    cap.outstanding(80)
+    assert cap.limit(256, ()) == 64
     now[0] += adaptive_batching.PEAK_WINDOW_SECONDS  # and then it is gone
-    cap.outstanding(24)
-    assert cap.limit(256, ()) == 12
+    cap.outstanding(80)
+    assert cap.limit(256, ()) == 40
 
 
 def test_gateway_meter_reads_cpu_per_row_over_a_window(monkeypatch: pytest.MonkeyPatch) -> None:
