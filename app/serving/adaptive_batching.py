@@ -17,8 +17,8 @@ The rule (`adaptive_batch_size`, a pure function):
   than the gateway spends on them (W(half) < half x gateway seconds per row);
 - then half the outstanding rows (rounded up), but at least MIN_ADAPTIVE_ROWS (32), never
   above max_batch_size, snapped down to an allowed_batch_sizes entry when the list is set (so
-  padding stays as configured). So the rule only ever binds with more than 64 rows in the
-  system and a max_batch_size above 32.
+  padding stays as configured). So it only changes a batch when more than 32 rows are queued
+  under a max_batch_size above 32.
 The outstanding rows are those the batcher sees (queued plus running); requests still being
 read or answered by the gateway are not among them, so when the gateway falls behind the
 count reads low. The floor keeps that from feeding on itself (smaller batches, more per-batch
