@@ -39,6 +39,7 @@ from app.rest import server as http_server
 from app.rpc import server as grpc_server
 from app.runtime.pool import WorkerPool
 from app.runtime.worker import PoolOptions
+from app.serving import adaptive_batching
 from app.serving.auth import InferenceAuth
 from app.serving.batcher import Batcher
 from app.serving.batching_policy import BatchingPolicy
@@ -152,7 +153,10 @@ async def build_server(settings: Settings) -> Server:
     pool = WorkerPool(pool_options(settings, bundle))
     events = StateEventBus()
     batching_policy = BatchingPolicy(bundle, settings.batching_tables)
-    batcher = Batcher(pool, batching_policy)
+    # Adaptive batch sizes only where the worker shares the gateway's cores (CPU workers): a
+    # GPU runs its configured batches faster than smaller ones would.
+    adaptive = adaptive_batching.applies(settings.adaptive_batching, pool.options.gpu_ids)
+    batcher = Batcher(pool, batching_policy, adaptive=adaptive)
     manager = VersionManager(
         registry,
         pool,

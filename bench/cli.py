@@ -18,6 +18,7 @@ import urllib.parse
 
 from bench.loadgen import GrpcTarget, HttpTarget, LevelOptions, run_level
 from bench.stats import STABILITY_WINDOWS, aggregate
+from bench.workloads import NUMBER_FORMATS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gRPC client: raw HTTP/2 (bench/grpc_h2.py) or grpc.aio")
     load.add_argument("--model", default="dnn", help="workload: tiny, dnn, cnn, image")
     load.add_argument("--rows", type=int, default=1, help="rows per request")
+    load.add_argument("--format", default="6g", choices=sorted(NUMBER_FORMATS),
+                      help="how the REST body prints its numbers")
     load.add_argument("--concurrency", type=_ints, default=(1, 16, 64, 256))
     load.add_argument("--rate", type=float, default=0.0, help="open loop requests/s instead")
     load.add_argument("--poisson", action="store_true")
@@ -106,7 +109,7 @@ async def run_load_command(args: argparse.Namespace) -> int:
     from bench.suite import fill_server_side
     from bench.workloads import Workload
 
-    workload = Workload(args.model, args.rows)
+    workload = Workload(args.model, args.rows, args.format)
     if args.grpc:
         host, port = args.grpc.rsplit(":", 1)
         target: HttpTarget | GrpcTarget = GrpcTarget(

@@ -17,7 +17,14 @@ from app.settings.settings import FLAGS
 from bench.report import Key, Median, by_repeat, inprocess_by_size, ratio, throughput
 from bench.stats import SuiteResults
 from bench.targets import evaluate
-from bench.workloads import LARGE, LARGE_CONCURRENCY
+from bench.workloads import (
+    DEFAULT_FORMAT,
+    EXTRA_FORMATS,
+    FORMAT_CONCURRENCY,
+    LARGE,
+    LARGE_CONCURRENCY,
+    Workload,
+)
 
 ANALYSIS = pathlib.Path(__file__).resolve().parent / "analysis.md"
 FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
@@ -34,7 +41,8 @@ SERVERS = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("bentoml"
            ("constant", "rest"), ("constant", "grpc")]
 LABELS = {("tfgate", "rest"): "tfgate REST", ("tfgate", "grpc"): "tfgate gRPC",
           ("naive", "rest"): "naive", ("bentoml", "rest"): "BentoML",
-          ("constant", "rest"): "constant REST", ("constant", "grpc"): "constant gRPC"}
+          ("constant", "rest"): "constant REST", ("constant", "grpc"): "constant gRPC",
+          ("stock", "rest"): "tfgate stock config"}
 
 
 
@@ -114,6 +122,37 @@ def workload_table(results: SuiteResults, table: dict[Key, Median], model: str,
     return lines
 
 
+def stock_table(results: SuiteResults, table: dict[Key, Median]) -> list[str]:
+    """Tuned and stock-config tfgate against naive at one concurrency, per number format."""
+    c = FORMAT_CONCURRENCY
+    lv = results.levels
+    tuned, stock, naive = ("tfgate", "rest"), ("stock", "rest"), ("naive", "rest")
+    lines = [
+        f"| workload (c={c}) | body bytes | tfgate tuned | tfgate stock | naive | tuned/naive "
+        "| stock/naive | stock p99 / naive p99 | stock mean batch | stock gateway CPU us/req |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    models = sorted({k[2].split("@")[0] for k in table if k[0] == "stock"},
+                    key=lambda m: ("tiny", "dnn", "cnn").index(m)
+                    if m in ("tiny", "dnn", "cnn") else 9)
+    for model in models:
+        for number_format in (DEFAULT_FORMAT, *EXTRA_FORMATS):
+            workload = Workload(model, number_format=number_format)
+            name = workload.name
+            cells = [f"{model}, {number_format}", f"{len(workload.rest_body()):,}"]
+            for server in (tuned, stock, naive):
+                m = table.get((*server, name, c))
+                cells.append(_fmt(m.throughput) if m else "-")
+            cells.append(_x(ratio(lv, tuned, naive, name, c, throughput)))
+            cells.append(_x(ratio(lv, stock, naive, name, c, throughput)))
+            cells.append(_x(ratio(lv, stock, naive, name, c, lambda r: r.p99_us)))
+            m = table.get((*stock, name, c))
+            cells.append(_fmt(m.values["batch_size_mean"], 1) if m else "-")
+            cells.append(_fmt(m.values["gateway_cpu_us_per_request"]) if m else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[str], dict]:
     inproc = inprocess_by_size(results, LARGE.model)
     size_max = LARGE.rows * LARGE_CONCURRENCY
@@ -161,10 +200,10 @@ def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[s
 
 def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pathlib.Path],
            docs_path: pathlib.Path) -> str:
-    models = sorted({k[2] for k in table if "x" not in k[2]},
+    models = sorted({k[2] for k in table if "x" not in k[2] and "@" not in k[2]},
                     key=lambda m: ("tiny", "dnn", "cnn").index(m)
                     if m in ("tiny", "dnn", "cnn") else 9)
-    concurrencies = sorted({k[3] for k in table if "x" not in k[2]})
+    concurrencies = sorted({k[3] for k in table if "x" not in k[2] and "@" not in k[2]})
     large_lines, large_ratios = large_table(results, table)
     out = [
         "# Benchmarks",
@@ -191,7 +230,15 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         "large runs, and each repeat's share uses the mean of the two: the host's speed drifts "
         "during a run (by up to ~1.5x within minutes on this machine).",
         "- Batching: max_batch_size 256, batch_timeout_micros 0 for every model; cnn and tiny "
-        "(1-row workloads only) are capped at 32 rows by bench/tfgate.toml, which says why.",
+        "(1-row workloads only) are capped at 32 rows by bench/tfgate.toml, which says why. "
+        "`tfgate stock config` is a second tfgate with the batching file TF Serving users "
+        "typically write (bench/batching_stock.pbtxt: max_batch_size 64, batch_timeout_micros "
+        "1000, num_batch_threads 2, max_enqueued_batches 1000000) and no TOML, measured at "
+        "c=64 only.",
+        "- Request bodies: TF Serving's row format; numbers printed with 6 significant digits "
+        "(`6g`), and at c=64 also with 4 decimals (`4f`) for tfgate, the stock config and "
+        "naive (bench/workloads.py NUMBER_FORMATS). The constant-reply ceilings are measured "
+        "from c=64 up.",
         "- Ceilings: `constant REST` and `constant gRPC` are one uvicorn + grpc.aio process "
         "(bench/baselines/fastapi_servers.py) that reads each request and sends a fixed reply "
         "without running a model: the most a Python HTTP or grpc.aio front does on these cores "
@@ -220,6 +267,12 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         if model in plots:
             rel = os.path.relpath(plots[model], docs_path.parent)
             out += [f"![{model}: throughput and p99 against concurrency]({rel})", ""]
+    stock_lines = stock_table(results, table)
+    if len(stock_lines) > 2:
+        out += ["## Stock config and number formats", "",
+                "tfgate with the tuned benchmark files and with the stock batching file (no "
+                "per-model TOML), against naive, on the same workload printed two ways.", "",
+                *stock_lines, ""]
     out += ["## Large requests: dnn, 64 rows per request, concurrency 8", "", *large_lines, "",
             *_micro(results), "", "## Raw data", "",
             "bench/results/: perf_*.csv (perf_analyzer's CSV columns, then tfgate's), "

@@ -104,7 +104,7 @@ class RunningServer:
 
 def tfgate_spec(
     model_root: pathlib.Path, work_dir: pathlib.Path, batching_file: pathlib.Path,
-    extra_args: list[str],
+    extra_args: list[str], name: str = "tfgate",
 ) -> ServerSpec:
     config = work_dir / "models.config"
     entries = "".join(
@@ -123,7 +123,7 @@ def tfgate_spec(
         "--tensorflow_model_server_log_level=warning",
         *extra_args,
     ]
-    return ServerSpec("tfgate", argv, rest, "/v1/models/{model}:predict", grpc_port, True)
+    return ServerSpec(name, argv, rest, "/v1/models/{model}:predict", grpc_port, True)
 
 
 def fastapi_spec(mode: str, model_root: pathlib.Path) -> ServerSpec:

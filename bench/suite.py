@@ -1,10 +1,13 @@
 """The whole benchmark in one command: `tfgate bench suite [--quick]`.
 
 Order: export the SavedModels -> codec and IPC micro-benchmarks -> in-process limits ->
-start tfgate, the naive server, the constant-reply server (REST and gRPC ceilings) and
-BentoML side by side -> for each repeat, workload and concurrency, run every server back to
-back (so ratios come from the same minutes of the same machine) -> large requests -> stop
-everything -> write bench/results/ (perf_analyzer CSVs, raw CSV, results.json, PNG plots)
+start tfgate (tuned: bench/batching_parameters.pbtxt + bench/tfgate.toml), tfgate "stock" (the
+batching file TF Serving users typically write, bench/batching_stock.pbtxt, no TOML), the naive
+server, the constant-reply server (REST and gRPC ceilings) and BentoML side by side -> for each
+repeat, workload and concurrency, run every server back to back (so ratios come from the same
+minutes of the same machine); at FORMAT_CONCURRENCY the stock server too, and each model's
+bodies in the EXTRA_FORMATS number formats as well (tfgate, stock, naive) -> large requests ->
+stop everything -> write bench/results/ (perf_analyzer CSVs, raw CSV, results.json, PNG plots)
 and docs/benchmarks.md.
 """
 
@@ -23,11 +26,20 @@ from bench.loadgen import GrpcTarget, HttpTarget, LevelOptions, run_level
 from bench.probes import ServerProbe, delta
 from bench.progress import Progress
 from bench.stats import STABILITY_WINDOWS, LevelResult, SuiteResults, aggregate
-from bench.workloads import LARGE, LARGE_CONCURRENCY, MODELS, Workload
+from bench.workloads import (
+    EXTRA_FORMATS,
+    FORMAT_CONCURRENCY,
+    LARGE,
+    LARGE_CONCURRENCY,
+    MODELS,
+    Workload,
+)
 
 ROOT = servers.ROOT
 BATCHING_FILE = ROOT / "bench" / "batching_parameters.pbtxt"
 CONFIG_FILE = ROOT / "bench" / "tfgate.toml"  # per-model batching overrides
+STOCK_BATCHING_FILE = ROOT / "bench" / "batching_stock.pbtxt"  # no TOML beside it
+FORMAT_SERVERS = ("tfgate", "stock", "naive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +125,9 @@ def start_servers(
             model_root, work, BATCHING_FILE,
             [f"--config={CONFIG_FILE}", *options.tfgate_args],
         ),
+        servers.tfgate_spec(
+            model_root, work, STOCK_BATCHING_FILE, [*options.tfgate_args], name="stock"
+        ),
         servers.fastapi_spec("naive", model_root),
         servers.fastapi_spec("constant", model_root),
     ]
@@ -153,11 +168,29 @@ def plan_levels(options: SuiteOptions, names: list[str]) -> list[Level]:
         for model in options.models:
             for concurrency in options.concurrencies:
                 for name, protocol in pairs:
-                    plan.append((repeat, Workload(model), concurrency, name, protocol))
+                    if _measured_at(name, concurrency):
+                        plan.append((repeat, Workload(model), concurrency, name, protocol))
+                if concurrency != FORMAT_CONCURRENCY:
+                    continue
+                for number_format in EXTRA_FORMATS:
+                    for name in FORMAT_SERVERS:
+                        if name in names:
+                            workload = Workload(model, number_format=number_format)
+                            plan.append((repeat, workload, concurrency, name, "rest"))
         for name, protocol in large:
             if name in names and LARGE.model in options.models:
                 plan.append((repeat, LARGE, LARGE_CONCURRENCY, name, protocol))
     return plan
+
+
+def _measured_at(name: str, concurrency: int) -> bool:
+    """The stock server only at FORMAT_CONCURRENCY; the constant-reply ceilings from it up
+    (below it they are far from limiting anything; cut to keep the suite's time)."""
+    if name == "stock":
+        return concurrency == FORMAT_CONCURRENCY
+    if name == "constant":
+        return concurrency >= FORMAT_CONCURRENCY
+    return True
 
 
 def make_target(server: servers.RunningServer, workload: Workload, protocol: str):  # type: ignore[no-untyped-def]

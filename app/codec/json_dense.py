@@ -1,8 +1,9 @@
 """Dense float tensors straight from a predict body's JSON text into numpy, without Python lists.
 
-Data path: codec.parse_predict_json() -> read_dense_body() here, for bodies of at least
-DENSE_MIN_BODY_BYTES -> codec.decode_predict_inputs() takes the arrays when every input it needs is
-DT_FLOAT or DT_DOUBLE; every other body and signature goes through orjson and codec/tensor.py.
+Data path: codec.parse_predict_json() -> read_dense_body() here, for bodies whose structure
+worth_dense() says pays for it -> codec.decode_predict_inputs() takes the arrays when every input
+it needs is DT_FLOAT or DT_DOUBLE; every other body and signature goes through orjson and
+codec/tensor.py.
 
 Why it exists: for an image-shaped tensor (28x28x1 is 784 one-element lists), orjson plus np.array
 spends ~240 us per request building and then walking Python lists, which made the gateway the
@@ -18,6 +19,16 @@ tensor, rank over 64. dense_float_tensor() then only fills DT_FLOAT / DT_DOUBLE 
 take any JSON number (integers too) and round silently. simdjson and orjson both round decimal
 text to the nearest double, and both keep "-0" as 0 and "-0.0" as -0.0, so the values are the
 same bits.
+
+Which path, by structure, not byte length: orjson's cost grows with the Python objects it builds,
+one float per number and one list per "[" (np.array then walks them all), while simdjson's grows
+with the bytes. So the count of numbers and lists decides, not how long the numbers are printed:
+a 28x28x1 image is 784 numbers and 814 lists whether a client prints it in 4.4 KB of ints or
+17 KB of repr floats, and simdjson reads it 3.5-5x faster either way. Measured over a matrix of
+shapes and number formats (bench/decode_crossover.py, table in bench/analysis.md): orjson wins
+below ~100 numbers in one flat list, simdjson from ~250 numbers or any nested image. worth_dense()
+weighs separators and lists in the body's first DENSE_SCAN_BYTES (two C-speed byte counts, a few
+microseconds at most): commas + LIST_WEIGHT * "[" >= DENSE_MIN_WEIGHT.
 
 The parser is reused per thread (it keeps its buffers) for bodies up to _REUSE_MAX_BYTES; larger
 bodies get a parser of their own so one 100 MB request does not pin 100s of MB for good.
@@ -35,7 +46,11 @@ import simdjson
 from app.codec.tensor import MAX_TENSOR_RANK, to_float32
 from app.core.types import DT_DOUBLE, DT_FLOAT, RequestFormat
 
-DENSE_MIN_BODY_BYTES = 8 * 1024  # below this orjson + np.array is as fast (measured crossover)
+# worth_dense(): commas + LIST_WEIGHT * "[" in the first DENSE_SCAN_BYTES must reach
+# DENSE_MIN_WEIGHT (measured crossover, bench/analysis.md "Decode path by structure").
+DENSE_MIN_WEIGHT = 128
+LIST_WEIGHT = 4  # a nested list costs orjson + np.array about 4 numbers' worth
+DENSE_SCAN_BYTES = 4096  # enough to see DENSE_MIN_WEIGHT even in 19-digit repr floats
 _REUSE_MAX_BYTES = 4 * 1024 * 1024
 _TOP_KEYS = frozenset(("instances", "inputs", "signature_name"))
 _NUMBER_AND_SPACE = b"0123456789.eE+- \t\n\r"
@@ -54,6 +69,15 @@ class DenseBody:
     signature_name: str
     format: RequestFormat
     tensors: dict[str | None, tuple[np.ndarray, tuple[int, ...]]]
+
+
+def worth_dense(body: bytes) -> bool:
+    """Whether the body holds enough numbers and lists for simdjson to beat orjson + np.array
+    (a guess from its first DENSE_SCAN_BYTES; read_dense_body() still checks everything)."""
+    commas = body.count(b",", 0, DENSE_SCAN_BYTES)
+    if commas >= DENSE_MIN_WEIGHT:
+        return True
+    return commas + LIST_WEIGHT * body.count(b"[", 0, DENSE_SCAN_BYTES) >= DENSE_MIN_WEIGHT
 
 
 def read_dense_body(body: bytes) -> DenseBody | None:

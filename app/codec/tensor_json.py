@@ -4,7 +4,7 @@ Data path: rest/api.py -> parse_predict_json() -> (service looks up the signatur
 decode_predict_inputs() -> service; the response is written by codec/predict_response.py.
 Mirrors tensorflow_serving/util/json_tensor.cc (FillPredictRequestFromJson, MakeJsonFromTensors).
 The JSON tensor format spans five modules: codec/json_read.py (body -> JSON document),
-codec/tensor.py (JSON values -> a tensor of one dtype), codec/json_dense.py (large bodies of plain
+codec/tensor.py (JSON values -> a tensor of one dtype), codec/json_dense.py (bodies of many plain
 float arrays -> float64 buffers, skipping the JSON document), this one (the predict body's keys,
 rows and columns, the choice of dense, vectorised or exact conversion), codec/predict_response.py
 (the layout of responses)
@@ -12,11 +12,12 @@ and codec/json_text.py (numbers and strings as rapidjson writes them); codec/exa
 them.
 Pure functions; thread-safe.
 
-Converting. A body of at least DENSE_MIN_BODY_BYTES whose tensors are regular arrays of numbers
-is read by simdjson straight into float64 buffers; if the signature wants DT_FLOAT/DT_DOUBLE
-inputs they become the tensors and orjson never runs (codec/json_dense.py says why that is the
-same answer). Otherwise each tensor is first tried vectorised (np.array over the parsed lists,
-then checks that guarantee TF Serving would accept the same values) and otherwise walked exactly
+Converting. A body with enough numbers and lists (json_dense.worth_dense(): by structure, not
+byte length) whose tensors are regular arrays of numbers is read by simdjson straight into float64
+buffers; if the signature wants DT_FLOAT/DT_DOUBLE inputs they become the tensors and orjson never
+runs (codec/json_dense.py says why that is the same answer). Otherwise each tensor is first tried
+vectorised (np.array over the parsed lists, then checks that guarantee TF Serving would accept the
+same values) and otherwise walked exactly
 as FillTensorProto() does, so every error is TF Serving's first error, word for word.
 """
 
@@ -29,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from app.codec.json_dense import (
-    DENSE_MIN_BODY_BYTES,
     DenseBody,
     dense_float_tensor,
     read_dense_body,
+    worth_dense,
 )
 from app.codec.json_read import load_json_object
 from app.codec.json_text import (
@@ -82,7 +83,7 @@ class PredictJson:
     signature_name is "" when the body has none (TF Serving then uses serving_default).
     format is "row" when the body has "instances", else "columnar" (a body with neither key is
     rejected by decode_predict_inputs, after the signature lookup, as TF Serving does).
-    A large body of plain float arrays arrives as `dense` (codec/json_dense.py) and is only
+    A body of many plain float numbers arrives as `dense` (codec/json_dense.py) and is only
     parsed by orjson if the signature wants something else; every other body as `_doc`.
     """
 
@@ -108,7 +109,7 @@ class PredictJson:
 def parse_predict_json(body: bytes) -> PredictJson:
     """Parses the body and reads signature_name; raises TF Serving's JSON errors."""
     data = bytes(body)
-    if len(data) >= DENSE_MIN_BODY_BYTES and (dense := read_dense_body(data)) is not None:
+    if worth_dense(data) and (dense := read_dense_body(data)) is not None:
         return PredictJson(dense.signature_name, dense.format, None, data, dense=dense)
     doc = load_json_object(data)
     signature_name = read_signature_name(doc)

@@ -7,7 +7,10 @@ forms a batch when a worker slot is free and the queue is full (max_batch_size r
 oldest task has waited batch_timeout_micros; batches therefore grow while workers are busy.
 Ragged inner dims are padded (pad_variable_length_inputs) by ipc.put_tensors, as TF
 Serving pads them: at the end of each dim, with each request's own first value.
-Guarantees: rows, not requests, are counted; a full queue answers RESOURCE_EXHAUSTED at
+With adaptive batching (CPU workers, serving/adaptive_batching.py) a queue counts as full, and
+a batch stops, at the size the measurements choose within max_batch_size instead of at it.
+Guarantees: no batch exceeds max_batch_size (execution_batch_size with splitting); rows, not
+requests, are counted; a full queue answers RESOURCE_EXHAUSTED at
 once; a task whose deadline passed is dropped before it runs; if a batch of several tasks
 fails, each task is re-run alone so one bad request never fails the others.
 """
@@ -27,6 +30,7 @@ import numpy as np
 from app.core.errors import Code, ServingError
 from app.core.types import ServableId, row_count
 from app.runtime.pool import RunOutcome, WorkerPool
+from app.serving.adaptive_batching import AdaptiveCap, GatewayCpuMeter
 from app.settings.model_config import BatchingParameters
 
 log = logging.getLogger("tfgate.batcher")
@@ -62,6 +66,15 @@ class _Queue:
     params: BatchingParameters
     tasks: collections.deque[_Task] = dataclasses.field(default_factory=collections.deque)
     rows: int = 0
+    running_rows: int = 0  # rows of this queue's batches in a worker now
+    cap: AdaptiveCap | None = None  # None: batches fill up to execution_batch_size
+
+    def batch_limit(self) -> int:
+        """Rows the next batch may take (and at which the queue counts as full)."""
+        ceiling = self.params.execution_batch_size
+        if self.cap is None:
+            return ceiling
+        return min(ceiling, self.cap.limit(ceiling, self.params.allowed_batch_sizes))
 
 
 BatchObserver = Callable[[ServableId, list[int], int, list[float], str], None]
@@ -77,7 +90,12 @@ class Batcher:
         pool: WorkerPool,
         params_for: Callable[[ServableId], BatchingParameters | None],
         observers: Sequence[BatchObserver] = (),
+        *,
+        adaptive: bool = False,
     ) -> None:
+        """`adaptive`: choose each queue's batch size within max_batch_size from measurements
+        (serving/adaptive_batching.py); main.py sets it for CPU workers unless
+        --adaptive_batching=false. Off, batches fill up to max_batch_size as in TF Serving."""
         self.pool = pool
         self.params_for = params_for
         self.observers = list(observers)
@@ -86,6 +104,7 @@ class Batcher:
         self._in_flight = 0
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._gateway_cpu = GatewayCpuMeter() if adaptive else None
 
     def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="batcher")
@@ -182,6 +201,8 @@ class Batcher:
             if len(self._queues) > MAX_IDLE_QUEUES:
                 self._queues = {k: q for k, q in self._queues.items() if q.tasks}
             queue = self._queues[key] = _Queue(servable, signature, tuple(output_aliases), params)
+            if self._gateway_cpu is not None:
+                queue.cap = AdaptiveCap(self._gateway_cpu)
         if -(-(queue.rows + rows) // params.execution_batch_size) > params.max_enqueued_batches:
             raise ServingError(
                 Code.RESOURCE_EXHAUSTED,
@@ -193,6 +214,8 @@ class Batcher:
         )
         queue.tasks.append(task)
         queue.rows += rows
+        if queue.cap is not None:
+            queue.cap.outstanding(queue.rows + queue.running_rows)
         self._wake.set()
         if deadline is None:
             return await task.future
@@ -256,7 +279,7 @@ class Batcher:
                     continue
                 oldest = queue.tasks[0].enqueued_at
                 timeout = queue.params.batch_timeout_micros / 1e6
-                full = queue.rows >= queue.params.execution_batch_size
+                full = queue.rows >= queue.batch_limit()
                 if full or now - oldest >= timeout:
                     if best is None or oldest < best.tasks[0].enqueued_at:
                         best = queue
@@ -269,10 +292,12 @@ class Batcher:
         return None  # no free slot: a finishing batch sets _wake
 
     def _start_batch(self, queue: _Queue, now: float) -> None:
-        limit = queue.params.execution_batch_size
+        limit = queue.batch_limit()
         tasks: list[_Task] = []
         rows = 0
-        while queue.tasks and rows + queue.tasks[0].rows <= limit:
+        # The first task always goes (it fits execution_batch_size: submit() split it); an
+        # adaptive limit below its rows must not leave a full queue that never starts.
+        while queue.tasks and (rows == 0 or rows + queue.tasks[0].rows <= limit):
             task = queue.tasks.popleft()
             queue.rows -= task.rows
             if task.future.done():
@@ -285,6 +310,7 @@ class Batcher:
         if not tasks:
             return
         self._in_flight += 1
+        queue.running_rows += rows
         running = asyncio.create_task(self._execute(queue, tasks, rows))
         self._running.add(running)
         running.add_done_callback(self._running.discard)
@@ -314,6 +340,8 @@ class Batcher:
                     inner_shapes=inner or None,
                 )
                 pieces = split_outputs(outcome.outputs, [t.rows for t in tasks], rows + pad_rows)
+                if queue.cap is not None:
+                    queue.cap.batch_done(rows + pad_rows, outcome.run_seconds, rows)
             except ServingError as exc:
                 if len(tasks) == 1 or exc.code is Code.UNAVAILABLE:
                     _fail(tasks, exc)
@@ -328,6 +356,7 @@ class Batcher:
             _fail(tasks, ServingError(Code.INTERNAL, f"Batch execution failed: {exc}"))
         finally:
             self._in_flight -= 1
+            queue.running_rows -= rows
             self._wake.set()
 
     async def _rerun_alone(self, queue: _Queue, tasks: list[_Task]) -> None:

@@ -153,6 +153,14 @@ FLAGS: tuple[Flag, ...] = (
     # tfgate's own flags
     Flag("config", str, "", "tfgate: TOML config file (cache, sync, admin, per-model settings)."),
     Flag("num_cpu_workers", int, 1, "tfgate: worker processes when no GPU is visible."),
+    Flag(
+        "adaptive_batching",
+        bool,
+        True,
+        "tfgate: with CPU workers, cut batches below max_batch_size at half the rows in the "
+        "system when the gateway is slower than the worker (docs/operations.md); false = TF "
+        "Serving's fixed behaviour.",
+    ),
     Flag("num_gpu_workers", int, -1, "tfgate: cap on GPU worker processes; -1 = one per GPU."),
     Flag(
         "worker_watchdog_seconds",

@@ -174,7 +174,7 @@ def test_predict_float32_formatting_is_tf_servings(http: httpx.Client) -> None:
 
 
 def test_large_float_bodies_answer_like_small_ones(http: httpx.Client) -> None:
-    """Bodies over 8 KiB take the simdjson lane (app/codec/json_dense.py): same answers, same
+    """Bodies of many numbers take the simdjson lane (app/codec/json_dense.py): same answers, same
     errors, and bodies it stands aside for (ragged, gzip, ints) still work."""
     values = [i / 8 for i in range(1500)]  # exact in float32
     body = json.dumps({"instances": values}).encode()

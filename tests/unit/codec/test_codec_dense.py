@@ -45,7 +45,7 @@ def _outcome(body: bytes, sig: SignatureSpec) -> object:
 
 def _both_ways(body: bytes, sig: SignatureSpec, monkeypatch: pytest.MonkeyPatch) -> tuple:
     """(outcome with the dense lane, outcome without it, whether the lane produced the tensors)."""
-    monkeypatch.setattr(codec, "DENSE_MIN_BODY_BYTES", 0)
+    monkeypatch.setattr(codec_json_dense, "DENSE_MIN_WEIGHT", 0)
     used = False
     try:
         parsed = codec.parse_predict_json(body)
@@ -135,7 +135,7 @@ def test_byte_order_mark_is_skipped_as_rapidjson_does(monkeypatch: pytest.Monkey
 def test_ragged_body_of_a_regular_size_gets_tf_servings_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(codec, "DENSE_MIN_BODY_BYTES", 0)
+    monkeypatch.setattr(codec_json_dense, "DENSE_MIN_WEIGHT", 0)
     body = b'{"instances": [[1, 2], [3, 4, 5], [6]]}'
     with pytest.raises(ServingError) as info:
         codec.decode_predict_inputs(codec.parse_predict_json(body), FLOAT_X)
@@ -148,12 +148,50 @@ def test_ragged_body_of_a_regular_size_gets_tf_servings_error(
 def test_image_body_takes_the_lane_at_the_default_threshold() -> None:
     image = np.random.default_rng(0).random((2, 28, 28, 1))
     body = orjson.dumps({"instances": image.tolist()})
-    assert len(body) >= codec_json_dense.DENSE_MIN_BODY_BYTES
     parsed = codec.parse_predict_json(body)
     tensors = codec.decode_predict_inputs(parsed, FLOAT_X)
     assert parsed.dense is not None and parsed._doc is None
     assert tensors["x"].dtype == np.float32 and tensors["x"].shape == (2, 28, 28, 1)
     assert np.array_equal(tensors["x"], image.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("shape", "number", "lane"),
+    [
+        # the structure decides, however short the numbers are printed
+        ((1, 28, 28, 1), "{:.4f}", True),  # ~7 KB, under the old 8 KiB byte threshold
+        ((1, 28, 28, 1), "{:.0f}", True),  # ~3 KB of one-digit ints
+        ((1, 8, 8, 1), "{:.4f}", True),  # 64 numbers but 74 lists
+        ((1, 256), "{:.4f}", True),
+        ((1, 256), "{!r}", True),
+        ((1, 64), "{!r}", False),  # ~1.2 KB flat: orjson + np.array is faster
+        ((1, 4), "{:.4f}", False),
+        ((2, 2), "{!r}", False),
+    ],
+)
+def test_lane_is_chosen_by_element_count_and_nesting(
+    shape: tuple[int, ...], number: str, lane: bool
+) -> None:
+    def text(array: np.ndarray) -> str:
+        if array.ndim == 1:
+            return "[" + ",".join(number.format(float(v)) for v in array) + "]"
+        return "[" + ",".join(text(sub) for sub in array) + "]"
+
+    values = np.random.default_rng(1).random(shape).astype(np.float32)
+    body = ('{"instances": ' + text(values) + "}").encode()
+    parsed = codec.parse_predict_json(body)
+    tensors = codec.decode_predict_inputs(parsed, FLOAT_X)
+    assert (parsed.dense is not None) is lane
+    assert tensors["x"].shape == shape
+
+
+def test_structure_guess_reads_a_bounded_prefix() -> None:
+    """A long body whose first DENSE_SCAN_BYTES hold few separators (a long string first) is not
+    scanned further, and the orjson path still decodes it."""
+    pad = "a" * codec_json_dense.DENSE_SCAN_BYTES
+    body = ('{"signature_name": "' + pad + '", "instances": ' + str([0.5] * 500) + "}").encode()
+    assert not codec_json_dense.worth_dense(body)
+    assert codec_json_dense.worth_dense(body[len(pad) :])
 
 
 def test_signed_zeros_keep_their_json_meaning(monkeypatch: pytest.MonkeyPatch) -> None:
