@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import simdjson
 
+from app.codec.json_dense import DENSE_SCAN_BYTES, worth_dense
 from app.codec.tensor import MAX_TENSOR_RANK, TensorBudget, to_float32
 from app.codec.v2_binary import decode_raw, encode_raw
 from app.codec.v2_datatypes import (
@@ -41,8 +42,6 @@ BINARY_DATA_OUTPUT = "binary_data_output"
 SIGNATURE_NAME = "signature_name"
 PLATFORM = "tensorflow_savedmodel"
 EXTENSIONS = ("binary_tensor_data",)
-# Bodies from this size on read float `data` with simdjson (below it orjson is as fast).
-DENSE_MIN_HEADER_BYTES = 8 * 1024
 _FLOAT_DATATYPES = frozenset(("FP16", "FP32", "FP64"))
 
 
@@ -170,7 +169,10 @@ def parse_infer_request(body: bytes, header_length: int | None) -> V2InferReques
             )
         header, binary = view[:header_length], view[header_length:]
     try:
-        document = _load_dense(header) if len(header) >= DENSE_MIN_HEADER_BYTES else None
+        # By structure, as TF Serving's JSON (json_dense.worth_dense()): V2's flat `data`
+        # crosses over at ~128 numbers in any number format (bench/analysis.md, "V2 JSON").
+        scan = bytes(header[:DENSE_SCAN_BYTES])
+        document = _load_dense(header) if worth_dense(scan) else None
         if document is None:
             document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:

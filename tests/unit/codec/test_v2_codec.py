@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from app.codec import v2_json, v2_proto
+from app.codec import json_dense, v2_json, v2_proto
 from app.codec.tensor import TensorBudget, unlimited_budget
 from app.codec.v2_binary import decode_raw, encode_raw
 from app.codec.v2_datatypes import V2_DATATYPE_BY_TF, v2_datatype, wire_dtype
@@ -355,8 +355,20 @@ def large_body(data: object, datatype: str = "FP32", shape: list[int] | None = N
                **extra: object) -> bytes:
     raw = body({"name": "a", "datatype": datatype, "shape": shape or [1500, 2], "data": data},
                **extra)
-    assert len(raw) >= v2_json.DENSE_MIN_HEADER_BYTES
+    assert json_dense.worth_dense(raw)
     return raw
+
+
+@pytest.mark.parametrize(("count", "dense"), [(16, False), (64, False), (256, True), (784, True)])
+@pytest.mark.parametrize("digits", ["%.4f", "%.6g", "%d"])
+def test_the_dense_path_is_chosen_by_number_count_not_body_bytes(
+    count: int, dense: bool, digits: str
+) -> None:
+    values = [float(digits % (v * 255)) for v in np.random.default_rng(5).random(count)]
+    raw = body({"name": "a", "datatype": "FP32", "shape": [1, count], "data": values})
+    assert len(raw) < 8 * 1024  # even a 784-number image in 4 decimals stays under 8 KiB
+    request = v2_json.parse_infer_request(raw, None)
+    assert isinstance(request.inputs[0].data, v2_json.DenseData) is dense
 
 
 def test_large_float_data_takes_the_dense_path_with_the_same_values() -> None:
