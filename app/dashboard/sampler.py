@@ -208,7 +208,8 @@ class LoadSampler:
     def series(self, since: float | None = None) -> dict[str, Any]:
         """The window as columns: {"t": [wall seconds...], "models": {model: {series:
         [value or None per t]}}}; only points newer than `since` when given."""
-        points = [p for p in self.points if since is None or p[0] > since]
+        # Compared as answered (rounded to ms): a client passes back the last t it got.
+        points = [p for p in self.points if since is None or round(p[0], 3) > since]
         times = [round(t, 3) for t, _ in points]
         models = sorted({m for _, point in points for m in point})
         columns: dict[str, dict[str, list[float | None]]] = {}
