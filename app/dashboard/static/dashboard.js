@@ -12,9 +12,10 @@
   const TRAFFIC_EVERY_MS = 10000;
   const SERIES = ["requests_per_second", "latency_p50_ms", "latency_p99_ms",
     "mean_batch_size", "errors_per_second"];
-  // Okabe-Ito: distinguishable with the common colour-vision deficiencies.
-  const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
-    "#000000", "#8C6D1F"];
+  // Okabe-Ito's hues (told apart with the common colour-vision deficiencies), the light ones
+  // (orange, sky blue) swapped for darker ones: every line is at least 3:1 on white.
+  const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#7B3294", "#8C6D1F",
+    "#000000", "#A6611A"];
 
   const state = {
     token: null,
@@ -276,13 +277,18 @@
     const left = 46, right = 8, top = 8, bottom = 20;
     const times = load.t;
     const end = times.length ? times[times.length - 1] : Date.now() / 1000;
-    const start = end - load.window_seconds;
+    // Until the window is full the axis spans the data there is, so the first minutes of
+    // a fresh server are not squeezed into its right edge.
+    const span = times.length
+      ? Math.min(load.window_seconds, Math.max(10 * load.interval_seconds, end - times[0]))
+      : load.window_seconds;
+    const start = end - span;
     let max = 0;
     for (const m of models) {
       for (const v of load.models[m][series]) if (v !== null && v > max) max = v;
     }
     max = niceCeiling(max);
-    const x = (t) => left + (width - left - right) * (t - start) / load.window_seconds;
+    const x = (t) => left + (width - left - right) * (t - start) / span;
     const y = (v) => top + (height - top - bottom) * (1 - v / max);
     ctx.font = "11px system-ui, sans-serif";
     ctx.fillStyle = "#454c57";
@@ -293,7 +299,7 @@
       ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(width - right, yy); ctx.stroke();
       ctx.fillText(fmt(max * frac, max < 10 ? 1 : 0), 4, yy + 4);
     }
-    ctx.fillText("-" + formatDuration(Math.round(load.window_seconds)), left, height - 5);
+    ctx.fillText("-" + formatDuration(Math.round(span)), left, height - 5);
     ctx.fillText("now", width - right - 22, height - 5);
     const latest = [];
     for (const m of models) {
@@ -309,6 +315,14 @@
         drawing = true;
       }
       ctx.stroke();
+      // A point with no neighbour (one sample, or between gaps) still shows, as a dot.
+      ctx.fillStyle = colorOf(m);
+      for (let i = 0; i < times.length; i++) {
+        const v = values[i];
+        const alone = v !== null && (i === 0 || values[i - 1] === null) &&
+          (i === times.length - 1 || values[i + 1] === null);
+        if (alone && times[i] >= start) ctx.fillRect(x(times[i]) - 2, y(v) - 2, 4, 4);
+      }
       const last = values.length ? values[values.length - 1] : null;
       latest.push(m + " " + fmt(last));
     }
@@ -416,7 +430,7 @@
     const loaded = v.state === "AVAILABLE" || v.state === "LOADING";
     return [
       String(num),
-      el("span", { class: "state state-" + v.state, text: v.state }),
+      el("span", { class: "state state-" + v.state + (v.error ? " bad" : ""), text: v.state }),
       v.error ? v.error.code + ": " + v.error.message : "",
       v.on_disk ? "yes" : "no",
       String(v.in_flight_requests || 0),
