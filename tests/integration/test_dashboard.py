@@ -369,3 +369,40 @@ def test_traffic_rule_renders_from_the_admin_json(page: Page) -> None:
         assert expected in text, (expected, text)
     page.screenshot("dashboard-traffic.png", '[data-model="m"]')
     assert page.errors == []
+
+
+SYNC = {
+    "source": "s3://models/m", "poll_seconds": 30, "last_attempt": "2026-01-02T03:04:05+00:00",
+    "last_success": None,
+    "last_error": {"version": 3, "message": "md5 mismatch for variables/variables.index",
+                   "at": "2026-01-02T03:04:05+00:00"},
+    "consecutive_failures": 4, "versions_synced": [1, 2], "remote_missing": False,
+}
+CACHE = {"enabled": True, "ttl_seconds": 60, "max_entry_bytes": 1024, "hits": 30,
+         "misses": 10, "coalesced": 0, "hit_ratio": 0.75, "breaker": "open"}
+
+
+def test_sync_and_cache_status_and_a_refused_action_verbatim(page: Page) -> None:
+    """A synced, cached model as the admin listing describes one (the fields of sync/loop.py's
+    and cache's describe, injected by request interception); Sync now on this server's model,
+    which has no sync source, shows the admin API's refusal verbatim."""
+
+    def listing(route) -> None:  # type: ignore[no-untyped-def]
+        response = route.fetch()
+        body = response.json()
+        for model in body["models"]:
+            model.update(sync=SYNC, cache=CACHE)
+        route.fulfill(response=response, json=body)
+
+    page.page.route("**/v1/admin/models", listing)
+    page.signed_in()
+    text = page.page.locator('[data-model="m"]').inner_text()
+    assert ("s3://models/m — failed: md5 mismatch for variables/variables.index "
+            "(4 failures in a row)") in text
+    assert "hit rate 75.0 % (30 hits, 10 misses), breaker open" in text
+    answer = confirm(page, "Sync now")
+    assert answer.startswith("POST /v1/admin/models/m/sync\nHTTP 400"), answer
+    with httpx.Client(base_url=page.url.rsplit("/dashboard", 1)[0]) as http:
+        direct = http.post("/v1/admin/models/m/sync", headers=admin_headers())
+    assert answer.split("\n", 2)[2] == direct.text  # the admin API's answer, verbatim
+    assert page.page.locator("#action-result").get_attribute("class") == "result bad"
