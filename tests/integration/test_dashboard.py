@@ -187,6 +187,10 @@ def test_page_refuses_access_without_a_token(page: Page, server: ServerProcess) 
 def test_models_and_versions_show_without_console_errors(
     page: Page, server: ServerProcess, light_load: None
 ) -> None:
+    requests: list[tuple[str, str]] = []
+    page.page.on("request", lambda r: requests.append((r.method, r.url)))
+    with server.client() as http:
+        before = http.get("/v1/admin/models", headers=admin_headers()).json()
     page.signed_in()
     # The token lives in this tab's session storage only.
     assert page.page.evaluate("sessionStorage.getItem('tfgate.adminToken')") == TOKEN
@@ -206,7 +210,20 @@ def test_models_and_versions_show_without_console_errors(
     assert "no traffic rule" in model.inner_text()
     wait_js(page, "() => Number(document.getElementById('chart-requests_per_second')"
                   ".dataset.points) >= 3")
+    page.page.wait_for_timeout(4500)  # at least one more poll of every kind
     assert page.errors == []
+    # Viewing only reads: every request the page made was a GET, and the models' pins,
+    # labels and versions are as they were.
+    assert {method for method, _ in requests} == {"GET"}, requests
+    assert any(url.endswith("/v1/admin/dashboard/stats") for _, url in requests)
+    with server.client() as http:
+        after = http.get("/v1/admin/models", headers=admin_headers()).json()
+
+    def shape(listing: dict) -> list:  # type: ignore[type-arg]
+        return [(m["name"], m["pinned_version"], m["labels"], m["serving_version"],
+                 [(v["version"], v["state"]) for v in m["versions"]]) for m in listing["models"]]
+
+    assert shape(after) == shape(before)
 
 
 def chart_state(page: Page) -> tuple[str, str, str]:

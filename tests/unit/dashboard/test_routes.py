@@ -105,3 +105,27 @@ def test_without_configured_tokens_stats_answer_as_the_admin_api_does() -> None:
     answer = http.get("/v1/admin/dashboard/stats", headers={"Authorization": "Bearer x"})
     assert answer.status_code == 503
     assert answer.json()["error"].startswith("The admin API is disabled")
+
+
+@pytest.mark.parametrize("with_dashboard", [True, False])
+def test_the_dashboard_is_served_wherever_the_admin_api_is(with_dashboard: bool) -> None:
+    """rest/server.py mounts the page beside the admin routes (the REST port, or the admin
+    port when [admin] port is set): the page calls the admin API on its own origin."""
+    import types
+
+    from app.rest.server import include_admin
+
+    metrics = Metrics()
+    server = types.SimpleNamespace(
+        admin=None,
+        admin_tokens=AdminTokens([TOKEN]),
+        dashboard=DashboardSources(LoadSampler(metrics), workers=list, draining=bool)
+        if with_dashboard else None,
+    )
+    app = FastAPI()
+    install_error_handler(app)
+    include_admin(app, server)  # type: ignore[arg-type]
+    http = TestClient(app)
+    assert http.get("/v1/admin/models").status_code == 401  # the admin API is there
+    assert http.get("/dashboard").status_code == (200 if with_dashboard else 404)
+    assert http.get("/v1/admin/dashboard/stats").status_code == (401 if with_dashboard else 404)
