@@ -34,6 +34,7 @@ PAGE_HEADERS = {
 }
 # The only files served, by URL name: nothing under the package is reachable by path.
 STATIC_FILES = {
+    "render.js": "text/javascript; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }

@@ -168,6 +168,8 @@ def test_page_refuses_access_without_a_token(page: Page, server: ServerProcess) 
     page.open()
     assert page.page.is_visible("#login")
     assert page.page.is_hidden("#app")
+    assert page.page.is_hidden("#reload-config")  # no action is offered before sign-in
+    assert page.page.is_hidden("#logout")
     assert page.page.evaluate("sessionStorage.length") == 0
     # The data behind the page answers as the admin API does.
     with server.client() as http:

@@ -53,12 +53,14 @@ def test_page_needs_no_token_and_carries_strict_headers() -> None:
     html = page.text
     # No inline script or style, no event-handler attributes, nothing from another origin.
     assert re.findall(r"<script[^>]*>", html) == [
-        '<script src="/dashboard/static/dashboard.js" defer>'
+        '<script src="/dashboard/static/render.js" defer>',
+        '<script src="/dashboard/static/dashboard.js" defer>',
     ]
     assert "<style" not in html and " style=" not in html
     assert not re.search(r"\son[a-z]+=", html)
     assert "http://" not in html and "https://" not in html
-    for name, media_type in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+    for name, media_type in (("dashboard.js", "text/javascript"), ("render.js", "text/javascript"),
+                             ("dashboard.css", "text/css")):
         file = http.get(f"/dashboard/static/{name}")
         assert file.status_code == 200
         assert file.headers["content-type"].startswith(media_type)
