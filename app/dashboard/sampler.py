@@ -161,8 +161,9 @@ class LoadSampler:
         self.capacity = math.ceil(window_seconds / interval_seconds)
         self._clock = clock
         self._wall_clock = wall_clock
-        # (wall time of the sample, {model: {series: value}})
-        self.points: collections.deque[tuple[float, dict[str, dict[str, float | None]]]] = (
+        # (wall time, {model: one value per SERIES}): tuples, not dicts, to keep a full
+        # ring of many models small (300 points x 200 models is 60k of them).
+        self.points: collections.deque[tuple[float, dict[str, tuple[float | None, ...]]]] = (
             collections.deque(maxlen=self.capacity)
         )
         self._last: tuple[float, dict[str, Reading]] | None = None
@@ -177,9 +178,11 @@ class LoadSampler:
         if self._last is not None:
             then, previous = self._last
             bounds = self.metrics.request_latency.buckets
-            self.points.append(
-                (self._wall_clock(), sample_between(previous, readings, now - then, bounds))
-            )
+            point = sample_between(previous, readings, now - then, bounds)
+            self.points.append((
+                self._wall_clock(),
+                {model: tuple(values[name] for name in SERIES) for model, values in point.items()},
+            ))
         self._last = (now, readings)
 
     def start(self) -> None:
@@ -214,8 +217,10 @@ class LoadSampler:
         models = sorted({m for _, point in points for m in point})
         columns: dict[str, dict[str, list[float | None]]] = {}
         for model in models:
+            rows = [point.get(model) for _, point in points]
             columns[model] = {
-                name: [point.get(model, {}).get(name) for _, point in points] for name in SERIES
+                name: [None if row is None else row[i] for row in rows]
+                for i, name in enumerate(SERIES)
             }
         return {
             "interval_seconds": self.interval_seconds,

@@ -218,6 +218,8 @@ def test_models_and_versions_show_without_console_errors(
     # labels and versions are as they were.
     assert {method for method, _ in requests} == {"GET"}, requests
     assert any(url.endswith("/v1/admin/dashboard/stats") for _, url in requests)
+    # after the first poll, only the points the page does not hold yet
+    assert any("/v1/admin/dashboard/stats?since=" in url for _, url in requests)
     with server.client() as http:
         after = http.get("/v1/admin/models", headers=admin_headers()).json()
 
@@ -248,11 +250,35 @@ def test_charts_move_under_load(page: Page, light_load: None) -> None:
     # Under load the requests chart shows a positive latest rate for m.
     latest = float(label.rsplit("m ", 1)[1])
     assert latest > 0, label
+    # The page fetched only new points (since=) and holds one consistent window.
+    held = page.page.evaluate("() => window.tfgateDashboard.state.load")
+    assert held["t"] == sorted(set(held["t"])) and len(held["t"]) >= 3
+    assert all(len(values) == len(held["t"]) for values in held["models"]["m"].values())
     if UPDATE_SCREENSHOTS:  # a few more seconds of load first, for a readable picture
         wait_js(page, "() => Number(document.getElementById('chart-requests_per_second')"
                       ".dataset.points) >= 20", timeout_seconds=40)
         page.screenshot("dashboard-overview.png")
     assert page.errors == []
+
+
+MERGE = """() => {
+  const merge = window.tfgateDashboard.mergeLoad;
+  const cols = (v) => ({requests_per_second: v, errors_per_second: v});
+  const held = {interval_seconds: 1, window_seconds: 3, t: [10, 11, 12],
+                models: {a: cols([1, 2, 3]), gone: cols([5, null, null])}};
+  const delta = {interval_seconds: 1, window_seconds: 3, t: [13, 14],
+                 models: {a: cols([4, 5]), b: cols([7, 8])}};
+  return merge(held, delta);
+}"""
+
+
+def test_the_held_load_window_merges_new_points_and_trims(page: Page) -> None:
+    page.signed_in()
+    merged = page.page.evaluate(MERGE)
+    assert merged["t"] == [12, 13, 14]  # 3 s window: points after 14 - 3
+    assert merged["models"]["a"]["requests_per_second"] == [3, 4, 5]
+    assert merged["models"]["b"]["requests_per_second"] == [None, 7, 8]
+    assert "gone" not in merged["models"]  # nothing left of it in the window
 
 
 def confirm(page: Page, button_label: str) -> str:

@@ -17,6 +17,7 @@
     models: [],
     traffic: {},        // model -> {status, body, at}
     stats: null,
+    load: null,         // the load window held here, grown by each stats poll
     busy: false,
   };
 
@@ -67,6 +68,8 @@
     for (const timer of state.timers) clearInterval(timer);
     state.timers = [];
     state.modelsText = "";
+    state.load = null;
+    state.stats = null;
     showLogin(message);
   }
 
@@ -98,7 +101,10 @@
 
   async function refreshStats() {
     try {
-      const answer = await api("GET", "/v1/admin/dashboard/stats");
+      // Only the points after the last one held here: the page keeps the window itself.
+      const held = state.load ? state.load.t : [];
+      const since = held.length ? "?since=" + held[held.length - 1] : "";
+      const answer = await api("GET", "/v1/admin/dashboard/stats" + since);
       if (answer.status === 200) applyStats(answer.json);
       else status("Stats: HTTP " + answer.status + " " + answer.text);
     } catch (error) {
@@ -149,14 +155,51 @@
   // --- stats: server line, workers, cache, charts ---
 
   function applyStats(stats) {
+    // A server that restarted (its uptime went back) starts a new window.
+    if (state.stats && stats.uptime_seconds < state.stats.uptime_seconds) state.load = null;
     state.stats = stats;
+    state.load = mergeLoad(state.load, stats.load);
     const uptime = Math.round(stats.uptime_seconds);
     $("server-state").textContent = (stats.draining ? "Draining for shutdown · " : "Serving · ") +
       "up " + formatDuration(uptime) + " · server time " +
       new Date(stats.server_time * 1000).toLocaleTimeString();
     $("workers").replaceChildren(renderWorkers(stats.workers || []));
     $("cache").replaceChildren(renderCache(stats.cache));
-    drawCharts(stats.load);
+    drawCharts(state.load);
+  }
+
+  // The held window plus the points of `delta` (the stats' load, newer points only), with
+  // every model's columns the length of `t` (null where a model had no point), trimmed to
+  // the last window_seconds.
+  function mergeLoad(held, delta) {
+    if (!held) return delta;
+    const before = held.t.length;
+    const t = held.t.concat(delta.t);
+    const models = {};
+    for (const name of new Set([...Object.keys(held.models), ...Object.keys(delta.models)])) {
+      models[name] = {};
+      const old = held.models[name];
+      const added = delta.models[name];
+      for (const series of Object.keys((old || added))) {
+        const head = old ? old[series] : new Array(before).fill(null);
+        const tail = added ? added[series] : new Array(delta.t.length).fill(null);
+        models[name][series] = head.concat(tail);
+      }
+    }
+    const end = t.length ? t[t.length - 1] : 0;
+    let drop = 0;
+    while (drop < t.length && t[drop] <= end - delta.window_seconds) drop++;
+    const load = { interval_seconds: delta.interval_seconds,
+      window_seconds: delta.window_seconds, t: t.slice(drop), models: {} };
+    for (const [name, columns] of Object.entries(models)) {
+      const kept = {};
+      for (const [series, values] of Object.entries(columns)) kept[series] = values.slice(drop);
+      // A model with no value left in the window (removed from the config) leaves the charts.
+      if (Object.values(kept).some((values) => values.some((v) => v !== null))) {
+        load.models[name] = kept;
+      }
+    }
+    return load;
   }
 
   // --- models ---
@@ -330,7 +373,7 @@
   }
 
   // For tests and the curious: the renderers are pure functions of the API's JSON.
-  window.tfgateDashboard = { state, renderTraffic, renderModel };
+  window.tfgateDashboard = { state, renderTraffic, renderModel, mergeLoad };
 
   document.addEventListener("DOMContentLoaded", start);
 })();
