@@ -197,6 +197,7 @@ def test_installed_server_serves_rest_and_grpc_and_exits_0_on_sigterm(
         # The dashboard's files are package data: the installed package serves them.
         for path, expected in (("/dashboard", b"/dashboard/static/dashboard.js"),
                                ("/dashboard/static/dashboard.js", b"tfgateDashboard"),
+                               ("/dashboard/static/render.js", b"tfgateRender"),
                                ("/dashboard/static/dashboard.css", b"--accent")):
             with opener.open(f"http://127.0.0.1:{rest_port}{path}", timeout=60) as response:
                 assert response.status == 200, path
