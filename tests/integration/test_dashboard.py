@@ -451,3 +451,16 @@ def test_sync_and_cache_status_and_a_refused_action_verbatim(page: Page) -> None
         direct = http.post("/v1/admin/models/m/sync", headers=admin_headers())
     assert answer.split("\n", 2)[2] == direct.text  # the admin API's answer, verbatim
     assert page.page.locator("#action-result").get_attribute("class") == "result bad"
+
+
+def test_a_server_without_admin_tokens_shows_why_and_no_data(page: Page) -> None:
+    """Such a server answers every admin route 503 with this text (unit-tested on the routes:
+    tests/unit/dashboard/test_routes.py); the page shows it on the sign-in form."""
+    disabled = {"error": "The admin API is disabled: no admin tokens are configured "
+                         "([admin] tokens_file or TFGATE_ADMIN_TOKENS)"}
+    page.page.route("**/v1/admin/**", lambda route: route.fulfill(status=503, json=disabled))
+    page.open().sign_in()
+    wait_js(page, "() => document.getElementById('login-error').textContent"
+                  ".startsWith('The admin API is disabled')")
+    assert page.page.is_hidden("#app")
+    assert page.page.evaluate("sessionStorage.length") == 0
