@@ -28,6 +28,8 @@ from app.cache.config import load_cache_config
 from app.cache.result_cache import ResultCache
 from app.core.errors import STARTUP_FAILURE_EXIT_STATUS, ServingError, StartupError
 from app.core.state_events import StateEventBus
+from app.dashboard.sampler import LoadSampler
+from app.dashboard.stats import DashboardSources
 from app.lifecycle.config_watch import ConfigWatcher
 from app.lifecycle.discovery import Discovery
 from app.lifecycle.manager import LoadOptions, VersionManager
@@ -116,6 +118,7 @@ class Server:
     monitoring_path: str = ""
     model_sync: ModelSync | None = None
     cache: ResultCache | None = None
+    dashboard: DashboardSources | None = None
     rest_server: uvicorn.Server | None = None
     admin_server: uvicorn.Server | None = None
     grpc_server: Any = None
@@ -134,6 +137,8 @@ class Server:
         if self.grpc_server is not None:
             with contextlib.suppress(Exception):
                 await self.grpc_server.stop(DRAIN_SECONDS)
+        if self.dashboard is not None:
+            await self.dashboard.sampler.close()
         if self.config_watcher is not None:
             await self.config_watcher.close()
         if self.model_sync is not None:
@@ -212,6 +217,12 @@ async def build_server(settings: Settings) -> Server:
     )
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
+    server.dashboard = DashboardSources(
+        sampler=LoadSampler(metrics),
+        workers=pool.describe_workers,
+        draining=lambda: server.draining,
+        cache=cache.overview if cache is not None else None,
+    )
     read_sync_configs = functools.partial(
         load_sync_configs, settings.sync_tables, config_file=settings.file.path
     )
@@ -316,6 +327,8 @@ async def run(settings: Settings) -> int:
         return STARTUP_FAILURE_EXIT_STATUS
     await server.pool.start()
     server.batcher.start()
+    if server.dashboard is not None:
+        server.dashboard.sampler.start()
     try:
         server.admin.restore_pins()
         if server.model_sync is not None:

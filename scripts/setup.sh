@@ -12,6 +12,9 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+# tests/integration/test_dashboard.py drives the dashboard in Debian's chromium (Playwright
+# uses it through executable_path; it downloads no browser of its own)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq

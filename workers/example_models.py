@@ -74,6 +74,20 @@ def _half_plus_two() -> _Export:
     return module, signatures
 
 
+def _half_plus_three() -> _Export:
+    """y = 0.5x + 3 (as TF Serving's saved_model_half_plus_three): a second version of a
+    model that answers differently from half_plus_two, to tell versions apart by output."""
+    module = tf.Module()
+    module.a = tf.Variable(0.5)
+    module.b = tf.Variable(3.0)
+
+    @tf.function(input_signature=[_spec([None, 1], tf.float32, "x")])
+    def predict(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": module.a * x + module.b}
+
+    return module, {"serving_default": predict}
+
+
 def _tiny() -> _Export:
     """The smallest real model: y = 0.5x + 2; measures per-request overhead."""
     module = tf.Module()
@@ -253,6 +267,7 @@ def _image() -> _Export:
 # name -> builder; "slow" takes its delay, the rest take nothing.
 _BUILDERS: dict[str, Callable[[], _Export]] = {
     "half_plus_two": _half_plus_two,
+    "half_plus_three": _half_plus_three,
     "multi_io": _multi_io,
     "int_ops": _int_ops,
     "strings": _strings,

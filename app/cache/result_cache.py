@@ -476,6 +476,21 @@ class ResultCache:
 
     # --- admin and lifecycle ---
 
+    def overview(self) -> dict[str, Any]:
+        """The whole cache at a glance (the dashboard): Redis address, breaker state and the
+        rows answered from it, over every model."""
+        hits = int(sum(self.metrics.hits.values.values()))
+        misses = int(sum(self.metrics.misses.values.values()))
+        lookups = hits + misses
+        return {
+            "address": self.config.address.describe(),
+            "breaker": self.breaker.state.name.lower(),
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": round(hits / lookups, 4) if lookups else None,
+            "models": sorted(self.config.models),
+        }
+
     def describe(self, model: str) -> dict[str, Any]:
         """Extra fields for the admin model listing: the model's cache settings and hits."""
         settings = self.config.models.get(model)

@@ -7,6 +7,7 @@ Serving's body shape `{"error": "..."}` and its code -> HTTP table.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -53,11 +54,25 @@ def install_error_handler(app: FastAPI) -> None:
         return _json({"error": "Internal server error"}, 500)
 
 
-def admin_router(admin: AdminApi, tokens: AdminTokens) -> APIRouter:
+# Admin answers describe live state: no browser or proxy may keep a copy (the dashboard
+# polls them; a cached listing would show a pin that is gone).
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def admin_authorizer(tokens: AdminTokens) -> Callable[..., None]:
+    """The FastAPI dependency every admin route (and the dashboard's data route) runs."""
+
     def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
         tokens.check(authorization)
 
-    router = APIRouter(prefix="/v1/admin", dependencies=[Depends(authorize)])
+    return authorize
+
+
+def admin_router(admin: AdminApi, tokens: AdminTokens) -> APIRouter:
+    router = APIRouter(prefix="/v1/admin", dependencies=[Depends(admin_authorizer(tokens))])
+
+    def _json(payload: Any) -> Response:
+        return Response(orjson.dumps(payload), media_type="application/json", headers=NO_STORE)
 
     @router.get("/models")
     async def list_models() -> Response:

@@ -16,6 +16,7 @@ from app.ops.health import server_ready
 from app.rest import ops_routes
 from app.rest.admin_routes import admin_router, install_error_handler
 from app.rest.api import TfServingRestApi
+from app.rest.dashboard_routes import dashboard_router
 from app.rest.edge import HttpLimits, edge_protocol
 from app.rest.ops_routes import create_ops_app
 from app.rest.v2_routes import V2RestApi
@@ -23,6 +24,7 @@ from app.settings.settings import Settings, request_tensor_limit_bytes
 
 if TYPE_CHECKING:
     from app.admin.api import AdminApi, AdminTokens
+    from app.dashboard.stats import DashboardSources
     from app.serving.auth import InferenceAuth
     from app.serving.service import ServingService
     from app.settings.settings import Settings
@@ -43,6 +45,7 @@ class Server(ops_routes.Server, Protocol):
     inference_auth: InferenceAuth
     admin: AdminApi
     admin_tokens: AdminTokens
+    dashboard: DashboardSources | None
     rest_server: uvicorn.Server | None
     admin_server: uvicorn.Server | None
 
@@ -113,6 +116,15 @@ def admin_port(server: Server) -> int:
     return server.settings.admin.port
 
 
+def include_admin(app: FastAPI, server: Server) -> None:
+    """The admin API and, beside it, the dashboard that calls it: on the REST port, or on
+    the admin port when [admin] port is set (the page calls the admin API on its own
+    origin)."""
+    app.include_router(admin_router(server.admin, server.admin_tokens))
+    if server.dashboard is not None:
+        app.include_router(dashboard_router(server.dashboard, server.admin_tokens))
+
+
 async def start_rest(server: Server) -> None:
     settings = server.settings
     if settings.rest_api_port == 0:
@@ -126,7 +138,7 @@ async def start_rest(server: Server) -> None:
     ops_app = create_ops_app(server)
     install_error_handler(ops_app)
     if admin_port(server) == 0:
-        ops_app.include_router(admin_router(server.admin, server.admin_tokens))
+        include_admin(ops_app, server)
     app = TfServingRestApi(
         server.service,
         ops_app,
@@ -165,6 +177,6 @@ async def start_admin(server: Server) -> None:
     host = server.settings.admin.host
     app = FastAPI(title="tfgate admin", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handler(app)
-    app.include_router(admin_router(server.admin, server.admin_tokens))
+    include_admin(app, server)
     server.admin_server = await serve_asgi(app, host, port, server.settings)
     log.info("Exporting the admin API at %s:%d", host, port)

@@ -153,6 +153,12 @@ class WorkerPool:
         """(worker index, resident bytes from its last reply that carried it), live workers."""
         return [(w.index, w.last_rss_bytes) for w in self.workers if w.alive]
 
+    def describe_workers(self) -> list[dict[str, object]]:
+        """Each worker process as the dashboard shows it: alive, restarts, what it runs now
+        (batches in flight, their rows, the oldest one's age), servables held, resident
+        memory from its last reply. Read only."""
+        return [w.describe(time.monotonic()) for w in self.workers]
+
     # --- inference ---
 
     def pick_worker(self, servable: ServableId) -> WorkerProcess:

@@ -200,6 +200,23 @@ class WorkerProcess:
             inner_shapes,
         )
 
+    def describe(self, now: float) -> dict[str, object]:
+        """What the dashboard shows of this worker (see WorkerPool.describe_workers)."""
+        runs = [c for c in self.pending.values() if c.is_run]
+        return {
+            "index": self.index,
+            "pid": self.process.pid if self.process is not None and self.alive else None,
+            "gpu": self.gpu_id or None,
+            "alive": self.alive,
+            "restarts": self.restarts,
+            "batches_in_flight": len(runs),
+            "rows_in_flight": sum(c.rows for c in runs),
+            "oldest_batch_seconds": round(self.oldest_run_age_seconds(now), 3),
+            "servables": len(self.servables),
+            "restoring": len(self.restoring),
+            "rss_bytes": self.last_rss_bytes if self.alive else None,
+        }
+
     def oldest_run_age_seconds(self, now: float) -> float:
         ages = [now - c.started for c in self.pending.values() if c.is_run]
         return max(ages, default=0.0)

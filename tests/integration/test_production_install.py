@@ -194,6 +194,15 @@ def test_installed_server_serves_rest_and_grpc_and_exits_0_on_sigterm(
                   else np.asarray(y.float_val, np.float32))
         assert values.tolist() == [2.5, 3.0, 4.5]
 
+        # The dashboard's files are package data: the installed package serves them.
+        for path, expected in (("/dashboard", b"/dashboard/static/dashboard.js"),
+                               ("/dashboard/static/dashboard.js", b"tfgateDashboard"),
+                               ("/dashboard/static/render.js", b"tfgateRender"),
+                               ("/dashboard/static/dashboard.css", b"--accent")):
+            with opener.open(f"http://127.0.0.1:{rest_port}{path}", timeout=60) as response:
+                assert response.status == 200, path
+                assert expected in response.read(), path
+
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log_path.read_text(errors="replace")[-5000:]
     log = log_path.read_text(errors="replace")

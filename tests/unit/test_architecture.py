@@ -19,8 +19,9 @@ app/__main__.py, the composition root and the CLI, may import every folder; noth
     serving      core ops settings codec runtime cache lifecycle
     admin        core ops settings lifecycle
     sync         core ops settings lifecycle
+    dashboard    core ops           (the load sampler reads metrics; the rest is passed in)
     rpc/h2       core ops           (the HTTP/2 transport knows frames and calls, not servicers)
-    rest         core ops settings codec serving admin lifecycle
+    rest         core ops settings codec serving admin lifecycle dashboard
     rpc          core ops settings codec serving admin lifecycle rpc/h2
 
 DESIGN.md's diagram lists the folders top-down from core without drawing the edges; this table
@@ -51,8 +52,9 @@ ALLOWED: dict[str, frozenset[str]] = {
         "serving": "core ops settings codec runtime cache lifecycle",
         "admin": "core ops settings lifecycle",
         "sync": "core ops settings lifecycle",
+        "dashboard": "core ops",
         "rpc/h2": "core ops",
-        "rest": "core ops settings codec serving admin lifecycle",
+        "rest": "core ops settings codec serving admin lifecycle dashboard",
         "rpc": "core ops settings codec serving admin lifecycle rpc/h2",
     }.items()
 }

@@ -106,6 +106,12 @@ async def test_miss_then_hit(cache: ResultCache, redis: RedisProcess) -> None:
     assert redis.dbsize() == 3  # one entry per row
     assert (count(cache, "hits", "m"), count(cache, "misses", "m")) == (3, 3)
     assert cache.describe("m")["cache"]["hit_ratio"] == 0.5
+    # the dashboard's overview: every model's rows, the breaker, no password in the address
+    overview = cache.overview()
+    assert (overview["hits"], overview["misses"], overview["hit_ratio"]) == (3, 3, 0.5)
+    assert overview["breaker"] == "closed"
+    assert overview["models"] == ["m"]
+    assert overview["address"] == cache.config.address.describe()
 
 
 async def test_partial_hits_run_only_the_missing_rows_and_merge_in_order(

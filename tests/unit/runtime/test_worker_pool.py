@@ -137,3 +137,39 @@ async def test_close_cancels_every_supervisor(monkeypatch) -> None:  # type: ign
     assert len(tasks) == 2
     await asyncio.wait_for(pool.close(), 5.0)
     assert all(t.done() for t in tasks)
+
+
+def test_describe_workers_shows_the_current_batch_and_restarts() -> None:
+    """What the dashboard shows of each worker: a real WorkerProcess object (not started),
+    with two runs and a load in flight."""
+    from app.runtime.worker import WorkerProcess, _Call
+
+    pool = WorkerPool(PoolOptions(num_workers=2))
+    worker = pool.workers[0]
+    assert isinstance(worker, WorkerProcess)
+    assert pool.describe_workers()[0] == {
+        "index": 0, "pid": None, "gpu": None, "alive": False, "restarts": 0,
+        "batches_in_flight": 0, "rows_in_flight": 0, "oldest_batch_seconds": 0.0,
+        "servables": 0, "restoring": 0, "rss_bytes": None,
+    }
+    now = time.monotonic()
+    loop = asyncio.new_event_loop()
+    try:
+        worker.pending = {
+            1: _Call(loop.create_future(), None, rows=8, started=now - 2.0, is_run=True),
+            2: _Call(loop.create_future(), None, rows=3, started=now - 0.5, is_run=True),
+            3: _Call(loop.create_future(), None, rows=0, started=now - 9.0, is_run=False),
+        }
+        worker.alive = True
+        worker.restarts = 2
+        worker.last_rss_bytes = 1 << 20
+        worker.servables = {ServableId("m", 1)}
+        described = pool.describe_workers()
+    finally:
+        loop.close()
+    first = described[0]
+    assert (first["alive"], first["restarts"], first["rss_bytes"]) == (True, 2, 1 << 20)
+    assert (first["batches_in_flight"], first["rows_in_flight"]) == (2, 11)
+    assert 2.0 <= first["oldest_batch_seconds"] < 3.0  # the oldest run, not the load
+    assert first["servables"] == 1
+    assert [w["index"] for w in described] == [0, 1]

@@ -62,6 +62,7 @@ SIGNATURES: dict[str, dict[str, tuple[Spec, Spec]]] = {
         "regress": ({"inputs": (S, (-1,))}, {"outputs": (F, (-1,))}),
     },
     "slow": {"serving_default": ({"x": (F, (-1, 1))}, {"y": (F, (-1, 1))})},
+    "half_plus_three": {"serving_default": ({"x": (F, (-1, 1))}, {"y": (F, (-1, 1))})},
     "tiny": {"serving_default": ({"x": (F, (-1, 1))}, {"y": (F, (-1, 1))})},
     "dnn": {"serving_default": ({"x": (F, (-1, 256))}, {"y": (F, (-1, 1))})},
     "cnn": {"serving_default": ({"x": (F, (-1, 28, 28, 1))}, {"logits": (F, (-1, 10))})},
@@ -193,6 +194,13 @@ def test_tiny_is_half_plus_two(loaded: Callable[[str], SavedModelRunner]) -> Non
     x = np.array([[0.0], [2.0], [-4.0]], np.float32)
     np.testing.assert_array_equal(
         loaded("tiny").run("serving_default", {"x": x}, [])["y"], 0.5 * x + 2
+    )
+
+
+def test_half_plus_three_answers_differently(loaded: Callable[[str], SavedModelRunner]) -> None:
+    x = np.array([[0.0], [2.0]], np.float32)
+    np.testing.assert_array_equal(
+        loaded("half_plus_three").run("serving_default", {"x": x}, [])["y"], 0.5 * x + 3
     )
 
 

@@ -1,0 +1,1 @@
+"""The operator's web dashboard: static page, live load sampler and the stats it serves."""
