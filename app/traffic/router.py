@@ -284,6 +284,8 @@ class TrafficRouter:
             )
         key = "r:" + request_id if request_id is not None else "k:" + str(routing_key)
         found = self._recent.get(key)
+        if found is not None and found[0] is not live and routing_key is not None:
+            found = None  # a key last routed by a replaced rule: where it hashes now
         if found is not None:
             served_by, arm = found
             if served_by is not live:
