@@ -29,11 +29,12 @@ from app.lifecycle.discovery import Discovery
 from app.lifecycle.manager import VersionManager, initial_load_error
 from app.lifecycle.registry import ModelRecord, Registry
 from app.lifecycle.state_file import StateFile
+from app.lifecycle.traffic_rules import TrafficRules
 from app.settings import model_config
 from app.settings.model_config import ModelConfig
 from app.settings.settings import SettingsError
 from app.traffic.router import LiveRule, TrafficRouter
-from app.traffic.rules import TrafficRule, parse_rule
+from app.traffic.rules import TrafficRule
 
 log = logging.getLogger("tfgate.server_core")
 
@@ -96,12 +97,9 @@ class ServerCore:
         # Synced models whose base_path a reload changed while a version served: the old
         # base path's versions keep serving until the new one holds a version to load.
         self._moving: dict[str, str] = {}
-        # Traffic rules (attach_traffic): the live rules, and the state file section they
-        # persist to ({model: entry, or None for a rule deleted through the admin API,
-        # which then overrides the TOML's}).
+        # Traffic rules (attach_traffic): the live rules, and who changes and persists them.
         self.traffic: TrafficRouter | None = None
-        self._traffic_file: StateFile | None = None
-        self._toml_rules: dict[str, TrafficRule] = {}
+        self._traffic_rules: TrafficRules | None = None
 
     # --- startup ---
 
@@ -412,7 +410,7 @@ class ServerCore:
         if record is not None and record.state is VersionState.END and record.error:
             del model.versions[version]
 
-    # --- traffic rules ---
+    # --- traffic rules (lifecycle/traffic_rules.py keeps and persists them) ---
 
     def attach_traffic(
         self, router: TrafficRouter, state_file: StateFile, toml_rules: dict[str, TrafficRule]
@@ -420,143 +418,24 @@ class ServerCore:
         """Traffic rules are served by `router`, persisted in `state_file`'s "traffic"
         section; `toml_rules` are the [models.NAME.traffic] tables."""
         self.traffic = router
-        self._traffic_file = state_file
-        self._toml_rules = dict(toml_rules)
-        router.rollback_observers.append(self._rolled_back)
+        self._traffic_rules = TrafficRules(self.registry, router, state_file, toml_rules)
 
     def restore_traffic(self) -> None:
-        """At startup (after the pins): each model's rule from the state file if it has an
-        entry there (a rule set through the admin API, or None for one deleted there), else
-        from the TOML. A rule on a pinned model is not applied (logged)."""
-        if self.traffic is None or self._traffic_file is None:
-            return
-        saved = self._traffic_section()
-        for name in sorted(set(saved) | set(self._toml_rules)):
-            model = self.registry.configured(name)
-            if model is None:
-                log.warning("Traffic rule of model %s not applied: the model is not "
-                            "configured", name)
-                continue
-            if name in saved:
-                entry = saved[name]
-                if entry is None:
-                    continue
-                try:
-                    rule = parse_rule(entry.get("rule") if isinstance(entry, dict) else None)
-                except ValueError as exc:
-                    log.error("Ignoring the persisted traffic rule of model %s: %s", name, exc)
-                    continue
-                started_at = entry.get("started_at")
-                rolled_back = entry.get("rolled_back") is True
-                reason = entry.get("rollback_reason")
-            else:
-                rule, started_at, rolled_back, reason = self._toml_rules[name], None, False, None
-            if model.pinned is not None:
-                log.error("Traffic rule of model %s not applied: %s", name,
-                          _pinned_text(name, model.pinned))
-                continue
-            self.traffic.set_rule(
-                name,
-                rule,
-                started_at=float(started_at) if isinstance(started_at, int | float) else None,
-                rolled_back=rolled_back,
-                rollback_reason=reason if isinstance(reason, str) else None,
-            )
-            log.info("Traffic rule of model %s applied (%s)", name,
-                     "state file" if name in saved else "config")
+        """At startup, after the pins (TrafficRules.restore)."""
+        if self._traffic_rules is not None:
+            self._traffic_rules.restore()
 
     def set_traffic(self, name: str, rule: TrafficRule) -> LiveRule:
-        """Replace a model's traffic rule (persisted first: a rule that could not be saved
-        is not applied). In-flight requests finish on the rule that routed them."""
-        traffic = self._traffic_router()
-        model = self.registry.configured(name)
-        if model is None:
-            raise ServingError(Code.NOT_FOUND, f"Model {name} is not configured")
-        if model.pinned is not None:
-            raise ServingError(Code.FAILED_PRECONDITION, _pinned_text(name, model.pinned))
-        for arm in rule.arms:
-            if arm.label is not None and arm.label not in model.labels:
-                raise ServingError(
-                    Code.FAILED_PRECONDITION,
-                    f"Arm {arm.name}: model {name} has no version label {arm.label!r}",
-                )
-            if arm.version is not None and arm.version not in model.available_versions():
-                raise ServingError(
-                    Code.FAILED_PRECONDITION,
-                    f"Arm {arm.name}: version {arm.version} of model {name} is not available; "
-                    "load it first",
-                )
-        if rule.shadow is not None and rule.shadow.version not in model.available_versions():
-            raise ServingError(
-                Code.FAILED_PRECONDITION,
-                f"Shadow version {rule.shadow.version} of model {name} is not available; "
-                "load it first",
-            )
-        previous = traffic.rules.get(name)
-        live = traffic.set_rule(name, rule)
-        try:
-            self._save_traffic(name)
-        except ServingError:
-            if previous is None:
-                traffic.delete_rule(name)
-            else:
-                traffic.rules[name] = previous
-            raise
-        log.info("Traffic rule of model %s set: %s", name, rule.document())
-        return live
+        """Replace a model's traffic rule; refused while the model is pinned."""
+        return self._traffic_owner().set(name, rule)
 
     def delete_traffic(self, name: str) -> None:
-        traffic = self._traffic_router()
-        previous = traffic.rules.get(name)
-        if previous is None:
-            raise ServingError(Code.NOT_FOUND, f"Model {name} has no traffic rule")
-        traffic.delete_rule(name)
-        try:
-            self._save_traffic(name)
-        except ServingError:
-            traffic.rules[name] = previous
-            raise
-        log.info("Traffic rule of model %s deleted", name)
+        self._traffic_owner().delete(name)
 
-    def _traffic_router(self) -> TrafficRouter:
-        if self.traffic is None:
+    def _traffic_owner(self) -> TrafficRules:
+        if self._traffic_rules is None:
             raise ServingError(Code.UNAVAILABLE, "Traffic rules are not enabled")
-        return self.traffic
-
-    def _traffic_section(self) -> dict[str, Any]:
-        assert self._traffic_file is not None
-        section = self._traffic_file.read().get("traffic", {})
-        if not isinstance(section, dict):
-            log.error("Ignoring the traffic section of the admin state file: not an object")
-            return {}
-        return section
-
-    def _save_traffic(self, name: str) -> None:
-        """Write `name`'s rule as it is now (None: deleted; dropped from the file when no
-        TOML rule would come back in its place)."""
-        assert self.traffic is not None and self._traffic_file is not None
-        section = dict(self._traffic_section())
-        entry = self.traffic.persisted(name)
-        if entry is None and name not in self._toml_rules:
-            section.pop(name, None)
-        else:
-            section[name] = entry
-        try:
-            self._traffic_file.write_section("traffic", section)
-        except OSError as exc:
-            raise ServingError(
-                Code.UNAVAILABLE,
-                f"Cannot write the admin state file {self._traffic_file.path}: "
-                f"{exc.strerror or exc}; nothing was changed",
-            ) from None
-
-    def _rolled_back(self, live: LiveRule) -> None:
-        """A canary rolled back by itself: persist it, so a restart does not ramp again."""
-        if self.traffic is not None and self.traffic.rules.get(live.model) is live:
-            try:
-                self._save_traffic(live.model)
-            except ServingError as exc:
-                log.error("Model %s: the rollback was not persisted: %s", live.model, exc.message)
+        return self._traffic_rules
 
     # --- model sync ---
 
@@ -578,12 +457,6 @@ class ServerCore:
                 f"Model {name} is not synced: there is no [models.{name}.sync] table",
             )
         await self.model_sync.sync_now(name, wait_seconds)
-
-
-def _pinned_text(name: str, version: int) -> str:
-    return (
-        f"Model {name} has a pinned version {version}; unpin it before setting a traffic rule"
-    )
 
 
 def _first_load_pending(model: ModelRecord) -> bool:
