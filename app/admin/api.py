@@ -285,6 +285,16 @@ class AdminApi:
                     Code.FAILED_PRECONDITION,
                     f"Version {version} of model {name} is pinned; unpin it first",
                 )
+            live = self.core.traffic.rules.get(name) if self.core.traffic else None
+            if live is not None and (
+                any(arm.version == version for arm in live.arms)
+                or (live.rule.shadow is not None and live.rule.shadow.version == version)
+            ):
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    f"Version {version} of model {name} is served by its traffic rule; "
+                    "change or delete the rule first",
+                )
             self.core.scan([name])
             if version not in model.on_disk and version not in model.versions:
                 # Excluding a version nobody has seen would hide it for good once published.

@@ -186,7 +186,7 @@ class ServingService:
         answer was produced; dropped when the bounded queue is full)."""
         shadow = live.rule.shadow
         traffic = self.traffic
-        if shadow is None or traffic is None or live.rng.random() >= shadow.fraction:
+        if shadow is None or traffic is None or live.shadow_rng.random() >= shadow.fraction:
             return
 
         async def run_shadow() -> None:

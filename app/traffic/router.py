@@ -91,6 +91,9 @@ class LiveRule:
         self.rolled_back = rolled_back
         self.rollback_reason = rollback_reason
         self.rng = random.Random(rule.seed)
+        # Which requests get a shadow copy: its own stream, so shadowing does not change
+        # the seeded arm draws.
+        self.shadow_rng = random.Random(None if rule.seed is None else rule.seed + 1)
         self.configured_weights = [a.weight for a in self.arms]
         self.bandit_weights: list[float] | None = None
         self._outcomes_since_bandit = 0

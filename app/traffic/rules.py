@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_ARMS = 16
 MAX_RAMP_STEPS = 32
+# Shadow copies waiting at once, over all rules (each holds its request's inputs).
+SHADOW_QUEUE_MAX = 64
 ARM_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -84,7 +86,8 @@ class Shadow(_Strict):
 
     version: int = Field(ge=0)
     fraction: float = Field(gt=0, le=1)
-    max_pending: int = Field(32, ge=1, le=4096)
+    # at most SHADOW_QUEUE_MAX: copies hold their request's tensors while they wait
+    max_pending: int = Field(32, ge=1, le=SHADOW_QUEUE_MAX)
 
 
 class TrafficRule(_Strict):

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from app.traffic.rules import SHADOW_QUEUE_MAX
+
 log = logging.getLogger("tfgate.traffic")
 
 ShadowJob = Callable[[], Awaitable[None]]
@@ -47,7 +49,7 @@ def agreement(
 class ShadowDispatcher:
     """A bounded queue of shadow jobs and the one task that runs them. Event-loop only."""
 
-    def __init__(self, max_pending: int = 64) -> None:
+    def __init__(self, max_pending: int = SHADOW_QUEUE_MAX) -> None:
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=max_pending)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0

@@ -133,6 +133,12 @@ def test_explicit_version_bypasses_and_pin_excludes_split(traffic_server) -> Non
         assert _put(http, rule).status_code == 200
         assert {_served(_predict(http, f"k{i}")) for i in range(20)} == {2}
         assert _served(_predict(http, "k1", "/v1/models/m/versions/1:predict")) == 1
+        unload = http.post("/v1/admin/models/m/versions/2/unload",
+                           headers=admin_headers("s3cret"))
+        assert unload.status_code == 400
+        assert unload.json()["error"] == (
+            "Version 2 of model m is served by its traffic rule; change or delete the rule first"
+        )
         pin = http.post("/v1/admin/models/m/pin", json={"version": 1},
                         headers=admin_headers("s3cret"))
         assert pin.status_code == 400
@@ -161,6 +167,32 @@ def test_explicit_version_bypasses_and_pin_excludes_split(traffic_server) -> Non
         invalid = _put(http, {"arms": []})
         assert invalid.status_code == 400
         assert invalid.json()["error"].startswith("Invalid traffic rule: arms")
+
+
+def test_changing_rules_under_load_drops_no_request(traffic_server) -> None:  # type: ignore[no-untyped-def]
+    server = traffic_server["server"]
+    rules = [
+        {"id": "flip", "arms": [{"name": "a", "version": 1, "weight": 1}]},
+        {"id": "flip", "arms": [{"name": "a", "version": 1, "weight": 1},
+                                {"name": "b", "version": 2, "weight": 1}]},
+        {"id": "other", "arms": [{"name": "b", "version": 2, "weight": 1}]},
+    ]
+
+    def client(worker: int) -> list[int]:
+        with server.client() as http:
+            return [_predict(http, f"w{worker}-{i}").status_code for i in range(60)]
+
+    with server.client() as http, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client, w) for w in range(4)]
+        flips = 0
+        while not all(f.done() for f in futures) and flips < 200:
+            assert _put(http, rules[flips % 3]).status_code == 200
+            if flips % 5 == 4:
+                http.delete("/v1/admin/models/m/traffic", headers=admin_headers("s3cret"))
+            flips += 1
+        codes = [code for f in futures for code in f.result()]
+    assert codes == [200] * 240
+    assert flips >= 3
 
 
 def test_ramp_advances_and_rollback_on_injected_errors(traffic_server) -> None:  # type: ignore[no-untyped-def]
