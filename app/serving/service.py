@@ -8,6 +8,7 @@ serving/signature_checks.py) run here, so both transports report the same errors
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -463,18 +464,33 @@ def _arm_recorder(
     request_id: str | None,
 ) -> Iterator[None]:
     """Count a routed request's outcome and latency on its arm (any failure is an error of
-    the arm: a candidate that rejects requests must show it)."""
+    the arm: a candidate that rejects requests must show it; a request its client abandoned
+    is not counted at all)."""
     started = time.perf_counter()
-    ok = False
     try:
         yield
-        ok = True
-    finally:
-        traffic.record(
-            routed[0],
-            routed[1],
-            ok=ok,
-            seconds=time.perf_counter() - started,
-            request_id=request_id,
-            routing_key=routing_key,
-        )
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        _record_arm(traffic, routed, routing_key, request_id, started, ok=False)
+        raise
+    _record_arm(traffic, routed, routing_key, request_id, started, ok=True)
+
+
+def _record_arm(
+    traffic: TrafficRouter,
+    routed: tuple[LiveRule, int],
+    routing_key: str | None,
+    request_id: str | None,
+    started: float,
+    *,
+    ok: bool,
+) -> None:
+    traffic.record(
+        routed[0],
+        routed[1],
+        ok=ok,
+        seconds=time.perf_counter() - started,
+        request_id=request_id,
+        routing_key=routing_key,
+    )
