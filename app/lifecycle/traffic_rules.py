@@ -90,7 +90,8 @@ class TrafficRules:
         elif in_file:
             log.error("Ignoring the persisted traffic rule of model %s: not an object", name)
         source = entry.get("source", "admin") if isinstance(entry, dict) else "admin"
-        if rule is not None and (source == "admin" or rule == toml):
+        same_as_toml = toml is not None and rule is not None and rule.document() == toml.document()
+        if rule is not None and (source == "admin" or same_as_toml):
             started_at = entry.get("started_at")
             reason = entry.get("rollback_reason")
             return rule, source, {

@@ -138,8 +138,8 @@ class TrafficRule(_Strict):
         return others[0] if len(others) == 1 else None
 
     def document(self) -> dict[str, Any]:
-        """The rule as JSON (what PUT takes and GET returns)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The rule as JSON (what PUT takes and GET returns), the baseline named."""
+        return {**self.model_dump(mode="json", exclude_none=True), "baseline": self.baseline_name}
 
 
 def parse_rule(data: Any) -> TrafficRule:
