@@ -173,7 +173,7 @@ class ServingService:
     ) -> contextlib.AbstractContextManager[None]:
         if routed is None or self.traffic is None:
             return _NOT_ROUTED
-        return _arm_recorder(self.traffic, routed, routing_key, request_id)
+        return _ArmRecorder(self.traffic, routed, routing_key, request_id)
 
     def _offer_shadow(
         self,
@@ -456,41 +456,38 @@ class ServingService:
 _NOT_ROUTED = contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _arm_recorder(
-    traffic: TrafficRouter,
-    routed: tuple[LiveRule, int],
-    routing_key: str | None,
-    request_id: str | None,
-) -> Iterator[None]:
+class _ArmRecorder:
     """Count a routed request's outcome and latency on its arm (any failure is an error of
     the arm: a candidate that rejects requests must show it; a request its client abandoned
-    is not counted at all)."""
-    started = time.perf_counter()
-    try:
-        yield
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
-        _record_arm(traffic, routed, routing_key, request_id, started, ok=False)
-        raise
-    _record_arm(traffic, routed, routing_key, request_id, started, ok=True)
+    is not counted at all). A plain class, not @contextmanager: it runs on every routed
+    request, and a generator-based manager costs several times more."""
 
+    __slots__ = ("request_id", "routed", "routing_key", "started", "traffic")
 
-def _record_arm(
-    traffic: TrafficRouter,
-    routed: tuple[LiveRule, int],
-    routing_key: str | None,
-    request_id: str | None,
-    started: float,
-    *,
-    ok: bool,
-) -> None:
-    traffic.record(
-        routed[0],
-        routed[1],
-        ok=ok,
-        seconds=time.perf_counter() - started,
-        request_id=request_id,
-        routing_key=routing_key,
-    )
+    def __init__(
+        self,
+        traffic: TrafficRouter,
+        routed: tuple[LiveRule, int],
+        routing_key: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.traffic = traffic
+        self.routed = routed
+        self.routing_key = routing_key
+        self.request_id = request_id
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, asyncio.CancelledError):
+            return
+        self.traffic.record(
+            self.routed[0],
+            self.routed[1],
+            ok=kind is None,
+            seconds=time.perf_counter() - self.started,
+            request_id=self.request_id,
+            routing_key=self.routing_key,
+        )
