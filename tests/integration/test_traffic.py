@@ -349,6 +349,11 @@ def test_grpc_routing_key_and_admin_service(traffic_server) -> None:  # type: ig
     assert '"recorded":true' in outcome.json
     described = admin.GetTraffic(admin_pb2.ModelRequest(name="m"), metadata=auth)
     assert '"requests":' in described.json and '"rule_id":"grpc"' in described.json
+    admin.DeleteTraffic(admin_pb2.ModelRequest(name="m"), metadata=auth)
+    with pytest.raises(grpc.RpcError) as missing:
+        admin.GetTraffic(admin_pb2.ModelRequest(name="m"), metadata=auth)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert missing.value.details() == "Model m has no traffic rule"
     channel.close()
 
 
