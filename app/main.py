@@ -52,6 +52,8 @@ from app.settings.session_bundle import SessionBundleSettings, session_bundle_se
 from app.settings.settings import Settings, SettingsError
 from app.sync.config import load_sync_configs
 from app.sync.loop import ModelSync
+from app.traffic.router import TrafficRouter
+from app.traffic.rules import TrafficRule, parse_rule
 
 log = logging.getLogger("tfgate")
 
@@ -119,6 +121,7 @@ class Server:
     model_sync: ModelSync | None = None
     cache: ResultCache | None = None
     dashboard: DashboardSources | None = None
+    traffic: TrafficRouter | None = None
     rest_server: uvicorn.Server | None = None
     admin_server: uvicorn.Server | None = None
     grpc_server: Any = None
@@ -145,6 +148,8 @@ class Server:
             await self.model_sync.close()
         await self.discovery.close()
         await self.manager.close()
+        if self.traffic is not None:
+            await self.traffic.shadow.close()  # shadow copies still queued are dropped
         await self.batcher.close()
         if self.cache is not None:
             await self.cache.close()  # after the batcher: no request needs Redis any more
@@ -185,18 +190,23 @@ async def build_server(settings: Settings) -> Server:
     core.configure_initial(configs)
     cache_config = load_cache_config(settings.cache) if settings.cache else None
     cache = ResultCache(cache_config) if cache_config is not None else None
+    traffic = TrafficRouter()
     service = ServingService(
         registry,
         batcher,
         enable_signature_method_name_check=settings.enable_signature_method_name_check,
         cache=cache,
+        traffic=traffic,
     )
     metrics = Metrics()
     metrics_module.connect(metrics, service, batcher, pool, manager)
+    metrics_module.connect_traffic(metrics, traffic)
+    admin = settings.admin
+    pins = PinState(admin.state_file or None)
+    core.attach_traffic(traffic, pins.file, traffic_rules(settings))
     if cache is not None:
         for metric in cache.metrics.all():
             metrics.add(metric)
-    admin = settings.admin
     server = Server(
         settings,
         registry,
@@ -206,14 +216,13 @@ async def build_server(settings: Settings) -> Server:
         core.discovery,
         service,
         metrics,
-        admin=AdminApi(
-            core, PinState(admin.state_file or None), load_wait_seconds=admin.load_wait_seconds
-        ),
+        admin=AdminApi(core, pins, load_wait_seconds=admin.load_wait_seconds),
         admin_tokens=AdminTokens.load(admin.tokens_file or None, settings.admin_env_tokens),
         inference_auth=inference_auth(settings),
         core=core,
         monitoring_path=monitoring_path(settings),
         cache=cache,
+        traffic=traffic,
     )
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
@@ -246,6 +255,19 @@ async def build_server(settings: Settings) -> Server:
             core.apply_model_config,
         )
     return server
+
+
+def traffic_rules(settings: Settings) -> dict[str, TrafficRule]:
+    """The [models.NAME.traffic] tables as validated rules; SettingsError names the table."""
+    rules = {}
+    for name, table in sorted(settings.traffic_tables.items()):
+        try:
+            rules[name] = parse_rule(table)
+        except ValueError as exc:
+            raise SettingsError(
+                f"[models.{name}.traffic]: {exc}{settings.file.where() or ' (in config)'}"
+            ) from None
+    return rules
 
 
 def inference_auth(settings: Settings) -> InferenceAuth:
@@ -331,6 +353,9 @@ async def run(settings: Settings) -> int:
         server.dashboard.sampler.start()
     try:
         server.admin.restore_pins()
+        server.core.restore_traffic()  # after the pins: a pinned model keeps its pin
+        if server.traffic is not None:
+            server.traffic.shadow.start()
         if server.model_sync is not None:
             server.model_sync.start()  # before the initial wait: remote-only models arrive
         if settings.file_system_poll_wait_seconds >= 0:

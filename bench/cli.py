@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("micro", help="codec MB/s and 4 MB IPC time")
     docs = sub.add_parser(
         "docs", help="re-render docs/benchmarks.md from the last suite's results.json and the "
-        "separately measured sections (protocols, cache, hot swap)",
+        "separately measured sections (protocols, cache, hot swap, traffic split)",
     )
     docs.add_argument("--out", type=pathlib.Path, default=ROOT / "bench" / "results")
     docs.add_argument("--docs", type=pathlib.Path, default=ROOT / "docs" / "benchmarks.md")

@@ -30,11 +30,12 @@ ANALYSIS = pathlib.Path(__file__).resolve().parent / "analysis.md"
 FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
 # Sections written by separate benchmark runs (kept when regenerating), in this order:
 # bench/protocols.py (REST vs gRPC), bench/v2_protocol.py (V2 beside TF Serving's API),
-# bench/cache_bench.py (cache), bench/hotswap.py.
+# bench/cache_bench.py (cache), bench/hotswap.py, bench/traffic_split.py (traffic rule cost).
 SECTIONS = [
     pathlib.Path(__file__).resolve().parent / name
     for name in (
-        "protocols_section.md", "v2_protocol_section.md", "cache_section.md", "hotswap_section.md"
+        "protocols_section.md", "v2_protocol_section.md", "cache_section.md", "hotswap_section.md",
+        "traffic_section.md",
     )
 ]
 SERVERS = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("bentoml", "rest"),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/admin.proto\x12\x0ctfgate.admin\"\x1c\n\x0cModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x13\n\x11ListModelsRequest\"\x15\n\x13ReloadConfigRequest\"\x1a\n\nAdminReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xba\x04\n\x0c\x41\x64minService\x12G\n\nListModels\x12\x1f.tfgate.admin.ListModelsRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\rDescribeModel\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x03Pin\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x05Unpin\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\x0bLoadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12G\n\rUnloadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12K\n\x0cReloadConfig\x12!.tfgate.admin.ReloadConfigRequest\x1a\x18.tfgate.admin.AdminReply\x12?\n\x07SyncNow\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/admin.proto\x12\x0ctfgate.admin\"\x1c\n\x0cModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x13\n\x11ListModelsRequest\"5\n\x12TrafficRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\trule_json\x18\x02 \x01(\t\"\x87\x01\n\x0eOutcomeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x12\x15\n\x0brouting_key\x18\x03 \x01(\tH\x00\x12\x14\n\nconversion\x18\x04 \x01(\x08H\x01\x12\x10\n\x06reward\x18\x05 \x01(\x01H\x01\x42\t\n\x07subjectB\x07\n\x05value\"\x15\n\x13ReloadConfigRequest\"\x1a\n\nAdminReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xd8\x06\n\x0c\x41\x64minService\x12G\n\nListModels\x12\x1f.tfgate.admin.ListModelsRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\rDescribeModel\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x03Pin\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12=\n\x05Unpin\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\x0bLoadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12G\n\rUnloadVersion\x12\x1c.tfgate.admin.VersionRequest\x1a\x18.tfgate.admin.AdminReply\x12K\n\x0cReloadConfig\x12!.tfgate.admin.ReloadConfigRequest\x1a\x18.tfgate.admin.AdminReply\x12?\n\x07SyncNow\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12\x42\n\nGetTraffic\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12H\n\nSetTraffic\x12 .tfgate.admin.TrafficRuleRequest\x1a\x18.tfgate.admin.AdminReply\x12\x45\n\rDeleteTraffic\x12\x1a.tfgate.admin.ModelRequest\x1a\x18.tfgate.admin.AdminReply\x12G\n\rReportOutcome\x12\x1c.tfgate.admin.OutcomeRequest\x1a\x18.tfgate.admin.AdminReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERSIONREQUEST']._serialized_end=112
   _globals['_LISTMODELSREQUEST']._serialized_start=114
   _globals['_LISTMODELSREQUEST']._serialized_end=133
-  _globals['_RELOADCONFIGREQUEST']._serialized_start=135
-  _globals['_RELOADCONFIGREQUEST']._serialized_end=156
-  _globals['_ADMINREPLY']._serialized_start=158
-  _globals['_ADMINREPLY']._serialized_end=184
-  _globals['_ADMINSERVICE']._serialized_start=187
-  _globals['_ADMINSERVICE']._serialized_end=757
+  _globals['_TRAFFICRULEREQUEST']._serialized_start=135
+  _globals['_TRAFFICRULEREQUEST']._serialized_end=188
+  _globals['_OUTCOMEREQUEST']._serialized_start=191
+  _globals['_OUTCOMEREQUEST']._serialized_end=326
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=328
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=349
+  _globals['_ADMINREPLY']._serialized_start=351
+  _globals['_ADMINREPLY']._serialized_end=377
+  _globals['_ADMINSERVICE']._serialized_start=380
+  _globals['_ADMINSERVICE']._serialized_end=1236
 # @@protoc_insertion_point(module_scope)

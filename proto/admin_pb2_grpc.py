@@ -5,7 +5,7 @@ import warnings
 
 from proto import admin_pb2 as proto_dot_admin__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -74,6 +74,26 @@ class AdminServiceStub:
                 request_serializer=proto_dot_admin__pb2.ModelRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/tfgate.admin.AdminService/GetTraffic',
+                request_serializer=proto_dot_admin__pb2.ModelRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
+                _registered_method=True)
+        self.SetTraffic = channel.unary_unary(
+                '/tfgate.admin.AdminService/SetTraffic',
+                request_serializer=proto_dot_admin__pb2.TrafficRuleRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
+                _registered_method=True)
+        self.DeleteTraffic = channel.unary_unary(
+                '/tfgate.admin.AdminService/DeleteTraffic',
+                request_serializer=proto_dot_admin__pb2.ModelRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
+                _registered_method=True)
+        self.ReportOutcome = channel.unary_unary(
+                '/tfgate.admin.AdminService/ReportOutcome',
+                request_serializer=proto_dot_admin__pb2.OutcomeRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.AdminReply.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -129,6 +149,32 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """Traffic rules (A/B splits, canaries, shadow traffic): the same JSON as the REST
+        routes under /v1/admin/models/{name}/traffic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTraffic(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTraffic(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportOutcome(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +216,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'SyncNow': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncNow,
                     request_deserializer=proto_dot_admin__pb2.ModelRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=proto_dot_admin__pb2.ModelRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
+            ),
+            'SetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTraffic,
+                    request_deserializer=proto_dot_admin__pb2.TrafficRuleRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
+            ),
+            'DeleteTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTraffic,
+                    request_deserializer=proto_dot_admin__pb2.ModelRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
+            ),
+            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcome,
+                    request_deserializer=proto_dot_admin__pb2.OutcomeRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.AdminReply.SerializeToString,
             ),
     }
@@ -388,6 +454,114 @@ class AdminService:
             target,
             '/tfgate.admin.AdminService/SyncNow',
             proto_dot_admin__pb2.ModelRequest.SerializeToString,
+            proto_dot_admin__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfgate.admin.AdminService/GetTraffic',
+            proto_dot_admin__pb2.ModelRequest.SerializeToString,
+            proto_dot_admin__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfgate.admin.AdminService/SetTraffic',
+            proto_dot_admin__pb2.TrafficRuleRequest.SerializeToString,
+            proto_dot_admin__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfgate.admin.AdminService/DeleteTraffic',
+            proto_dot_admin__pb2.ModelRequest.SerializeToString,
+            proto_dot_admin__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfgate.admin.AdminService/ReportOutcome',
+            proto_dot_admin__pb2.OutcomeRequest.SerializeToString,
             proto_dot_admin__pb2.AdminReply.FromString,
             options,
             channel_credentials,

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
-import os
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,8 +23,10 @@ from app.core.errors import Code, ServingError
 from app.core.types import VersionState
 from app.lifecycle.registry import ModelRecord
 from app.lifecycle.server_core import ServerCore
-from app.lifecycle.state_file import write_json_atomically
+from app.lifecycle.state_file import StateFile
 from app.settings.config_file import ADMIN_LOAD_WAIT_SECONDS, ADMIN_TOKENS_ENV
+from app.traffic.router import TrafficRouter
+from app.traffic.rules import parse_rule
 
 log = logging.getLogger("tfgate.admin")
 
@@ -84,23 +85,20 @@ class AdminTokens:
 
 
 class PinState:
-    """Pins persisted as JSON, written atomically (temp file + fsync + rename)."""
+    """Pins persisted in the admin state file's "pins" section (written atomically: temp
+    file + fsync + rename); its "traffic" section belongs to ServerCore (same StateFile)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
+        self.file = StateFile(path)
 
     def load(self) -> dict[str, int]:
-        if not self.path or not os.path.exists(self.path):
-            return {}
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-            entries = data.get("pins", {}).items()
-        except (OSError, ValueError, AttributeError) as exc:
-            log.error("Ignoring unreadable admin state file %s: %s", self.path, exc)
+        entries = self.file.read().get("pins", {})
+        if not isinstance(entries, dict):
+            log.error("Ignoring the pins in admin state file %s: not a JSON object", self.path)
             return {}
         pins = {}
-        for name, version in entries:
+        for name, version in entries.items():
             if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
                 pins[str(name)] = version
             else:
@@ -109,11 +107,7 @@ class PinState:
         return pins
 
     def save(self, pins: dict[str, int]) -> None:
-        if not self.path:
-            return
-        write_json_atomically(
-            self.path, {"pins": pins}, temp_prefix=".tfgate-state.", sort_keys=True
-        )
+        self.file.write_section("pins", pins)
 
 
 class AdminApi:
@@ -192,6 +186,7 @@ class AdminApi:
             "excluded_versions": sorted(model.excluded),
             "versions": versions,
             "removed_from_config": name in self.registry.dropped,
+            "traffic": self.core.traffic.summary(name) if self.core.traffic else None,
             **self.describe_extras(name),
         }
 
@@ -290,6 +285,16 @@ class AdminApi:
                     Code.FAILED_PRECONDITION,
                     f"Version {version} of model {name} is pinned; unpin it first",
                 )
+            live = self.core.traffic.rules.get(name) if self.core.traffic else None
+            if live is not None and (
+                any(arm.version == version for arm in live.arms)
+                or (live.rule.shadow is not None and live.rule.shadow.version == version)
+            ):
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    f"Version {version} of model {name} is served by its traffic rule; "
+                    "change or delete the rule first",
+                )
             self.core.scan([name])
             if version not in model.on_disk and version not in model.versions:
                 # Excluding a version nobody has seen would hide it for good once published.
@@ -316,6 +321,60 @@ class AdminApi:
         model's `sync` status) and discovery has seen what it installed."""
         await self.core.sync_now(name, self.load_wait_seconds)
         return self.describe(name)
+
+    # --- traffic rules ---
+
+    def get_traffic(self, name: str) -> dict[str, Any]:
+        """The model's rule, its state and per-arm statistics (404 without a rule)."""
+        self._model(name)
+        return self._traffic().describe(name)
+
+    async def set_traffic(self, name: str, body: Any) -> dict[str, Any]:
+        """Replace the model's traffic rule with `body` (the rule's JSON)."""
+        try:
+            rule = parse_rule(body)
+        except ValueError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, f"Invalid traffic rule: {exc}") from None
+        async with self._lock:  # ordered with pins: the exclusivity check sees them settled
+            self.core.set_traffic(name, rule)
+        return self._traffic().describe(name)
+
+    async def delete_traffic(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            self.core.delete_traffic(name)
+        return self.describe(name)
+
+    def report_outcome(self, name: str, body: Any) -> dict[str, Any]:
+        """An outcome for a request id or routing key: {"request_id" | "routing_key",
+        "conversion": bool | "reward": number}."""
+        if not isinstance(body, dict):
+            raise ServingError(Code.INVALID_ARGUMENT, _OUTCOME_SHAPE)
+        unknown = sorted(set(body) - {"request_id", "routing_key", "conversion", "reward"})
+        request_id, routing_key = body.get("request_id"), body.get("routing_key")
+        conversion, reward = body.get("conversion"), body.get("reward")
+        if (
+            unknown
+            or not isinstance(request_id, str | None)
+            or not isinstance(routing_key, str | None)
+            or not isinstance(conversion, bool | None)
+            or (reward is not None and (isinstance(reward, bool)
+                                        or not isinstance(reward, int | float)
+                                        or not math.isfinite(reward)))
+        ):
+            raise ServingError(Code.INVALID_ARGUMENT, _OUTCOME_SHAPE)
+        live, arm = self._traffic().report_outcome(
+            name,
+            request_id=request_id,
+            routing_key=routing_key,
+            conversion=conversion,
+            reward=None if reward is None else float(reward),
+        )
+        return {"model": name, "arm": live.names[arm], "recorded": True}
+
+    def _traffic(self) -> TrafficRouter:
+        if self.core.traffic is None:
+            raise ServingError(Code.UNAVAILABLE, "Traffic rules are not enabled")
+        return self.core.traffic
 
     async def close(self) -> None:
         """Stop the outcomes still being waited for (at shutdown)."""
@@ -430,6 +489,11 @@ class AdminApi:
                 f"{exc.strerror or exc}; nothing was changed",
             ) from None
 
+
+_OUTCOME_SHAPE = (
+    'An outcome is {"request_id": ID or "routing_key": KEY, "conversion": true|false or '
+    '"reward": NUMBER}'
+)
 
 # _wait_loaded's "no outcome yet"
 _PENDING = ServingError(Code.UNKNOWN, "pending")

@@ -28,9 +28,13 @@ from app.core.types import VersionState
 from app.lifecycle.discovery import Discovery
 from app.lifecycle.manager import VersionManager, initial_load_error
 from app.lifecycle.registry import ModelRecord, Registry
+from app.lifecycle.state_file import StateFile
+from app.lifecycle.traffic_rules import TrafficRules
 from app.settings import model_config
 from app.settings.model_config import ModelConfig
 from app.settings.settings import SettingsError
+from app.traffic.router import LiveRule, TrafficRouter
+from app.traffic.rules import TrafficRule
 
 log = logging.getLogger("tfgate.server_core")
 
@@ -93,6 +97,9 @@ class ServerCore:
         # Synced models whose base_path a reload changed while a version served: the old
         # base path's versions keep serving until the new one holds a version to load.
         self._moving: dict[str, str] = {}
+        # Traffic rules (attach_traffic): the live rules, and who changes and persists them.
+        self.traffic: TrafficRouter | None = None
+        self._traffic_rules: TrafficRules | None = None
 
     # --- startup ---
 
@@ -343,7 +350,13 @@ class ServerCore:
     # --- admin overrides of the version policy ---
 
     def pin(self, model: ModelRecord, version: int) -> None:
-        """Serve `version` to requests naming no version or label, and keep it loaded."""
+        """Serve `version` to requests naming no version or label, and keep it loaded.
+        Refused while the model has a traffic rule (both would decide the same requests)."""
+        if self.traffic is not None and model.name in self.traffic.rules:
+            raise ServingError(
+                Code.FAILED_PRECONDITION,
+                f"Model {model.name} has a traffic rule; delete it before pinning a version",
+            )
         model.pinned = version
         model.excluded.discard(version)
         self._retry_failed(model, version)
@@ -396,6 +409,33 @@ class ServerCore:
         record = model.versions.get(version)
         if record is not None and record.state is VersionState.END and record.error:
             del model.versions[version]
+
+    # --- traffic rules (lifecycle/traffic_rules.py keeps and persists them) ---
+
+    def attach_traffic(
+        self, router: TrafficRouter, state_file: StateFile, toml_rules: dict[str, TrafficRule]
+    ) -> None:
+        """Traffic rules are served by `router`, persisted in `state_file`'s "traffic"
+        section; `toml_rules` are the [models.NAME.traffic] tables."""
+        self.traffic = router
+        self._traffic_rules = TrafficRules(self.registry, router, state_file, toml_rules)
+
+    def restore_traffic(self) -> None:
+        """At startup, after the pins (TrafficRules.restore)."""
+        if self._traffic_rules is not None:
+            self._traffic_rules.restore()
+
+    def set_traffic(self, name: str, rule: TrafficRule) -> LiveRule:
+        """Replace a model's traffic rule; refused while the model is pinned."""
+        return self._traffic_owner().set(name, rule)
+
+    def delete_traffic(self, name: str) -> None:
+        self._traffic_owner().delete(name)
+
+    def _traffic_owner(self) -> TrafficRules:
+        if self._traffic_rules is None:
+            raise ServingError(Code.UNAVAILABLE, "Traffic rules are not enabled")
+        return self._traffic_rules
 
     # --- model sync ---
 

@@ -1,14 +1,18 @@
-"""Small JSON state files written so a crash never leaves a torn one: the admin API's pins
-(admin/api.py) and model sync's per-model record of synced versions (sync/sync_pass.py).
+"""Small JSON state files written so a crash never leaves a torn one: the admin state file
+(admin/api.py's pins and ServerCore's traffic rules, one section each) and model sync's
+per-model record of synced versions (sync/sync_pass.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from typing import Any
+
+log = logging.getLogger("tfgate.admin")
 
 
 def write_json_atomically(
@@ -29,3 +33,40 @@ def write_json_atomically(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+class StateFile:
+    """The admin state file: one JSON document whose sections ("pins", "traffic") are
+    owned by different writers (admin's pins, ServerCore's traffic rules). Each write
+    replaces one section and keeps the others. Event-loop only."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._document: dict[str, Any] | None = None
+
+    def read(self) -> dict[str, Any]:
+        """The document as last read or written ({} without a path, a file, or when it is
+        unreadable: the caller logs what it cannot use)."""
+        if self._document is None:
+            self._document = {}
+            if self.path and os.path.exists(self.path):
+                try:
+                    with open(self.path, encoding="utf-8") as f:
+                        data = json.load(f)
+                except (OSError, ValueError) as exc:
+                    log.error("Ignoring unreadable admin state file %s: %s", self.path, exc)
+                else:
+                    if isinstance(data, dict):
+                        self._document = data
+                    else:
+                        log.error("Ignoring admin state file %s: not a JSON object", self.path)
+        return self._document
+
+    def write_section(self, name: str, value: Any) -> None:
+        """Replace section `name` and write the file atomically; OSError leaves both the
+        file and the document in memory as they were."""
+        if not self.path:
+            return
+        document = {**self.read(), name: value}
+        write_json_atomically(self.path, document, temp_prefix=".tfgate-state.", sort_keys=True)
+        self._document = document

@@ -17,6 +17,7 @@ bucket's bound counted in the next bucket (TF's Histogram: upper_bound). Event-l
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -451,3 +452,59 @@ def connect(
     )
     manager.events.subscribe(on_state)
     manager.load_observers.append(on_load_attempt)
+
+
+class TrafficRows(Protocol):  # traffic.router.TrafficRouter
+    def metric_rows(self) -> list[tuple[tuple[str, str, str], dict[str, float]]]: ...
+
+    rollback_observers: list[Callable[[Any], None]]
+
+
+# tfgate_traffic_* metric -> (its type, the metric_rows() value it shows, help)
+TRAFFIC_METRICS = (
+    ("tfgate_traffic_requests_total", "counter", "requests",
+     "Requests a traffic rule routed to each arm."),
+    ("tfgate_traffic_errors_total", "counter", "errors",
+     "Requests a traffic rule routed to each arm that failed."),
+    ("tfgate_traffic_weight", "gauge", "weight",
+     "Each arm's effective share of the traffic now (after ramp, rollback or bandit)."),
+    ("tfgate_traffic_outcomes_total", "counter", "outcomes",
+     "Outcomes (conversions and rewards) reported for each arm."),
+    ("tfgate_traffic_conversions_total", "counter", "conversions",
+     "Binary outcomes reported as converted for each arm."),
+)
+
+
+class CallbackCounter(CallbackGauge):
+    """A counter whose samples are read at scrape time."""
+
+    kind = "counter"
+
+
+def connect_traffic(metrics: Metrics, traffic: TrafficRows) -> None:
+    """Per-arm traffic metrics (labels model, arm, version: arm names come from configured
+    rules only, never from requests), read from the live rules at scrape time."""
+    labels = ("model", "arm", "version")
+    for name, kind, key, help_text in TRAFFIC_METRICS:
+        cls = CallbackCounter if kind == "counter" else CallbackGauge
+        metrics.add(
+            cls(
+                name,
+                help_text,
+                labels,
+                functools.partial(_traffic_samples, traffic, key),
+            )
+        )
+    rollbacks = Counter(
+        "tfgate_traffic_rollbacks_total",
+        "Canary rollbacks a traffic rule made by itself.",
+        ("model",),
+    )
+    metrics.add(rollbacks)
+    traffic.rollback_observers.append(lambda live: rollbacks.inc(live.model))
+
+
+def _traffic_samples(
+    traffic: TrafficRows, key: str
+) -> list[tuple[tuple[str, ...], float]]:
+    return [(labels, float(values[key])) for labels, values in traffic.metric_rows()]

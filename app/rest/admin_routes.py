@@ -106,12 +106,36 @@ def admin_router(admin: AdminApi, tokens: AdminTokens) -> APIRouter:
         """Run the model's sync pass now; answers once it finished."""
         return _json(await admin.sync_now(name))
 
+    @router.get("/models/{name}/traffic")
+    async def get_traffic(name: str) -> Response:
+        """The traffic rule, its state and per-arm statistics (404 without a rule)."""
+        return _json(admin.get_traffic(name))
+
+    @router.put("/models/{name}/traffic")
+    async def set_traffic(name: str, request: Request) -> Response:
+        return _json(await admin.set_traffic(name, _json_body(await request.body())))
+
+    @router.delete("/models/{name}/traffic")
+    async def delete_traffic(name: str) -> Response:
+        return _json(await admin.delete_traffic(name))
+
+    @router.post("/models/{name}/traffic/outcomes")
+    async def report_outcome(name: str, request: Request) -> Response:
+        return _json(admin.report_outcome(name, _json_body(await request.body())))
+
     @router.post("/reload-config")
     async def reload_config() -> Response:
         """Re-read --model_config_file and apply it (full replacement)."""
         return _json(await admin.reload_config())
 
     return router
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body or b"null")
+    except orjson.JSONDecodeError:
+        raise ServingError(Code.INVALID_ARGUMENT, "Body must be a JSON document") from None
 
 
 def _version_from_body(body: bytes) -> int:

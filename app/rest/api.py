@@ -123,8 +123,8 @@ class TfServingRestApi:
             await self.fallback(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
-        status, body, extra = await self._handle(scope, receive, path)
+        request_id = request_id_of(scope)
+        status, body, extra = await self._handle(scope, receive, path, request_id)
         headers = list(JSON_HEADERS)
         headers.append((b"x-request-id", request_id.encode()))
         headers.extend(extra)
@@ -153,7 +153,7 @@ class TfServingRestApi:
             )
 
     async def _handle(
-        self, scope: Scope, receive: Receive, path: str
+        self, scope: Scope, receive: Receive, path: str, request_id: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         method = scope["method"]
         try:
@@ -164,7 +164,14 @@ class TfServingRestApi:
                 if match:
                     self._authorize(scope, match.group(1))
                     body = await read_body(scope, receive, self.max_body_bytes)
-                    return 200, await self._post(match, body, scope), []
+                    answer, version = await self._post(match, body, scope, request_id)
+                    # Which version served (a traffic rule may have chosen it), and the id
+                    # an outcome for this request is reported under (docs/experiments.md).
+                    served = [
+                        (b"x-tfgate-model-version", str(version).encode()),
+                        (b"x-tfgate-request-id", request_id.encode()),
+                    ]
+                    return 200, answer, served
             elif method == "GET":
                 match = MODEL_STATUS_API_RE.fullmatch(path)
                 if match:
@@ -193,11 +200,18 @@ class TfServingRestApi:
             raise ServingError(Code.INVALID_ARGUMENT, "Origin header is missing in CORS preflight")
         return 200, b"", []
 
-    async def _post(self, match: re.Match[str], body: bytes, scope: Scope) -> bytes:
+    async def _post(
+        self, match: re.Match[str], body: bytes, scope: Scope, request_id: str
+    ) -> tuple[bytes, int]:
+        """The answer's body and the version that served it."""
         name, version_text, label, verb = match.groups()
         spec = model_spec(name, version_text, label)
         # Cache-Control: no-cache / no-store reach the result cache (docs/cache.md).
         cache_control = header(scope, b"cache-control")
+        routing = {
+            "routing_key": routing_key_of(scope),
+            "request_id": request_id,
+        }
         deadline = (
             asyncio.get_running_loop().time() + self.timeout_seconds
             if self.timeout_seconds
@@ -205,7 +219,7 @@ class TfServingRestApi:
         )
         verb = verb.lower()
         if verb == "predict":
-            return await self._predict(spec, body, deadline, cache_control)
+            return await self._predict(spec, body, deadline, cache_control, routing)
         examples = codec_example.parse_examples_json(
             body,
             verb,  # type: ignore[arg-type]
@@ -219,20 +233,29 @@ class TfServingRestApi:
                 deadline=deadline,
                 entrypoint=Entrypoint.REST,
                 cache_control=cache_control,
+                **routing,
             )
-            return codec_example.encode_classify_response(result.classes, result.scores)
+            answer = codec_example.encode_classify_response(result.classes, result.scores)
+            return answer, result.servable.version
         regression = await self.service.regress(
             spec,
             lambda: examples.examples,
             deadline=deadline,
             entrypoint=Entrypoint.REST,
             cache_control=cache_control,
+            **routing,
         )
-        return codec_example.encode_regress_response(regression.outputs)
+        answer = codec_example.encode_regress_response(regression.outputs)
+        return answer, regression.servable.version
 
     async def _predict(
-        self, spec: ModelSpec, body: bytes, deadline: float | None, cache_control: str | None
-    ) -> bytes:
+        self,
+        spec: ModelSpec,
+        body: bytes,
+        deadline: float | None,
+        cache_control: str | None,
+        routing: dict[str, str | None],
+    ) -> tuple[bytes, int]:
         parsed = codec.parse_predict_json(body)
         spec = ModelSpec(spec.name, spec.version, spec.label, parsed.signature_name)
         result = await self.service.predict(
@@ -241,8 +264,10 @@ class TfServingRestApi:
             deadline=deadline,
             entrypoint=Entrypoint.REST,
             cache_control=cache_control,
+            **routing,
         )
-        return predict_response.encode_predict_response(result.outputs, parsed.format)
+        answer = predict_response.encode_predict_response(result.outputs, parsed.format)
+        return answer, result.servable.version
 
     def _get(self, match: re.Match[str]) -> bytes:
         name, version_text, label, subresource = match.groups()
@@ -278,12 +303,28 @@ def parse_version(text: str) -> int:
     return version
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new random one."""
     given = header(scope, b"x-request-id")
     if given and REQUEST_ID_RE.fullmatch(given):
         return given
     return os.urandom(8).hex()
+
+
+# A routing key longer than this is refused (it is hashed and kept in a bounded table).
+MAX_ROUTING_KEY_CHARS = 256
+
+
+def routing_key_of(scope: Scope) -> str | None:
+    """X-Tfgate-Routing-Key: requests with the same key land on the same arm of a traffic
+    rule (docs/experiments.md)."""
+    key = header(scope, b"x-tfgate-routing-key")
+    if key is not None and len(key) > MAX_ROUTING_KEY_CHARS:
+        raise ServingError(
+            Code.INVALID_ARGUMENT,
+            f"X-Tfgate-Routing-Key is longer than {MAX_ROUTING_KEY_CHARS} characters",
+        )
+    return key or None
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -25,7 +25,18 @@ from app.codec import v2_json
 from app.codec.tensor import TensorBudget, unlimited_budget
 from app.core.errors import Code, ServingError, invalid_argument
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec, VersionState, tf_dtype_of
-from app.rest.api import INT64_MAX, PayloadTooLarge, Receive, Scope, Send, header, read_body
+from app.rest.api import (
+    INT64_MAX,
+    REQUEST_ID_RE,
+    PayloadTooLarge,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    request_id_of,
+    routing_key_of,
+)
 from app.serving.auth import InferenceAuth, credential_from
 from app.serving.service import V2_INFER_API, Entrypoint, PredictResult, ServingService
 
@@ -210,23 +221,31 @@ class V2RestApi:
         header_length = _header_length(scope)
         request = v2_json.parse_infer_request(body, header_length)
         spec = v2_model_spec(name, version_text, request.signature_name)
-        result = await self._predict(scope, spec, request)
+        # What a traffic-rule outcome names this request by: the body's `id` when it is a
+        # sane token (the client already holds it), else X-Request-Id or a new one.
+        request_id = (
+            request.id
+            if request.id and REQUEST_ID_RE.fullmatch(request.id)
+            else request_id_of(scope)
+        )
+        result = await self._predict(scope, spec, request, request_id)
         outputs = ordered_outputs(result, [o.name for o in request.outputs])
         content, json_length = v2_json.encode_infer_response(
             request, name, result.servable.version, outputs
         )
-        if json_length is None:
-            return 200, content, []
-        return 200, content, [
-            BINARY_CONTENT,
-            (INFERENCE_HEADER_LENGTH, str(json_length).encode()),
+        headers = [
+            (b"x-tfgate-model-version", str(result.servable.version).encode()),
+            (b"x-tfgate-request-id", request_id.encode()),
         ]
+        if json_length is not None:
+            headers += [BINARY_CONTENT, (INFERENCE_HEADER_LENGTH, str(json_length).encode())]
+        return 200, content, headers
 
     async def _predict(
-        self, scope: Scope, spec: ModelSpec, request: v2_json.V2InferRequest
+        self, scope: Scope, spec: ModelSpec, request: v2_json.V2InferRequest, request_id: str
     ) -> PredictResult:
-        """The one call into the service for V2 REST infer: anything a request carries to
-        the service's resolve step (e.g. the X-Tfgate-Routing-Key header) goes here."""
+        """The one call into the service for V2 REST infer: what the request carries to the
+        service's resolve step (X-Tfgate-Routing-Key for traffic rules) goes here."""
         deadline = (
             asyncio.get_running_loop().time() + self.timeout_seconds
             if self.timeout_seconds
@@ -241,6 +260,8 @@ class V2RestApi:
             entrypoint=Entrypoint.REST,
             cache_control=header(scope, b"cache-control"),
             api=V2_INFER_API,
+            routing_key=routing_key_of(scope),
+            request_id=request_id,
         )
 
 

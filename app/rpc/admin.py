@@ -13,7 +13,7 @@ import grpc
 import orjson
 
 from app.admin.api import AdminApi, AdminTokens
-from app.core.errors import ServingError
+from app.core.errors import Code, ServingError
 from app.rpc.services import call_metadata
 from proto import admin_pb2, admin_pb2_grpc
 
@@ -62,3 +62,32 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def SyncNow(self, request, context):  # type: ignore[no-untyped-def]
         return await self._call(context, lambda: self.admin.sync_now(request.name))
+
+    async def GetTraffic(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._call(context, lambda: self.admin.get_traffic(request.name))
+
+    async def SetTraffic(self, request, context):  # type: ignore[no-untyped-def]
+        def body() -> Any:
+            try:
+                return orjson.loads(request.rule_json or "null")
+            except orjson.JSONDecodeError:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT, "rule_json must be a JSON document"
+                ) from None
+
+        return await self._call(
+            context, lambda: self.admin.set_traffic(request.name, body())
+        )
+
+    async def DeleteTraffic(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._call(context, lambda: self.admin.delete_traffic(request.name))
+
+    async def ReportOutcome(self, request, context):  # type: ignore[no-untyped-def]
+        body: dict[str, Any] = {}
+        subject = request.WhichOneof("subject")
+        value = request.WhichOneof("value")
+        if subject is not None:
+            body[subject] = getattr(request, subject)
+        if value is not None:
+            body[value] = getattr(request, value)
+        return await self._call(context, lambda: self.admin.report_outcome(request.name, body))

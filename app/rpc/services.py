@@ -103,6 +103,29 @@ def cache_control(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+# A routing key longer than this is refused (it is hashed and kept in a bounded table).
+MAX_ROUTING_KEY_CHARS = 256
+
+
+def routing_metadata(context: grpc.aio.ServicerContext) -> dict[str, str | None]:
+    """`x-tfgate-routing-key` (requests with the same key land on the same arm of a traffic
+    rule) and `x-request-id` (what an outcome names the request by), from the metadata."""
+    routing_key = request_id = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-tfgate-routing-key":
+            routing_key = value if isinstance(value, str) else value.decode("latin-1")
+        elif key == "x-request-id":
+            request_id = value if isinstance(value, str) else value.decode("latin-1")
+    if routing_key is not None and len(routing_key) > MAX_ROUTING_KEY_CHARS:
+        raise ServingError(
+            Code.INVALID_ARGUMENT,
+            f"x-tfgate-routing-key is longer than {MAX_ROUTING_KEY_CHARS} characters",
+        )
+    if request_id is not None and len(request_id) > MAX_ROUTING_KEY_CHARS:
+        request_id = None  # not one an outcome could name
+    return {"routing_key": routing_key or None, "request_id": request_id or None}
+
+
 # --- error translation ---
 
 
@@ -197,6 +220,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
             cache_control=cache_control(context),
+            **routing_metadata(context),
         )
         response = predict_pb2.PredictResponse()
         fill_model_spec(response.model_spec, spec.name, result.servable.version, result.signature)
@@ -252,6 +276,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
             cache_control=cache_control(context),
+            **routing_metadata(context),
         )
 
     @translated

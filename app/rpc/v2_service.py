@@ -19,7 +19,14 @@ from app.codec import v2_json, v2_proto
 from app.codec.tensor import TensorBudget, unlimited_budget
 from app.core.errors import Code, ServingError, invalid_argument
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec, VersionState, tf_dtype_of
-from app.rpc.services import authorize, cache_control, loop_deadline, translated
+from app.rpc.services import (
+    MAX_ROUTING_KEY_CHARS,
+    authorize,
+    cache_control,
+    loop_deadline,
+    routing_metadata,
+    translated,
+)
 from app.serving.auth import InferenceAuth
 from app.serving.service import V2_INFER_API, Entrypoint, PredictResult, ServingService
 from proto import open_inference_pb2 as pb
@@ -138,9 +145,13 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         spec: ModelSpec,
         context: grpc.aio.ServicerContext,
     ) -> PredictResult:
-        """The one call into the service for V2 gRPC infer: anything a call carries to the
-        service's resolve step (e.g. x-tfgate-routing-key metadata) goes here."""
+        """The one call into the service for V2 gRPC infer: what a call carries to the
+        service's resolve step (x-tfgate-routing-key metadata for traffic rules) goes here.
+        An outcome names the request by its `id` when set, else x-request-id."""
         budget = self._budget()
+        routing = routing_metadata(context)
+        if request.id and len(request.id) <= MAX_ROUTING_KEY_CHARS:
+            routing["request_id"] = request.id
         return await self.service.predict(
             spec,
             lambda signature: v2_proto.decode_infer_inputs(request, signature, budget),
@@ -149,4 +160,5 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
             entrypoint=Entrypoint.GRPC,
             cache_control=cache_control(context),
             api=V2_INFER_API,
+            **routing,
         )

@@ -8,6 +8,7 @@ serving/signature_checks.py) run here, so both transports report the same errors
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -39,6 +40,7 @@ from app.serving.signature_checks import (
     select_outputs,
     string_tensor,
 )
+from app.traffic.router import LiveRule, TrafficRouter
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -94,8 +96,12 @@ class ServingService:
         enable_signature_method_name_check: bool = False,
         observers: Sequence[Observer] = (),
         cache: ResultCache | None = None,
+        traffic: TrafficRouter | None = None,
     ) -> None:
         self.registry = registry
+        # Traffic rules (A/B splits, canaries, shadow): consulted for requests that name no
+        # version or label; None or a model without a rule: registry.resolve() alone.
+        self.traffic = traffic
         self.batcher = batcher
         self.cache = cache  # None: no result cache configured
         self.method_name_check = enable_signature_method_name_check
@@ -118,25 +124,93 @@ class ServingService:
         entrypoint: Entrypoint,
         cache_control: str | None = None,
         api: str = "predict",
+        routing_key: str | None = None,
+        request_id: str | None = None,
     ) -> PredictResult:
-        """Predict on the resolved servable. `api` labels request metrics: "predict" for TF
-        Serving's API, V2_INFER_API for the Open Inference Protocol's infer (same path)."""
+        """Predict on the resolved servable (a traffic rule's arm when the spec names no
+        version or label). `api` labels request metrics: "predict" for TF Serving's API,
+        V2_INFER_API for the Open Inference Protocol's infer (same path)."""
         with self._observed(spec.name, api, entrypoint):
-            servable, metadata = self.registry.resolve(spec)
-            signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
-            inputs = decode_inputs(signature)
-            check_predict_inputs(signature, inputs)
-            output_aliases = select_outputs(signature, output_filter)
-            outputs = await self._run(
-                servable,
-                signature.key,
-                inputs,
-                output_aliases,
-                deadline,
-                cache_control,
-                api=PREDICT_API,
-            )
+            servable, metadata, routed = self._resolve_routed(spec, routing_key)
+            with self._arm_observed(routed, routing_key, request_id):
+                signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
+                inputs = decode_inputs(signature)
+                check_predict_inputs(signature, inputs)
+                output_aliases = select_outputs(signature, output_filter)
+                outputs = await self._run(
+                    servable,
+                    signature.key,
+                    inputs,
+                    output_aliases,
+                    deadline,
+                    cache_control,
+                    api=PREDICT_API,
+                )
+            if routed is not None and routed[0].rule.shadow is not None:
+                self._offer_shadow(routed[0], signature.key, inputs, output_aliases, outputs)
             return PredictResult(servable, signature.key, outputs)
+
+    # --- traffic rules ---
+
+    def _resolve_routed(
+        self, spec: ModelSpec, routing_key: str | None
+    ) -> tuple[ServableId, ServableMetadata, tuple[LiveRule, int] | None]:
+        """registry.resolve(), after the model's traffic rule (if any) chose an arm for a
+        request that names no version or label (an explicit one always wins). An arm whose
+        version is not AVAILABLE (a rule change racing a load) serves as if there were no
+        rule, so no request is dropped for it."""
+        if self.traffic is not None and spec.version is None and spec.label is None:
+            routed = self.traffic.choose(spec.name, routing_key)
+            if routed is not None:
+                version, label = routed[0].target(routed[1])
+                try:
+                    servable, metadata = self.registry.resolve(
+                        ModelSpec(spec.name, version, label, spec.signature_name)
+                    )
+                except ServingError:
+                    pass
+                else:
+                    return servable, metadata, routed
+        servable, metadata = self.registry.resolve(spec)
+        return servable, metadata, None
+
+    def _arm_observed(
+        self, routed: tuple[LiveRule, int] | None, routing_key: str | None, request_id: str | None
+    ) -> contextlib.AbstractContextManager[None]:
+        if routed is None or self.traffic is None:
+            return _NOT_ROUTED
+        return _ArmRecorder(self.traffic, routed, routing_key, request_id)
+
+    def _offer_shadow(
+        self,
+        live: LiveRule,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        output_aliases: Sequence[str],
+        primary: dict[str, np.ndarray],
+    ) -> None:
+        """Maybe queue a copy of this request for the rule's shadow version (after the
+        answer was produced; dropped when the bounded queue is full)."""
+        shadow = live.rule.shadow
+        traffic = self.traffic
+        if shadow is None or traffic is None or live.shadow_rng.random() >= shadow.fraction:
+            return
+
+        async def run_shadow() -> None:
+            try:
+                servable, _ = self.registry.resolve(ModelSpec(live.model, shadow.version))
+                outputs = await self._run(
+                    servable, signature, inputs, output_aliases, None, "no-store", api=None
+                )
+            except ServingError:
+                traffic.record_shadow(live, primary, None)
+                return
+            traffic.record_shadow(live, primary, outputs)
+
+        if traffic.shadow.offer(run_shadow, max_pending=shadow.max_pending):
+            live.shadow.sent += 1
+        else:
+            live.shadow.dropped += 1
 
     @staticmethod
     def _predict_signature(
@@ -226,18 +300,21 @@ class ServingService:
         deadline: float | None,
         entrypoint: Entrypoint,
         cache_control: str | None = None,
+        routing_key: str | None = None,
+        request_id: str | None = None,
     ) -> ClassifyResult:
         with self._observed(spec.name, "classify", entrypoint):
-            servable, metadata = self.registry.resolve(spec)
-            signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
-            return await self.run_classify(
-                servable,
-                signature,
-                decode_examples,
-                deadline=deadline,
-                cache_control=cache_control,
-                api=CLASSIFY_API,
-            )
+            servable, metadata, routed = self._resolve_routed(spec, routing_key)
+            with self._arm_observed(routed, routing_key, request_id):
+                signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
+                return await self.run_classify(
+                    servable,
+                    signature,
+                    decode_examples,
+                    deadline=deadline,
+                    cache_control=cache_control,
+                    api=CLASSIFY_API,
+                )
 
     async def run_classify(
         self,
@@ -275,18 +352,21 @@ class ServingService:
         deadline: float | None,
         entrypoint: Entrypoint,
         cache_control: str | None = None,
+        routing_key: str | None = None,
+        request_id: str | None = None,
     ) -> RegressResult:
         with self._observed(spec.name, "regress", entrypoint):
-            servable, metadata = self.registry.resolve(spec)
-            signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
-            return await self.run_regress(
-                servable,
-                signature,
-                decode_examples,
-                deadline=deadline,
-                cache_control=cache_control,
-                api=REGRESS_API,
-            )
+            servable, metadata, routed = self._resolve_routed(spec, routing_key)
+            with self._arm_observed(routed, routing_key, request_id):
+                signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
+                return await self.run_regress(
+                    servable,
+                    signature,
+                    decode_examples,
+                    deadline=deadline,
+                    cache_control=cache_control,
+                    api=REGRESS_API,
+                )
 
     async def run_regress(
         self,
@@ -377,3 +457,43 @@ class ServingService:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
                 observer(model, api, entrypoint, code, elapsed)
+
+
+_NOT_ROUTED = contextlib.nullcontext()
+
+
+class _ArmRecorder:
+    """Count a routed request's outcome and latency on its arm (any failure is an error of
+    the arm: a candidate that rejects requests must show it; a request its client abandoned
+    is not counted at all). A plain class, not @contextmanager: it runs on every routed
+    request, and a generator-based manager costs several times more."""
+
+    __slots__ = ("request_id", "routed", "routing_key", "started", "traffic")
+
+    def __init__(
+        self,
+        traffic: TrafficRouter,
+        routed: tuple[LiveRule, int],
+        routing_key: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.traffic = traffic
+        self.routed = routed
+        self.routing_key = routing_key
+        self.request_id = request_id
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, asyncio.CancelledError):
+            return
+        self.traffic.record(
+            self.routed[0],
+            self.routed[1],
+            ok=kind is None,
+            seconds=time.perf_counter() - self.started,
+            request_id=self.request_id,
+            routing_key=self.routing_key,
+        )

@@ -16,6 +16,8 @@ elsewhere unknown keys and tables are reported as warnings and ignored, as befor
     [models.NAME.cache]      ModelCacheTable
     [models.NAME.sync]       SyncTable
     [models.NAME.batching]   BatchingTable
+    [models.NAME.traffic]    a traffic rule: kept as a table here, validated by main.py with
+                             app/traffic/rules.py (settings sits below traffic/)
 """
 
 from __future__ import annotations
@@ -218,6 +220,7 @@ class ModelTables(_Table):
     cache: ModelCacheTable | None = None
     sync: SyncTable | None = None
     batching: BatchingTable | None = None
+    traffic: dict[str, Any] | None = None
 
 
 class ConfigDocument(_Table):
@@ -344,6 +347,10 @@ class ConfigFile:
             for name, model in self.document.models.items()
             if model.batching is not None and model.batching.model_fields_set
         }
+
+    def traffic_tables(self) -> dict[str, dict[str, Any]]:
+        """[models.NAME.traffic] tables, unvalidated (app/traffic/rules.py checks them)."""
+        return {n: m.traffic for n, m in self.document.models.items() if m.traffic is not None}
 
     def cache_tables(self, cache_url_flag: str) -> CacheTables:
         """[cache] and the models that enable caching; --cache_url overrides [cache] url."""

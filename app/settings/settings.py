@@ -323,6 +323,10 @@ class Settings:
         return self.file.batching_tables()
 
     @property
+    def traffic_tables(self) -> dict[str, dict[str, Any]]:
+        return self.file.traffic_tables()
+
+    @property
     def saved_model_tag_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.flags.saved_model_tags.split(",") if t.strip())
 

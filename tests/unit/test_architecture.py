@@ -13,11 +13,12 @@ app/__main__.py, the composition root and the CLI, may import every folder; noth
     ops          core               (metrics and logs: fed through hooks, see nothing above)
     settings     core
     codec        core               (pure functions over core's types)
+    traffic      core               (traffic rules, arm choice, statistics: pure but for counters)
     runtime      core ops settings
     cache        core ops settings
-    lifecycle    core ops settings runtime
-    serving      core ops settings codec runtime cache lifecycle
-    admin        core ops settings lifecycle
+    lifecycle    core ops settings runtime traffic
+    serving      core ops settings codec runtime cache lifecycle traffic
+    admin        core ops settings lifecycle traffic
     sync         core ops settings lifecycle
     dashboard    core ops           (the load sampler reads metrics; the rest is passed in)
     rpc/h2       core ops           (the HTTP/2 transport knows frames and calls, not servicers)
@@ -46,11 +47,12 @@ ALLOWED: dict[str, frozenset[str]] = {
         "ops": "core",
         "settings": "core",
         "codec": "core",
+        "traffic": "core",
         "runtime": "core ops settings",
         "cache": "core ops settings",
-        "lifecycle": "core ops settings runtime",
-        "serving": "core ops settings codec runtime cache lifecycle",
-        "admin": "core ops settings lifecycle",
+        "lifecycle": "core ops settings runtime traffic",
+        "serving": "core ops settings codec runtime cache lifecycle traffic",
+        "admin": "core ops settings lifecycle traffic",
         "sync": "core ops settings lifecycle",
         "dashboard": "core ops",
         "rpc/h2": "core ops",

@@ -1,0 +1,431 @@
+"""The live traffic rules of every model: arm choice per request, per-arm counters, ramp
+and rollback, outcomes by request id or routing key, and the rules' JSON for the admin API.
+
+Data path position: serving/service.py's resolve step calls `choose()` for a request that
+names no version or label (a dict lookup when the model has no rule), then `record()` once
+the request finished. Lifecycle position: rules change only through lifecycle's ServerCore
+(`set_rule` / `delete_rule`), which also persists them. Event-loop only.
+
+A request keeps the LiveRule it was routed by: a rule change never drops it; its counts go
+to the rule it ran under.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import Code, ServingError
+from app.traffic import assign
+from app.traffic.arms import ArmStats, summarize
+from app.traffic.rules import Arm, TrafficRule
+from app.traffic.shadow import ShadowDispatcher, agreement
+
+log = logging.getLogger("tfgate.traffic")
+
+# Recent request ids (and routing keys) -> the arm that served them, for outcomes reported
+# later: bounded, the oldest forgotten first.
+RECENT_REQUESTS = 100_000
+ROLLBACK_CHECK_EVERY = 16  # requests between rollback checks (a check sorts latencies)
+BANDIT_REFRESH_OUTCOMES = 20  # outcomes between Thompson re-draws of the weights
+
+
+@dataclasses.dataclass
+class ShadowStats:
+    sent: int = 0
+    dropped: int = 0
+    errors: int = 0
+    compared: int = 0
+    max_abs_diff: float | None = None
+    sum_max_abs_diff: float = 0.0
+    argmax_agree_rows: int = 0
+    argmax_rows: int = 0
+
+    def document(self, version: int, fraction: float) -> dict[str, Any]:
+        return {
+            "version": version,
+            "fraction": fraction,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "compared": self.compared,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_max_abs_diff": (
+                round(self.sum_max_abs_diff / self.compared, 9) if self.compared else None
+            ),
+            "argmax_agreement": (
+                round(self.argmax_agree_rows / self.argmax_rows, 6) if self.argmax_rows else None
+            ),
+        }
+
+
+class LiveRule:
+    """One model's rule in force, with its counters and ramp / rollback state."""
+
+    def __init__(
+        self,
+        model: str,
+        rule: TrafficRule,
+        *,
+        started_at: float,
+        rolled_back: bool = False,
+        rollback_reason: str | None = None,
+    ) -> None:
+        self.model = model
+        self.rule = rule
+        self.rule_id = rule.id or model
+        self.arms: list[Arm] = list(rule.arms)
+        self.names = [a.name for a in self.arms]
+        self.baseline = self.names.index(rule.baseline_name)
+        candidate = rule.candidate_name
+        self.candidate = self.names.index(candidate) if candidate is not None else None
+        self.stats = [ArmStats() for _ in self.arms]
+        self.started_at = started_at
+        self.rolled_back = rolled_back
+        self.rollback_reason = rollback_reason
+        self.rng = random.Random(rule.seed)
+        # Which requests get a shadow copy: its own stream, so shadowing does not change
+        # the seeded arm draws.
+        self.shadow_rng = random.Random(None if rule.seed is None else rule.seed + 1)
+        self.configured_weights = [a.weight for a in self.arms]
+        self.bandit_weights: list[float] | None = None
+        self._outcomes_since_bandit = 0
+        self.shadow = ShadowStats()
+
+    def weights(self, now: float) -> list[float]:
+        """The effective weights now: rolled back -> all on the baseline; a ramp -> its
+        step's share; a bandit -> Thompson's; else the configured ones."""
+        if self.rolled_back:
+            weights = [0.0] * len(self.arms)
+            weights[self.baseline] = 1.0
+            return weights
+        ramp = self.rule.ramp
+        if ramp is not None and self.candidate is not None:
+            step = self.ramp_step(now)
+            return assign.ramp_weights(
+                self.baseline, self.candidate, len(self.arms), ramp.steps_percent[step]
+            )
+        if self.bandit_weights is not None:
+            return self.bandit_weights
+        return self.configured_weights
+
+    def ramp_step(self, now: float) -> int:
+        ramp = self.rule.ramp
+        if ramp is None:
+            return 0
+        return assign.ramp_step(now - self.started_at, ramp.step_seconds, len(ramp.steps_percent))
+
+    def target(self, arm: int) -> tuple[int | None, str | None]:
+        return self.arms[arm].version, self.arms[arm].label
+
+    def refresh_bandit(self) -> None:
+        successes = [s.conversions for s in self.stats]
+        failures = [s.conversion_trials - s.conversions for s in self.stats]
+        self.bandit_weights = assign.thompson_weights(successes, failures, self.rng)
+
+
+class TrafficRouter:
+    """Every model's live rule. Changes come from ServerCore only."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.rules: dict[str, LiveRule] = {}
+        self.clock = clock
+        self._recent: collections.OrderedDict[str, tuple[LiveRule, int]] = (
+            collections.OrderedDict()
+        )
+        self.shadow = ShadowDispatcher()
+        # on_rollback(live): the rule's state changed by itself (ServerCore persists it;
+        # metrics count it)
+        self.rollback_observers: list[Callable[[LiveRule], None]] = []
+
+    # --- changes (ServerCore) ---
+
+    def set_rule(
+        self,
+        model: str,
+        rule: TrafficRule,
+        *,
+        started_at: float | None = None,
+        rolled_back: bool = False,
+        rollback_reason: str | None = None,
+    ) -> LiveRule:
+        live = LiveRule(
+            model,
+            rule,
+            started_at=self.clock() if started_at is None else started_at,
+            rolled_back=rolled_back,
+            rollback_reason=rollback_reason,
+        )
+        previous = self.rules.get(model)
+        if previous is not None and previous.rule_id == live.rule_id:
+            # The same experiment, changed: arms that still point where they did keep
+            # their counts and outcomes.
+            for index, arm in enumerate(live.arms):
+                if arm.name in previous.names:
+                    old = previous.names.index(arm.name)
+                    if previous.target(old) == live.target(index):
+                        live.stats[index] = previous.stats[old]
+        self.rules[model] = live
+        return live
+
+    def delete_rule(self, model: str) -> LiveRule | None:
+        return self.rules.pop(model, None)
+
+    def persisted(self, model: str) -> dict[str, Any] | None:
+        """What the state file keeps of a model's rule: the rule, when its ramp started,
+        whether it was rolled back and why."""
+        live = self.rules.get(model)
+        if live is None:
+            return None
+        return {
+            "rule": live.rule.document(),
+            "started_at": live.started_at,
+            "rolled_back": live.rolled_back,
+            "rollback_reason": live.rollback_reason,
+        }
+
+    # --- request path ---
+
+    def choose(self, model: str, routing_key: str | None) -> tuple[LiveRule, int] | None:
+        """The arm for a request that names no version or label; None without a rule."""
+        live = self.rules.get(model)
+        if live is None:
+            return None
+        weights = live.weights(self.clock())
+        if routing_key:
+            arm = assign.arm_for_key(live.rule_id, routing_key, weights)
+        else:
+            arm = assign.arm_for_draw(live.rng, weights)
+        return live, arm
+
+    def record(
+        self,
+        live: LiveRule,
+        arm: int,
+        *,
+        ok: bool,
+        seconds: float,
+        request_id: str | None,
+        routing_key: str | None,
+    ) -> None:
+        live.stats[arm].record(ok, seconds)
+        for key in (request_id and "r:" + request_id, routing_key and "k:" + routing_key):
+            if key:
+                self._recent[key] = (live, arm)
+                self._recent.move_to_end(key)
+        while len(self._recent) > RECENT_REQUESTS:
+            self._recent.popitem(last=False)
+        if (
+            live.rule.rollback is not None
+            and not live.rolled_back
+            and arm == live.candidate
+            and live.stats[arm].requests % ROLLBACK_CHECK_EVERY == 0
+        ):
+            self._check_rollback(live)
+
+    def _check_rollback(self, live: LiveRule) -> None:
+        policy = live.rule.rollback
+        assert policy is not None and live.candidate is not None
+        base, cand = live.stats[live.baseline], live.stats[live.candidate]
+        reason = assign.rollback_reason(
+            baseline_requests=base.requests,
+            baseline_errors=base.errors,
+            baseline_p99_ms=base.latency_percentiles_ms()[1],
+            candidate_requests=cand.requests,
+            candidate_errors=cand.errors,
+            candidate_p99_ms=cand.latency_percentiles_ms()[1],
+            min_requests=policy.min_requests,
+            max_error_rate_increase=policy.max_error_rate_increase,
+            max_p99_latency_increase_ms=policy.max_p99_latency_increase_ms,
+        )
+        if reason is None:
+            return
+        live.rolled_back = True
+        live.rollback_reason = f"arm {live.names[live.candidate]}: {reason}"
+        log.warning(
+            "Model %s: traffic rolled back to arm %s: %s",
+            live.model,
+            live.names[live.baseline],
+            live.rollback_reason,
+        )
+        for observer in self.rollback_observers:
+            try:
+                observer(live)
+            except Exception:
+                log.exception("A rollback observer failed")
+
+    # --- outcomes ---
+
+    def report_outcome(
+        self,
+        model: str,
+        *,
+        request_id: str | None = None,
+        routing_key: str | None = None,
+        conversion: bool | None = None,
+        reward: float | None = None,
+    ) -> tuple[LiveRule, int]:
+        """Count an outcome for the arm that served `request_id` (one of the recent ones)
+        or `routing_key` (the arm it was last routed to, else the one it hashes to now)."""
+        live = self.rules.get(model)
+        if live is None:
+            raise ServingError(Code.NOT_FOUND, f"Model {model} has no traffic rule")
+        if (request_id is None) == (routing_key is None):
+            raise ServingError(
+                Code.INVALID_ARGUMENT, "An outcome names exactly one of request_id or routing_key"
+            )
+        if (conversion is None) == (reward is None):
+            raise ServingError(
+                Code.INVALID_ARGUMENT, "An outcome carries exactly one of conversion or reward"
+            )
+        key = "r:" + request_id if request_id is not None else "k:" + str(routing_key)
+        found = self._recent.get(key)
+        if found is not None and found[0] is not live and routing_key is not None:
+            found = None  # a key last routed by a replaced rule: where it hashes now
+        if found is not None:
+            served_by, arm = found
+            if served_by is not live:
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    f"The request ran under a traffic rule of model {model} that was "
+                    "replaced since; its outcome is not counted",
+                )
+        elif request_id is not None:
+            raise ServingError(
+                Code.NOT_FOUND,
+                f"Unknown request id {request_id[:80]!r} for model {model} (not routed by its "
+                f"traffic rule, or older than the last {RECENT_REQUESTS} requests)",
+            )
+        else:
+            arm = assign.arm_for_key(live.rule_id, str(routing_key), live.weights(self.clock()))
+        stats = live.stats[arm]
+        if conversion is not None:
+            stats.add_conversion(conversion)
+            if live.rule.bandit:
+                live._outcomes_since_bandit += 1
+                if live._outcomes_since_bandit >= BANDIT_REFRESH_OUTCOMES:
+                    live._outcomes_since_bandit = 0
+                    live.refresh_bandit()
+        else:
+            assert reward is not None
+            stats.add_reward(reward)
+        return live, arm
+
+    # --- shadow ---
+
+    def record_shadow(
+        self,
+        live: LiveRule,
+        primary: dict[str, np.ndarray],
+        shadow: dict[str, np.ndarray] | None,
+    ) -> None:
+        """A shadow copy finished: its agreement with the primary answer (None: it failed)."""
+        stats = live.shadow
+        if shadow is None:
+            stats.errors += 1
+            return
+        max_diff, agree, rows = agreement(primary, shadow)
+        stats.compared += 1
+        if max_diff is not None:
+            stats.max_abs_diff = (
+                max_diff if stats.max_abs_diff is None else max(stats.max_abs_diff, max_diff)
+            )
+            stats.sum_max_abs_diff += max_diff
+        stats.argmax_agree_rows += agree
+        stats.argmax_rows += rows
+
+    # --- admin API ---
+
+    def describe(self, model: str) -> dict[str, Any]:
+        """GET /v1/admin/models/{name}/traffic."""
+        live = self.rules.get(model)
+        if live is None:
+            raise ServingError(Code.NOT_FOUND, f"Model {model} has no traffic rule")
+        now = self.clock()
+        weights = live.weights(now)
+        total = sum(weights) or 1.0
+        baseline = live.stats[live.baseline]
+        arms = [
+            {
+                "name": arm.name,
+                "version": arm.version,
+                "label": arm.label,
+                "baseline": index == live.baseline,
+                "weight": round(weights[index] / total, 6),
+                "stats": summarize(
+                    live.stats[index], None if index == live.baseline else baseline
+                ),
+            }
+            for index, arm in enumerate(live.arms)
+        ]
+        ramp = live.rule.ramp
+        state: dict[str, Any] = {
+            "rule_id": live.rule_id,
+            "started_at": live.started_at,
+            "ramp_step": live.ramp_step(now) if ramp is not None else None,
+            "ramp_steps": len(ramp.steps_percent) if ramp is not None else None,
+            "candidate": live.names[live.candidate] if live.candidate is not None else None,
+            "rolled_back": live.rolled_back,
+            "rollback_reason": live.rollback_reason,
+            "bandit": live.rule.bandit,
+        }
+        shadow = live.rule.shadow
+        return {
+            "model": model,
+            "rule": live.rule.document(),
+            "state": state,
+            "arms": arms,
+            "shadow": (
+                live.shadow.document(shadow.version, shadow.fraction)
+                if shadow is not None
+                else None
+            ),
+        }
+
+    def summary(self, model: str) -> dict[str, Any] | None:
+        """The compact `traffic` entry of GET /v1/admin/models/{name} (None: no rule)."""
+        live = self.rules.get(model)
+        if live is None:
+            return None
+        weights = live.weights(self.clock())
+        total = sum(weights) or 1.0
+        return {
+            "rule_id": live.rule_id,
+            "arms": {
+                arm.name: round(weights[i] / total, 6) for i, arm in enumerate(live.arms)
+            },
+            "rolled_back": live.rolled_back,
+            "shadow_version": live.rule.shadow.version if live.rule.shadow else None,
+        }
+
+    def metric_rows(self) -> list[tuple[tuple[str, str, str], dict[str, float]]]:
+        """Per (model, arm, version-or-label) the values the Prometheus page shows; arm
+        names come from configured rules only, so the label set stays bounded."""
+        rows = []
+        now = self.clock()
+        for model, live in sorted(self.rules.items()):
+            weights = live.weights(now)
+            total = sum(weights) or 1.0
+            for index, arm in enumerate(live.arms):
+                stats = live.stats[index]
+                target = str(arm.version) if arm.version is not None else f"label:{arm.label}"
+                rows.append(
+                    (
+                        (model, arm.name, target),
+                        {
+                            "requests": stats.requests,
+                            "errors": stats.errors,
+                            "weight": weights[index] / total,
+                            "conversions": stats.conversions,
+                            "outcomes": stats.conversion_trials + stats.reward_count,
+                        },
+                    )
+                )
+        return rows

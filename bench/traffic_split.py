@@ -1,0 +1,268 @@
+"""What a traffic rule costs: dnn 1-row REST at c=64 against one tfgate server with no rule
+and with a 50/50 split over two versions, side by side.
+
+    .venv/bin/python -m bench.traffic_split [--repeats 3] [--out bench/results]
+
+One tfgate server (batching on, bench/batching_parameters.pbtxt) serves dnn versions 1 and
+2 (the same export twice; model_version_policy all). Each repeat measures three modes back
+to back, rotating which goes first: "no rule" (every request to the latest version), a
+one-arm rule (the rule's own cost: draw, count, all on one version) and the "50/50 split"
+(rules set through the admin API; requests carry no routing key, so each arm is a
+weighted random draw, and every request is counted on its arm). Writes
+bench/results/traffic_split.json and bench/traffic_section.md, which bench/docs.py includes
+in docs/benchmarks.md. Traffic goes to 127.0.0.1 only; the server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from app.traffic.router import TrafficRouter
+from app.traffic.rules import parse_rule
+from bench.loadgen import HttpTarget, LevelOptions, run_level
+from bench.servers import RunningServer, tfgate_spec
+from bench.stats import Window, percentile_ns
+from bench.workloads import Workload
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SECTION = pathlib.Path(__file__).resolve().parent / "traffic_section.md"
+MODEL = "dnn"
+CONCURRENCY = 64
+TOKEN = "bench-token"
+SPLIT_RULE = {
+    "id": "bench",
+    "arms": [{"name": "v1", "version": 1, "weight": 50}, {"name": "v2", "version": 2,
+                                                          "weight": 50}],
+}
+# The rule's own cost apart from the split's: every request still drawn and counted, all
+# on one version, so batches fill as without a rule.
+ONE_ARM_RULE = {"id": "bench-one", "arms": [{"name": "v2", "version": 2, "weight": 1}]}
+MODES: dict[str, dict | None] = {
+    "no rule": None,
+    "rule, one arm (100%)": ONE_ARM_RULE,
+    "50/50 split": SPLIT_RULE,
+}
+
+
+def start_server(work: pathlib.Path) -> RunningServer:
+    """tfgate with dnn versions 1 and 2 both served, and the admin API enabled."""
+    models = work / "models"
+    (work / "tokens").write_text(TOKEN + "\n")
+    toml = work / "tfgate.toml"
+    toml.write_text(f'[admin]\ntokens_file = "{work / "tokens"}"\n')
+    spec = tfgate_spec(models, work, ROOT / "bench" / "batching_parameters.pbtxt",
+                       [f"--config={toml}"])
+    # both versions AVAILABLE: the rule's arms must name served versions
+    (work / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{models / MODEL}" '
+        'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
+    )
+    return RunningServer(spec, work)
+
+
+def wait_for_versions(server: RunningServer, versions: set[str], timeout_seconds: float = 240.0
+                      ) -> None:
+    """Until every one of `versions` of the model is AVAILABLE."""
+    url = f"http://127.0.0.1:{server.spec.rest_port}/v1/models/{MODEL}"
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            status = json.loads(response.read())["model_version_status"]
+        if versions <= {v["version"] for v in status if v["state"] == "AVAILABLE"}:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"versions {sorted(versions)} of {MODEL} did not become available")
+
+
+def admin(server: RunningServer, method: str, rule: dict | None = None) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.spec.rest_port}/v1/admin/models/{MODEL}/traffic",
+        method=method,
+        data=None if rule is None else json.dumps(rule).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def summarize(windows: list[Window]) -> dict[str, float]:
+    latencies = [v for w in windows for v in w.latencies_ns]
+    seconds = sum(w.seconds for w in windows)
+    return {
+        "throughput": len(latencies) / seconds if seconds else 0.0,
+        "p50_ms": percentile_ns(latencies, 50) / 1e6,
+        "p99_ms": percentile_ns(latencies, 99) / 1e6,
+        "errors": sum(sum(w.errors.values()) for w in windows),
+    }
+
+
+async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]]:
+    target = HttpTarget("127.0.0.1", server.spec.rest_port, server.spec.path(MODEL),
+                        Workload(MODEL).rest_body())
+    level = LevelOptions(concurrency=CONCURRENCY, warmup_seconds=1.0, window_seconds=2.0,
+                         min_windows=3, max_windows=4)
+    rows: list[dict[str, object]] = []
+    names = list(MODES)
+    for repeat in range(repeats):
+        order = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate the order
+        for mode in order:
+            rule = MODES[mode]
+            admin(server, "DELETE")  # 404 when there is none: fine
+            if rule is not None and admin(server, "PUT", rule) != 200:
+                raise RuntimeError(f"the admin API refused the rule of mode {mode!r}")
+            windows, _, stable = await run_level(target, level)
+            rows.append({"mode": mode, "repeat": repeat, "stable": stable,
+                         **summarize(windows)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def arm_shares(server: RunningServer) -> dict[str, int]:
+    """Requests per arm of the split as the server counted them (its last measurement)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.spec.rest_port}/v1/admin/models/{MODEL}/traffic",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            described = json.loads(response.read())
+    except urllib.error.HTTPError:
+        return {}
+    return {a["name"]: a["stats"]["requests"] for a in described["arms"]}
+
+
+def router_micros(routing_key: str | None, calls: int = 100_000) -> float:
+    """In-process: microseconds per request of what a rule adds to the request path (arm
+    choice + counting, with a request id remembered), best of 5 passes: noise-robust where
+    the load test on a shared machine is not."""
+    router = TrafficRouter()
+    router.set_rule(MODEL, parse_rule(SPLIT_RULE))
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls):
+            live, arm = router.choose(MODEL, routing_key)  # type: ignore[misc]
+            router.record(live, arm, ok=True, seconds=0.001, request_id="0123456789abcdef",
+                          routing_key=routing_key)
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best * 1e6
+
+
+def median(rows: list[dict[str, object]], mode: str, field: str) -> float:
+    return statistics.median(float(r[field]) for r in rows if r["mode"] == mode)  # type: ignore[arg-type]
+
+
+def ratio(rows: list[dict[str, object]], mode: str) -> float:
+    """Median over repeats of mode/no-rule throughput measured back to back."""
+    per_repeat = []
+    for repeat in sorted({int(r["repeat"]) for r in rows}):  # type: ignore[call-overload]
+        pair = {r["mode"]: float(r["throughput"]) for r in rows if r["repeat"] == repeat}  # type: ignore[arg-type]
+        if pair.get("no rule"):
+            per_repeat.append(pair[mode] / pair["no rule"])
+    return statistics.median(per_repeat)
+
+
+def render(
+    rows: list[dict[str, object]],
+    repeats: int,
+    shares: dict[str, int],
+    load: float,
+    micros: tuple[float, float],
+) -> str:
+    lines = [
+        "## Traffic split cost: dnn 1-row REST, c=64, no rule vs a 50/50 split",
+        "",
+        f"Command: `.venv/bin/python -m bench.traffic_split --repeats {repeats}`; one tfgate",
+        "server serving dnn versions 1 and 2 (batching on); each repeat measures the modes",
+        "back to back, rotating which goes first; requests carry no routing key (each one",
+        f"a weighted random draw); medians of {repeats} repeats. Load average when the run",
+        f"started: {load:.1f} on {os.cpu_count()} CPUs (other processes share this machine;",
+        "ratios within the run's spread between repeats are noise).",
+        "",
+        "| mode | req/s | / no rule | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        errors = sum(int(r["errors"]) for r in rows if r["mode"] == mode)  # type: ignore[call-overload]
+        lines.append(
+            f"| {mode} | {median(rows, mode, 'throughput'):,.0f} | {ratio(rows, mode):.3f}x | "
+            f"{median(rows, mode, 'p50_ms'):.2f} | {median(rows, mode, 'p99_ms'):.2f} | "
+            f"{errors} |"
+        )
+    split = ratio(rows, "50/50 split")
+    total = sum(shares.values())
+    share_text = ", ".join(
+        f"{name} {count / total:.1%}" for name, count in sorted(shares.items())
+    ) if total else "not read"
+    lines += [
+        "",
+        f"Split / no rule throughput (median of per-repeat ratios): {split:.3f}x. Arm shares",
+        f"the server counted over a final 1 s split run: {share_text}. A 50/50 split over",
+        "two versions also halves the rows each version's batch queue sees at once (one",
+        "queue per servable); the one-arm rule shows the rule's own per-request cost.",
+        "",
+        "In-process, what a rule adds per request (arm choice + counting, best of 5 x 100k):",
+        f"{micros[0]:.2f} us without a routing key, {micros[1]:.2f} us with one.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.traffic_split", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tfgate-traffic-") as tmp:
+        work = pathlib.Path(tmp)
+        base = work / "models" / MODEL
+        subprocess.run(
+            [sys.executable, "-m", "workers.example_models", MODEL, str(base)],
+            check=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            stdout=subprocess.DEVNULL,
+        )
+        shutil.copytree(base / "1", base / "2")
+        load = os.getloadavg()[0]
+        micros = (router_micros(None), router_micros("user-42"))
+        server = start_server(work)
+        try:
+            server.wait_ready(MODEL, Workload(MODEL).rest_body())
+            wait_for_versions(server, {"1", "2"})
+            rows = asyncio.run(measure(server, args.repeats))
+            # the arms' counts over one short split run with fresh counters
+            admin(server, "DELETE")
+            admin(server, "PUT", SPLIT_RULE)
+            asyncio.run(run_level(
+                HttpTarget("127.0.0.1", server.spec.rest_port, server.spec.path(MODEL),
+                           Workload(MODEL).rest_body()),
+                LevelOptions(concurrency=CONCURRENCY, warmup_seconds=0.0, window_seconds=1.0,
+                             min_windows=1, max_windows=1),
+            ))
+            shares = arm_shares(server)
+        finally:
+            server.stop()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "traffic_split.json").write_text(json.dumps(rows, indent=1))
+    SECTION.write_text(render(rows, args.repeats, shares, load, micros))
+    print(SECTION.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

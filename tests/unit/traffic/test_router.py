@@ -1,0 +1,143 @@
+"""TrafficRouter: arm choice, ramp on a fake clock, rollback, outcomes, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from app.core.errors import Code, ServingError
+from app.traffic import router as router_module
+from app.traffic.router import TrafficRouter
+from app.traffic.rules import parse_rule
+from app.traffic.shadow import ShadowDispatcher, agreement
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rule(**extra: object):  # type: ignore[no-untyped-def]
+    return parse_rule({"arms": [{"name": "base", "version": 1},
+                                {"name": "cand", "version": 2}], **extra})
+
+
+def test_no_rule_means_no_choice() -> None:
+    assert TrafficRouter().choose("m", "key") is None
+
+
+def test_ramp_follows_the_clock_and_rollback_sticks() -> None:
+    clock = Clock()
+    router = TrafficRouter(clock)
+    rolled: list[str] = []
+    router.rollback_observers.append(lambda live: rolled.append(live.model))
+    live = router.set_rule("m", _rule(
+        ramp={"candidate": "cand", "steps_percent": [0, 100], "step_seconds": 10},
+        rollback={"min_requests": 16, "max_error_rate_increase": 0.1},
+    ))
+    assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {0}  # type: ignore[index]
+    clock.now += 10
+    assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {1}  # type: ignore[index]
+    for _ in range(16):
+        router.record(live, 0, ok=True, seconds=0.01, request_id=None, routing_key=None)
+    for _ in range(16):
+        router.record(live, 1, ok=False, seconds=0.01, request_id=None, routing_key=None)
+    assert live.rolled_back and rolled == ["m"]
+    assert live.rollback_reason is not None and live.rollback_reason.startswith("arm cand")
+    assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {0}  # type: ignore[index]
+    described = router.describe("m")
+    assert described["state"]["rolled_back"] is True
+    assert [a["weight"] for a in described["arms"]] == [1.0, 0.0]
+    assert described["arms"][1]["stats"]["errors"] == 16
+
+
+def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(router_module, "RECENT_REQUESTS", 4)
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule())
+    for i in range(6):
+        router.record(live, i % 2, ok=True, seconds=0.001, request_id=f"r{i}", routing_key=None)
+    assert len(router._recent) == 4  # the oldest forgotten
+    with pytest.raises(ServingError) as gone:
+        router.report_outcome("m", request_id="r0", conversion=True)
+    assert gone.value.code is Code.NOT_FOUND
+    _, arm = router.report_outcome("m", request_id="r5", conversion=True)
+    assert arm == 1 and live.stats[1].conversions == 1
+    _, arm = router.report_outcome("m", routing_key="anyone", reward=2.5)
+    assert live.stats[arm].reward_count == 1
+    for bad in ({}, {"request_id": "r5", "routing_key": "k", "conversion": True},
+                {"request_id": "r5"}, {"request_id": "r5", "conversion": True, "reward": 1.0}):
+        with pytest.raises(ServingError) as invalid:
+            router.report_outcome("m", **bad)  # type: ignore[arg-type]
+        assert invalid.value.code is Code.INVALID_ARGUMENT
+    # a replaced rule: the request id's outcome is refused, not miscounted
+    router.set_rule("m", _rule(id="other"))
+    with pytest.raises(ServingError) as replaced:
+        router.report_outcome("m", request_id="r5", conversion=True)
+    assert replaced.value.code is Code.FAILED_PRECONDITION
+
+
+def test_a_changed_rule_keeps_the_counts_of_unchanged_arms() -> None:
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule())
+    router.record(live, 0, ok=True, seconds=0.001, request_id=None, routing_key=None)
+    router.record(live, 1, ok=True, seconds=0.001, request_id=None, routing_key=None)
+    changed = router.set_rule("m", parse_rule({"arms": [
+        {"name": "base", "version": 1, "weight": 3}, {"name": "cand", "version": 3}]}))
+    assert changed.stats[0].requests == 1 and changed.stats[1].requests == 0
+    # the old rule object keeps counting what it routed: no request is lost
+    router.record(live, 1, ok=True, seconds=0.001, request_id=None, routing_key=None)
+    assert live.stats[1].requests == 2
+
+
+def test_bandit_moves_weight_to_the_converting_arm() -> None:
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule(bandit=True, seed=1))
+    for i in range(200):
+        router.report_outcome("m", routing_key=f"u{i}", conversion=False)
+    for i in range(200):
+        live.stats[1].add_conversion(True)
+        router.report_outcome("m", routing_key=f"v{i}", conversion=live.rng.random() < 0.01)
+    weights = live.weights(0)
+    assert weights[1] > 0.9
+
+
+def test_shadow_agreement_and_dispatcher_bound() -> None:
+    a = {"scores": np.array([[0.1, 0.9], [0.8, 0.2]], np.float32), "name": np.array([b"x"])}
+    b = {"scores": np.array([[0.2, 0.8], [0.1, 0.9]], np.float32)}
+    max_diff, agree, rows = agreement(a, b)
+    assert max_diff == pytest.approx(0.7)
+    assert (agree, rows) == (1, 2)
+    assert agreement(a, {"scores": np.zeros((3, 2), np.float32)})[0] == float("inf")
+
+    async def scenario() -> tuple[int, int, bool]:
+        dispatcher = ShadowDispatcher(max_pending=2)
+        assert not dispatcher.offer(_noop)  # not started: dropped
+        dispatcher.start()
+        release = asyncio.Event()
+        ran = []
+
+        async def job() -> None:
+            ran.append(1)
+            await release.wait()
+
+        results = [dispatcher.offer(job) for _ in range(5)]
+        await asyncio.sleep(0)
+        later = dispatcher.offer(job, max_pending=1)
+        release.set()
+        await asyncio.sleep(0.01)
+        await dispatcher.close()
+        return results.count(True), len(ran), later
+
+    accepted, ran, later = asyncio.run(scenario())
+    # one job running, one waiting: a rule allowing 1 pending drops the next copy
+    assert accepted == 2 and ran >= 2 and later is False
+
+
+async def _noop() -> None:
+    return None
