@@ -416,6 +416,47 @@ def test_traffic_rule_renders_from_the_admin_json(page: Page) -> None:
     assert page.errors == []
 
 
+def test_a_real_traffic_rule_shows_its_arms_and_counts(page: Page, server: ServerProcess) -> None:
+    """The real traffic API (no interception): a 50/50 rule over versions 1 and 2 set through
+    the admin API, a few keyed predicts, and the page shows both arms with their counts."""
+    headers = admin_headers(TOKEN)
+    rule = {"id": "dash", "arms": [{"name": "control", "version": 2},
+                                   {"name": "candidate", "version": 1}]}
+    with server.client() as http:
+        loaded = http.post("/v1/admin/models/m/versions/1/load", headers=headers)
+        assert loaded.status_code == 200, loaded.text
+        try:
+            put = http.put("/v1/admin/models/m/traffic", json=rule, headers=headers)
+            assert put.status_code == 200, put.text
+            served = []
+            for i in range(40):
+                reply = http.post("/v1/models/m:predict", json={"instances": [2.0]},
+                                  headers={"X-Tfgate-Routing-Key": f"user-{i}"})
+                assert reply.status_code == 200, reply.text
+                served.append(int(reply.headers["X-Tfgate-Model-Version"]))
+            assert {1, 2} <= set(served)
+            page.signed_in()
+            panel = page.page.locator('[data-traffic-for="m"]')
+            panel.locator("table").wait_for()
+            text = panel.inner_text()
+            assert "control" in text and "candidate" in text, text
+            assert "version 1" in text and "version 2" in text, text
+            rows = {
+                row[0]: row
+                for row in page.page.evaluate(
+                    """() => [...document.querySelectorAll('[data-traffic-for="m"] tbody tr')]
+                        .map(tr => [...tr.cells].map(td => td.textContent.trim()))"""
+                )
+            }
+            # The module's light background load (no routing key) is counted on the arms too.
+            assert int(rows["control"][3]) >= served.count(2), rows
+            assert int(rows["candidate"][3]) >= served.count(1), rows
+            assert page.errors == []
+        finally:
+            http.delete("/v1/admin/models/m/traffic", headers=headers)
+            http.post("/v1/admin/models/m/versions/1/unload", headers=headers)
+
+
 SYNC = {
     "source": "s3://models/m", "poll_seconds": 30, "last_attempt": "2026-01-02T03:04:05+00:00",
     "last_success": None,
