@@ -109,6 +109,12 @@ def unlimited_budget() -> TensorBudget:
     return TensorBudget(1 << 80)
 
 
+def request_budget(limit_bytes: int) -> TensorBudget:
+    """A fresh budget for one request's decoded tensors; limit_bytes 0 bounds nothing (the
+    transports pass settings.request_tensor_limit_bytes; unit tests pass 0)."""
+    return TensorBudget(limit_bytes) if limit_bytes > 0 else unlimited_budget()
+
+
 def dtype_name(dtype: int) -> str:
     """TF's DataTypeString(): the lower-case name TF Serving prints in messages."""
     return (

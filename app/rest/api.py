@@ -25,7 +25,7 @@ from app.codec import example as codec_example
 from app.codec import predict_response
 from app.codec import status as codec_status
 from app.codec import tensor_json as codec
-from app.codec.tensor import TensorBudget, unlimited_budget
+from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError
 from app.core.types import ModelSpec
 from app.rest.edge import body_too_large_text
@@ -104,10 +104,6 @@ class TfServingRestApi:
         # the bytes one request's decoded tensors may take; 0: unbounded (unit tests)
         self.max_tensor_bytes = max_tensor_bytes
 
-    def _budget(self) -> TensorBudget:
-        if self.max_tensor_bytes > 0:
-            return TensorBudget(self.max_tensor_bytes)
-        return unlimited_budget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -223,7 +219,7 @@ class TfServingRestApi:
         examples = codec_example.parse_examples_json(
             body,
             verb,  # type: ignore[arg-type]
-            self._budget(),
+            request_budget(self.max_tensor_bytes),
         )
         spec = ModelSpec(spec.name, spec.version, spec.label, examples.signature_name)
         if verb == "classify":
@@ -260,7 +256,9 @@ class TfServingRestApi:
         spec = ModelSpec(spec.name, spec.version, spec.label, parsed.signature_name)
         result = await self.service.predict(
             spec,
-            lambda signature: codec.decode_predict_inputs(parsed, signature, self._budget()),
+            lambda signature: codec.decode_predict_inputs(
+                parsed, signature, request_budget(self.max_tensor_bytes)
+            ),
             deadline=deadline,
             entrypoint=Entrypoint.REST,
             cache_control=cache_control,

@@ -22,7 +22,7 @@ import orjson
 
 from app import __version__
 from app.codec import v2_json
-from app.codec.tensor import TensorBudget, unlimited_budget
+from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError, invalid_argument
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec, VersionState, tf_dtype_of
 from app.rest.api import (
@@ -98,10 +98,6 @@ class V2RestApi:
         self.auth = auth or InferenceAuth.disabled()
         self.max_tensor_bytes = max_tensor_bytes
 
-    def _budget(self) -> TensorBudget:
-        if self.max_tensor_bytes > 0:
-            return TensorBudget(self.max_tensor_bytes)
-        return unlimited_budget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -251,7 +247,7 @@ class V2RestApi:
             if self.timeout_seconds
             else None
         )
-        budget = self._budget()
+        budget = request_budget(self.max_tensor_bytes)
         return await self.service.predict(
             spec,
             lambda signature: v2_json.decode_inputs(request, signature, spec.name, budget),

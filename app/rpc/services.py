@@ -23,7 +23,7 @@ from app.admin.api import AdminTokens
 from app.codec import example as codec_example
 from app.codec import status as codec_status
 from app.codec import tensor_proto as codec_proto
-from app.codec.tensor import TensorBudget, unlimited_budget
+from app.codec.tensor import TensorBudget, request_budget
 from app.core.errors import Code, ServingError
 from app.core.protos import (
     classification_pb2,
@@ -202,10 +202,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # 0: unbounded (unit tests)
         self.max_tensor_bytes = max_tensor_bytes
 
-    def _budget(self) -> TensorBudget:
-        if self.max_tensor_bytes > 0:
-            return TensorBudget(self.max_tensor_bytes)
-        return unlimited_budget()
 
     @translated
     async def Predict(
@@ -215,7 +211,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         authorize(self.auth, context, spec.name)
         result = await self.service.predict(
             spec,
-            lambda _signature: decode_inputs(request, self._budget()),
+            lambda _signature: decode_inputs(request, request_budget(self.max_tensor_bytes)),
             output_filter=list(request.output_filter),
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
@@ -272,7 +268,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         decodes only after its model and signature checks (TF Serving's order)."""
         return await run(
             spec,
-            lambda: codec_example.examples_from_input_proto(request.input, self._budget()),
+            lambda: codec_example.examples_from_input_proto(
+                request.input, request_budget(self.max_tensor_bytes)
+            ),
             deadline=loop_deadline(context),
             entrypoint=Entrypoint.GRPC,
             cache_control=cache_control(context),
@@ -290,7 +288,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable, metadata = self.service.resolve(model_spec_from_proto(first))
         tasks = multi_inference.check_tasks(request, metadata, self.service)
         results = await multi_inference.run(
-            self.service, request, servable, tasks, loop_deadline(context), self._budget()
+            self.service,
+            request,
+            servable,
+            tasks,
+            loop_deadline(context),
+            request_budget(self.max_tensor_bytes),
         )
         response = inference_pb2.MultiInferenceResponse()
         for task, result in zip(request.tasks, results, strict=True):

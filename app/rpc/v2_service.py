@@ -16,7 +16,7 @@ import grpc
 
 from app import __version__
 from app.codec import v2_json, v2_proto
-from app.codec.tensor import TensorBudget, unlimited_budget
+from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError, invalid_argument
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec, VersionState, tf_dtype_of
 from app.rpc.services import (
@@ -67,10 +67,6 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.auth = auth or InferenceAuth.disabled()
         self.max_tensor_bytes = max_tensor_bytes
 
-    def _budget(self) -> TensorBudget:
-        if self.max_tensor_bytes > 0:
-            return TensorBudget(self.max_tensor_bytes)
-        return unlimited_budget()
 
     @translated
     async def ServerLive(self, request, context):
@@ -148,7 +144,7 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         """The one call into the service for V2 gRPC infer: what a call carries to the
         service's resolve step (x-tfgate-routing-key metadata for traffic rules) goes here.
         An outcome names the request by its `id` when set, else x-request-id."""
-        budget = self._budget()
+        budget = request_budget(self.max_tensor_bytes)
         routing = routing_metadata(context)
         if request.id and len(request.id) <= MAX_ROUTING_KEY_CHARS:
             routing["request_id"] = request.id

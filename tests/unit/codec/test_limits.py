@@ -13,7 +13,7 @@ import pytest
 from app import main
 from app.codec import example as codec_example
 from app.codec import tensor_json as codec
-from app.codec.tensor import TensorBudget, tensor_nbytes
+from app.codec.tensor import TensorBudget, request_budget, tensor_nbytes
 from app.codec.tensor_proto import tensor_proto_to_ndarray
 from app.core.errors import Code, ServingError
 from app.core.protos import example_pb2, input_pb2, tensor_pb2
@@ -268,3 +268,15 @@ def test_dense_path_that_declines_does_not_charge_twice() -> None:
     sig = signature(a=DT_FLOAT, b=DT_INT8)
     out = codec.decode_predict_inputs(parsed, sig, TensorBudget(2000 * 4 + 2000 * 1))
     assert out["a"].shape == (2000,) and out["b"].dtype == np.int8
+
+
+def test_request_budget_bounds_each_request_afresh_and_zero_bounds_nothing() -> None:
+    from app.core.errors import ServingError
+    from app.core.types import DT_FLOAT
+
+    first = request_budget(64)
+    first.charge("x", [16], DT_FLOAT)  # exactly 64 bytes
+    with pytest.raises(ServingError, match="may take at most 64 bytes"):
+        first.charge("y", [1], DT_FLOAT)
+    request_budget(64).charge("x", [16], DT_FLOAT)  # a new request starts from zero
+    request_budget(0).charge("x", [1 << 40], DT_FLOAT)  # 0: unbounded (unit tests)
