@@ -62,11 +62,14 @@ class HttpTarget:
     content_type: str = "application/json"
     # extra request headers, e.g. V2's Inference-Header-Content-Length for binary data
     headers: tuple[tuple[str, str], ...] = ()
+    # when set, connection i posts to alternate_paths[i % n] instead of `path` (e.g. a
+    # client-side A/B split over explicit version URLs)
+    alternate_paths: tuple[str, ...] = ()
 
-    def request_bytes(self) -> bytes:
+    def request_bytes(self, path: str | None = None) -> bytes:
         extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         head = (
-            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: {self.content_type}\r\n{extra}"
             f"Content-Length: {len(self.body)}\r\n\r\n"
         )
@@ -205,7 +208,7 @@ class _HttpDriver:
     def __init__(self, target: HttpTarget, recorder: Recorder) -> None:
         self.target = target
         self.recorder = recorder
-        self.request = target.request_bytes()
+        self.requests = [target.request_bytes(p) for p in target.alternate_paths or (None,)]
         self.running = True
         self.idle: list[_HttpConnection] = []
         self.backlog: list[int] = []  # open loop: scheduled send times waiting for a connection
@@ -214,9 +217,10 @@ class _HttpDriver:
 
     async def connect(self, count: int) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(count):
+        for index in range(count):
+            request = self.requests[index % len(self.requests)]
             _, conn = await loop.create_connection(
-                lambda: _HttpConnection(self.request, self._on_response),
+                lambda request=request: _HttpConnection(request, self._on_response),  # type: ignore[misc]
                 self.target.host,
                 self.target.port,
             )

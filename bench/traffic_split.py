@@ -4,9 +4,10 @@ and with a 50/50 split over two versions, side by side.
     .venv/bin/python -m bench.traffic_split [--repeats 3] [--out bench/results]
 
 One tfgate server (batching on, bench/batching_parameters.pbtxt) serves dnn versions 1 and
-2 (the same export twice; model_version_policy all). Each repeat measures three modes back
-to back, rotating which goes first: "no rule" (every request to the latest version), a
-one-arm rule (the rule's own cost: draw, count, all on one version) and the "50/50 split"
+2 (the same export twice; model_version_policy all). Each repeat measures four modes back
+to back, rotating which goes first: "no rule" (every request to the latest version), the
+client-side split TF Serving users do today (no rule; half the connections post to
+/versions/1, half to /versions/2), a one-arm rule (the rule's own cost: draw, count, all on one version) and the "50/50 split"
 (rules set through the admin API; requests carry no routing key, so each arm is a
 weighted random draw, and every request is counted on its arm). Writes
 bench/results/traffic_split.json and bench/traffic_section.md, which bench/docs.py includes
@@ -49,8 +50,13 @@ SPLIT_RULE = {
 # The rule's own cost apart from the split's: every request still drawn and counted, all
 # on one version, so batches fill as without a rule.
 ONE_ARM_RULE = {"id": "bench-one", "arms": [{"name": "v2", "version": 2, "weight": 1}]}
+CLIENT_SPLIT = "client-side 50/50 (version URLs)"
 MODES: dict[str, dict | None] = {
     "no rule": None,
+    # What TF Serving users do today: no rule, half the clients post to /versions/1 and
+    # half to /versions/2. Both splits pay for two half-full batch queues; the server-side
+    # split's own cost is the difference between these two rows.
+    CLIENT_SPLIT: None,
     "rule, one arm (100%)": ONE_ARM_RULE,
     "50/50 split": SPLIT_RULE,
 }
@@ -112,8 +118,12 @@ def summarize(windows: list[Window]) -> dict[str, float]:
 
 
 async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]]:
-    target = HttpTarget("127.0.0.1", server.spec.rest_port, server.spec.path(MODEL),
-                        Workload(MODEL).rest_body())
+    body = Workload(MODEL).rest_body()
+    target = HttpTarget("127.0.0.1", server.spec.rest_port, server.spec.path(MODEL), body)
+    client_split = HttpTarget(
+        "127.0.0.1", server.spec.rest_port, server.spec.path(MODEL), body,
+        alternate_paths=tuple(f"/v1/models/{MODEL}/versions/{v}:predict" for v in (1, 2)),
+    )
     level = LevelOptions(concurrency=CONCURRENCY, warmup_seconds=1.0, window_seconds=2.0,
                          min_windows=3, max_windows=4)
     rows: list[dict[str, object]] = []
@@ -125,7 +135,9 @@ async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]
             admin(server, "DELETE")  # 404 when there is none: fine
             if rule is not None and admin(server, "PUT", rule) != 200:
                 raise RuntimeError(f"the admin API refused the rule of mode {mode!r}")
-            windows, _, stable = await run_level(target, level)
+            windows, _, stable = await run_level(
+                client_split if mode == CLIENT_SPLIT else target, level
+            )
             rows.append({"mode": mode, "repeat": repeat, "stable": stable,
                          **summarize(windows)})
             print(json.dumps(rows[-1]), flush=True)
@@ -167,13 +179,13 @@ def median(rows: list[dict[str, object]], mode: str, field: str) -> float:
     return statistics.median(float(r[field]) for r in rows if r["mode"] == mode)  # type: ignore[arg-type]
 
 
-def ratio(rows: list[dict[str, object]], mode: str) -> float:
-    """Median over repeats of mode/no-rule throughput measured back to back."""
+def ratio(rows: list[dict[str, object]], mode: str, against: str = "no rule") -> float:
+    """Median over repeats of mode/`against` throughput measured back to back."""
     per_repeat = []
     for repeat in sorted({int(r["repeat"]) for r in rows}):  # type: ignore[call-overload]
         pair = {r["mode"]: float(r["throughput"]) for r in rows if r["repeat"] == repeat}  # type: ignore[arg-type]
-        if pair.get("no rule"):
-            per_repeat.append(pair[mode] / pair["no rule"])
+        if pair.get(against):
+            per_repeat.append(pair[mode] / pair[against])
     return statistics.median(per_repeat)
 
 
@@ -205,13 +217,16 @@ def render(
             f"{errors} |"
         )
     split = ratio(rows, "50/50 split")
+    against_client = ratio(rows, "50/50 split", CLIENT_SPLIT)
     total = sum(shares.values())
     share_text = ", ".join(
         f"{name} {count / total:.1%}" for name, count in sorted(shares.items())
     ) if total else "not read"
     lines += [
         "",
-        f"Split / no rule throughput (median of per-repeat ratios): {split:.3f}x. Arm shares",
+        f"Split / no rule throughput (median of per-repeat ratios): {split:.3f}x; server-side",
+        f"split / the same split done by the clients over version URLs: {against_client:.3f}x.",
+        "Arm shares",
         f"the server counted over a final 1 s split run: {share_text}. A 50/50 split over",
         "two versions also halves the rows each version's batch queue sees at once (one",
         "queue per servable); the one-arm rule shows the rule's own per-request cost.",
