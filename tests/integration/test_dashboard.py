@@ -412,7 +412,6 @@ def test_traffic_rule_renders_from_the_admin_json(page: Page) -> None:
                      "15.00 %", "[0.090, 0.210]", "0.0310", "Rule kind", "experiment",
                      "Ramp step", "Shadow sampled"):
         assert expected in text, (expected, text)
-    page.screenshot("dashboard-traffic.png", '[data-model="m"]')
     assert page.errors == []
 
 
@@ -435,6 +434,12 @@ def test_a_real_traffic_rule_shows_its_arms_and_counts(page: Page, server: Serve
                 assert reply.status_code == 200, reply.text
                 served.append(int(reply.headers["X-Tfgate-Model-Version"]))
             assert {1, 2} <= set(served)
+            # Conversions reported by routing key: the candidate (version 1) converts more.
+            for i, version in enumerate(served):
+                converted = i % 2 == 0 if version == 1 else i % 5 == 0
+                outcome = http.post("/v1/admin/models/m/traffic/outcomes", headers=headers,
+                                    json={"routing_key": f"user-{i}", "conversion": converted})
+                assert outcome.status_code == 200, outcome.text
             page.signed_in()
             panel = page.page.locator('[data-traffic-for="m"]')
             panel.locator("table").wait_for()
@@ -451,6 +456,10 @@ def test_a_real_traffic_rule_shows_its_arms_and_counts(page: Page, server: Serve
             # The module's light background load (no routing key) is counted on the arms too.
             assert int(rows["control"][3]) >= served.count(2), rows
             assert int(rows["candidate"][3]) >= served.count(1), rows
+            assert int(rows["control"][7]) == served.count(2), rows  # outcomes
+            assert int(rows["candidate"][7]) == served.count(1), rows
+            assert rows["candidate"][11] not in ("", "—"), rows  # a p-value against control
+            page.screenshot("dashboard-traffic.png", '[data-model="m"]')
             assert page.errors == []
         finally:
             http.delete("/v1/admin/models/m/traffic", headers=headers)

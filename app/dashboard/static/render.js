@@ -212,7 +212,10 @@
           text: ruleState.rolled_back ? "yes" + (ruleState.rollback_reason ? ": " +
             ruleState.rollback_reason : "") : "no" })],
       ...Object.entries(ruleState).filter(([k]) =>
-        !["ramp_step", "rolled_back", "rollback_reason"].includes(k)).map(([k, v]) => [k, scalar(v)]),
+        !["ramp_step", "rolled_back", "rollback_reason"].includes(k) &&
+        !(k in rule && JSON.stringify(rule[k]) === JSON.stringify(ruleState[k])) &&
+        !(k === "rule_id" && rule.id === ruleState.rule_id))
+        .map(([k, v]) => [STATE_LABELS[k] || k, k === "started_at" ? epochText(v) : scalar(v)]),
     ]));
     const arms = body.arms || [];
     if (arms.length) {
@@ -240,6 +243,16 @@
       parts.push(facts(Object.entries(body.shadow).map(([k, v]) => ["Shadow " + k, scalar(v)])));
     }
     return el("div", {}, parts);
+  }
+
+  // The traffic API's state keys, as an operator reads them (others show as sent).
+  const STATE_LABELS = {
+    rule_id: "Rule id", started_at: "Started", ramp_steps: "Ramp steps",
+    candidate: "Candidate", bandit: "Bandit",
+  };
+
+  function epochText(seconds) {
+    return typeof seconds === "number" ? new Date(seconds * 1000).toLocaleString() : scalar(seconds);
   }
 
   function scalar(value) {
