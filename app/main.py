@@ -167,19 +167,7 @@ async def build_server(settings: Settings) -> Server:
     # GPU runs its configured batches faster than smaller ones would.
     adaptive = adaptive_batching.applies(settings.adaptive_batching, pool.options.gpu_ids)
     batcher = Batcher(pool, batching_policy, adaptive=adaptive)
-    manager = VersionManager(
-        registry,
-        pool,
-        LoadOptions(
-            tags=bundle.saved_model_tags,
-            enable_warmup=bundle.enable_model_warmup,
-            warmup_iterations=bundle.warmup_iterations,
-            max_num_load_retries=settings.max_num_load_retries,
-            load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
-        ),
-        events,
-        before_load=batching_policy.read_version_file,
-    )
+    manager = version_manager(settings, bundle, registry, pool, events, batching_policy)
     core = ServerCore(
         registry,
         manager,
@@ -226,12 +214,55 @@ async def build_server(settings: Settings) -> Server:
     )
     if cache is not None:
         server.admin.add_describe_extras(cache.describe)  # hit ratio per model
-    server.dashboard = DashboardSources(
-        sampler=LoadSampler(metrics),
-        workers=pool.describe_workers,
+    server.dashboard = dashboard_sources(server)
+    attach_model_sync(server, configs)
+    if settings.model_config_file:
+        server.config_watcher = ConfigWatcher(
+            settings.model_config_file,
+            settings.model_config_file_poll_wait_seconds,
+            core.apply_model_config,
+        )
+    return server
+
+
+def dashboard_sources(server: Server) -> DashboardSources:
+    """What /dashboard reads (through its token-checked stats route): sampled load, the
+    worker processes, draining, and the result cache's overview."""
+    return DashboardSources(
+        sampler=LoadSampler(server.metrics),
+        workers=server.pool.describe_workers,
         draining=lambda: server.draining,
-        cache=cache.overview if cache is not None else None,
+        cache=server.cache.overview if server.cache is not None else None,
     )
+
+
+def version_manager(
+    settings: Settings,
+    bundle: SessionBundleSettings,
+    registry: Registry,
+    pool: WorkerPool,
+    events: StateEventBus,
+    batching_policy: BatchingPolicy,
+) -> VersionManager:
+    """The transition planner, with the load options TF Serving's flags and session config set."""
+    return VersionManager(
+        registry,
+        pool,
+        LoadOptions(
+            tags=bundle.saved_model_tags,
+            enable_warmup=bundle.enable_model_warmup,
+            warmup_iterations=bundle.warmup_iterations,
+            max_num_load_retries=settings.max_num_load_retries,
+            load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
+        ),
+        events,
+        before_load=batching_policy.read_version_file,
+    )
+
+
+def attach_model_sync(server: Server, configs: list[ModelConfig]) -> None:
+    """Model sync for the [models.NAME.sync] tables (none: no sync task at all)."""
+    settings = server.settings
     read_sync_configs = functools.partial(
         load_sync_configs, settings.sync_tables, config_file=settings.file.path
     )
@@ -245,16 +276,9 @@ async def build_server(settings: Settings) -> Server:
             name,
         )
     if sync_configs or waiting:
-        server.model_sync = ModelSync(sync_configs, metrics)
-        core.attach_model_sync(server.model_sync, read_sync_configs)
+        server.model_sync = ModelSync(sync_configs, server.metrics)
+        server.core.attach_model_sync(server.model_sync, read_sync_configs)
         server.admin.add_describe_extras(server.model_sync.describe)
-    if settings.model_config_file:
-        server.config_watcher = ConfigWatcher(
-            settings.model_config_file,
-            settings.model_config_file_poll_wait_seconds,
-            core.apply_model_config,
-        )
-    return server
 
 
 def traffic_rules(settings: Settings) -> dict[str, TrafficRule]:
