@@ -146,8 +146,8 @@ class ServingService:
                     cache_control,
                     api=PREDICT_API,
                 )
-            if routed is not None and routed[0].rule.shadow is not None:
-                self._offer_shadow(routed[0], signature.key, inputs, output_aliases, outputs)
+            if (shadow := _shadowed(routed)) is not None:
+                self._offer_shadow(shadow, signature.key, inputs, output_aliases, outputs)
             return PredictResult(servable, signature.key, outputs)
 
     # --- traffic rules ---
@@ -314,6 +314,7 @@ class ServingService:
                     deadline=deadline,
                     cache_control=cache_control,
                     api=CLASSIFY_API,
+                    shadow=_shadowed(routed),
                 )
 
     async def run_classify(
@@ -325,20 +326,20 @@ class ServingService:
         deadline: float | None,
         cache_control: str | None = None,
         api: str | None,
+        shadow: LiveRule | None = None,
     ) -> ClassifyResult:
-        """Classify on a resolved servable and signature (Classify, MultiInference's tasks)."""
+        """Classify on a resolved servable and signature (Classify, MultiInference's tasks);
+        `shadow`: the traffic rule whose shadow version may get a copy afterwards."""
         input_alias, classes_alias, scores_alias = classify_aliases(signature)
         # The Input is converted only after the model and signature checks, as in TF Serving.
         examples = decoded_examples(decode_examples)
+        inputs = {input_alias: string_tensor(examples)}
+        aliases = [a for a in (classes_alias, scores_alias) if a]
         outputs = await self._run(
-            servable,
-            signature.key,
-            {input_alias: string_tensor(examples)},
-            [a for a in (classes_alias, scores_alias) if a],
-            deadline,
-            cache_control,
-            api=api,
+            servable, signature.key, inputs, aliases, deadline, cache_control, api=api
         )
+        if shadow is not None:
+            self._offer_shadow(shadow, signature.key, inputs, aliases, outputs)
         classes = outputs.get(classes_alias) if classes_alias else None
         scores = outputs.get(scores_alias) if scores_alias else None
         check_classify_outputs(classes, scores, len(examples))
@@ -366,6 +367,7 @@ class ServingService:
                     deadline=deadline,
                     cache_control=cache_control,
                     api=REGRESS_API,
+                    shadow=_shadowed(routed),
                 )
 
     async def run_regress(
@@ -377,19 +379,18 @@ class ServingService:
         deadline: float | None,
         cache_control: str | None = None,
         api: str | None,
+        shadow: LiveRule | None = None,
     ) -> RegressResult:
-        """Regress on a resolved servable and signature (Regress, MultiInference's tasks)."""
+        """Regress on a resolved servable and signature (Regress, MultiInference's tasks);
+        `shadow`: the traffic rule whose shadow version may get a copy afterwards."""
         input_alias, output_alias = regress_aliases(signature)
         examples = decoded_examples(decode_examples)
+        inputs = {input_alias: string_tensor(examples)}
         outputs = await self._run(
-            servable,
-            signature.key,
-            {input_alias: string_tensor(examples)},
-            [output_alias],
-            deadline,
-            cache_control,
-            api=api,
+            servable, signature.key, inputs, [output_alias], deadline, cache_control, api=api
         )
+        if shadow is not None:
+            self._offer_shadow(shadow, signature.key, inputs, [output_alias], outputs)
         values = check_regress_output(outputs[output_alias], len(examples))
         return RegressResult(servable, signature.key, values)
 
@@ -497,3 +498,10 @@ class _ArmRecorder:
             request_id=self.request_id,
             routing_key=self.routing_key,
         )
+
+
+def _shadowed(routed: tuple[LiveRule, int] | None) -> LiveRule | None:
+    """The rule that routed a request, when it also sends shadow copies."""
+    if routed is not None and routed[0].rule.shadow is not None:
+        return routed[0]
+    return None

@@ -253,6 +253,30 @@ def test_shadow_traffic_is_invisible_and_dropped_under_load(traffic_server) -> N
         assert shadow["max_abs_diff"] == 0.0 and shadow["errors"] == 0
 
 
+def test_classify_and_regress_send_shadow_copies_too(traffic_server) -> None:  # type: ignore[no-untyped-def]
+    """Classify and Regress follow the rule's shadow like Predict: the client gets version 1's
+    answer, version 2 (the same export) gets a copy whose outputs agree exactly."""
+    server = traffic_server["server"]
+    with server.client() as http:
+        rule = {"id": "shadow-examples", "arms": [{"name": "main", "version": 1}],
+                "shadow": {"version": 2, "fraction": 1.0, "max_pending": 64}}
+        assert _put(http, rule).status_code == 200
+        classify = http.post("/v1/models/m:classify", json={
+            "signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]})
+        assert classify.status_code == 200, classify.text
+        assert classify.json() == {"results": [[["", 3.0]]]}
+        assert classify.headers["X-Tfgate-Model-Version"] == "1"
+        regress = http.post("/v1/models/m:regress", json={
+            "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}, {"x": 80.0}]})
+        assert regress.status_code == 200, regress.text
+        assert regress.json() == {"results": [3.0, 42.0]}
+        shadow = wait_for(
+            lambda: (s := _get(http)["shadow"])["compared"] == 2 and s, timeout=30
+        )
+        assert shadow["sent"] == 2 and shadow["dropped"] == 0 and shadow["errors"] == 0
+        assert shadow["max_abs_diff"] == 0.0
+
+
 def test_outcome_statistics_match_a_reference(traffic_server) -> None:  # type: ignore[no-untyped-def]
     server = traffic_server["server"]
     with server.client() as http:
