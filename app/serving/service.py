@@ -8,7 +8,6 @@ serving/signature_checks.py) run here, so both transports report the same errors
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -29,6 +28,7 @@ from app.core.types import (
     SignatureSpec,
 )
 from app.lifecycle.registry import Registry, VersionRecord
+from app.serving.arm_recording import NOT_ROUTED, ArmRecorder, shadowed
 from app.serving.batcher import Batcher
 from app.serving.signature_checks import (
     check_classify_outputs,
@@ -146,7 +146,7 @@ class ServingService:
                     cache_control,
                     api=PREDICT_API,
                 )
-            if (shadow := _shadowed(routed)) is not None:
+            if (shadow := shadowed(routed)) is not None:
                 self._offer_shadow(shadow, signature.key, inputs, output_aliases, outputs)
             return PredictResult(servable, signature.key, outputs)
 
@@ -178,8 +178,8 @@ class ServingService:
         self, routed: tuple[LiveRule, int] | None, routing_key: str | None, request_id: str | None
     ) -> contextlib.AbstractContextManager[None]:
         if routed is None or self.traffic is None:
-            return _NOT_ROUTED
-        return _ArmRecorder(self.traffic, routed, routing_key, request_id)
+            return NOT_ROUTED
+        return ArmRecorder(self.traffic, routed, routing_key, request_id)
 
     def _offer_shadow(
         self,
@@ -314,7 +314,7 @@ class ServingService:
                     deadline=deadline,
                     cache_control=cache_control,
                     api=CLASSIFY_API,
-                    shadow=_shadowed(routed),
+                    shadow=shadowed(routed),
                 )
 
     async def run_classify(
@@ -367,7 +367,7 @@ class ServingService:
                     deadline=deadline,
                     cache_control=cache_control,
                     api=REGRESS_API,
-                    shadow=_shadowed(routed),
+                    shadow=shadowed(routed),
                 )
 
     async def run_regress(
@@ -458,50 +458,3 @@ class ServingService:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
                 observer(model, api, entrypoint, code, elapsed)
-
-
-_NOT_ROUTED = contextlib.nullcontext()
-
-
-class _ArmRecorder:
-    """Count a routed request's outcome and latency on its arm (any failure is an error of
-    the arm: a candidate that rejects requests must show it; a request its client abandoned
-    is not counted at all). A plain class, not @contextmanager: it runs on every routed
-    request, and a generator-based manager costs several times more."""
-
-    __slots__ = ("request_id", "routed", "routing_key", "started", "traffic")
-
-    def __init__(
-        self,
-        traffic: TrafficRouter,
-        routed: tuple[LiveRule, int],
-        routing_key: str | None,
-        request_id: str | None,
-    ) -> None:
-        self.traffic = traffic
-        self.routed = routed
-        self.routing_key = routing_key
-        self.request_id = request_id
-        self.started = 0.0
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is not None and issubclass(kind, asyncio.CancelledError):
-            return
-        self.traffic.record(
-            self.routed[0],
-            self.routed[1],
-            ok=kind is None,
-            seconds=time.perf_counter() - self.started,
-            request_id=self.request_id,
-            routing_key=self.routing_key,
-        )
-
-
-def _shadowed(routed: tuple[LiveRule, int] | None) -> LiveRule | None:
-    """The rule that routed a request, when it also sends shadow copies."""
-    if routed is not None and routed[0].rule.shadow is not None:
-        return routed[0]
-    return None

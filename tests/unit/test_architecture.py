@@ -75,7 +75,9 @@ def modules_under(*tops: str) -> dict[str, pathlib.Path]:
         module_name(path): path
         for top in tops
         for path in sorted((ROOT / top).rglob("*.py"))
+        # not __pycache__, nor a venv beside the code (bench/.venv-bentoml, BentoML's own)
         if "__pycache__" not in path.parts
+        and not any(part.startswith(".") for part in path.relative_to(ROOT).parts)
     }
 
 

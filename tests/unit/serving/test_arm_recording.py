@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from app.core.errors import Code, ServingError
-from app.serving.service import _ArmRecorder
+from app.serving.arm_recording import ArmRecorder
 from app.traffic.router import TrafficRouter
 from app.traffic.rules import parse_rule
 
@@ -20,9 +20,9 @@ def _routed() -> tuple[TrafficRouter, tuple]:
 
 def test_success_and_failure_are_counted_on_the_arm() -> None:
     router, routed = _routed()
-    with _ArmRecorder(router, routed, "key", "req-1"):
+    with ArmRecorder(router, routed, "key", "req-1"):
         pass
-    with pytest.raises(ServingError), _ArmRecorder(router, routed, None, None):
+    with pytest.raises(ServingError), ArmRecorder(router, routed, None, None):
         raise ServingError(Code.INVALID_ARGUMENT, "bad input")
     stats = routed[0].stats[0]
     assert (stats.requests, stats.errors) == (2, 1)
@@ -33,7 +33,7 @@ def test_an_abandoned_request_is_not_counted() -> None:
     router, routed = _routed()
 
     async def abandoned() -> None:
-        with _ArmRecorder(router, routed, None, None):
+        with ArmRecorder(router, routed, None, None):
             await asyncio.sleep(10)
 
     async def scenario() -> None:
