@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import logging
 import os
 import re
@@ -301,12 +302,22 @@ def parse_version(text: str) -> int:
     return version
 
 
+# New request ids: a random per-process prefix and a counter. Unique across restarts and
+# replicas like a random id, without a getrandom() syscall per request (os.urandom took ~4%
+# of the gateway's CPU at c=64 in a py-spy profile). Ids only name requests (logs, traffic
+# outcomes behind admin auth); they are not secrets.
+_REQUEST_ID_PREFIX = os.urandom(4).hex()
+_request_ids = itertools.count(1)
+
+
 def request_id_of(scope: Scope) -> str:
-    """The caller's X-Request-Id when it is a sane token, else a new random one."""
+    """The caller's X-Request-Id when it is a sane token, else a new unique one."""
     given = header(scope, b"x-request-id")
     if given and REQUEST_ID_RE.fullmatch(given):
         return given
-    return os.urandom(8).hex()
+    # 16 hex digits as before; the counter wraps after 2**32 ids (far past any table of
+    # recent requests that looks ids up).
+    return f"{_REQUEST_ID_PREFIX}{next(_request_ids) & 0xFFFFFFFF:08x}"
 
 
 # A routing key longer than this is refused (it is hashed and kept in a bounded table).
