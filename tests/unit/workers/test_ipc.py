@@ -166,6 +166,7 @@ def test_bfloat16_has_a_numpy_dtype_both_ways(arena: ipc.Arena) -> None:
     a = np.array([[0x3F80, 0xC000], [0x3DCD, 0x7F80]], np.uint16).view(bf16)
     out, written = _roundtrip(arena, [{"x": a[:1]}, {"x": a[1:]}], pad_rows=1)
     assert written.refs[0].dtype == 14 and written.refs[0].nbytes == 3 * 2 * 2
-    assert out["x"].view(np.uint16).tolist() == [[0x3F80, 0xC000], [0x3DCD, 0x7F80]] * 1 + [
-        [0x3DCD, 0x7F80]
+    # two parts concatenated, then the last row repeated once (pad_rows)
+    assert out["x"].view(np.uint16).tolist() == [
+        [0x3F80, 0xC000], [0x3DCD, 0x7F80], [0x3DCD, 0x7F80]
     ]
