@@ -155,6 +155,19 @@ def _half_precision() -> _Export:
     return tf.Module(), {"serving_default": predict}
 
 
+def _half_plus_two_bf16() -> _Export:
+    """DT_BFLOAT16 in and out (the V2 protocol's BF16): y = 0.5x + 2, computed in bfloat16."""
+    module = tf.Module()
+    module.a = tf.Variable(0.5, dtype=tf.bfloat16)
+    module.b = tf.Variable(2.0, dtype=tf.bfloat16)
+
+    @tf.function(input_signature=[_spec([None, 1], tf.bfloat16, "x")])
+    def predict(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": module.a * x + module.b}
+
+    return module, {"serving_default": predict}
+
+
 def _classifier() -> _Export:
     """A 4-feature, 3-class linear model with predict, classify and regress signatures."""
     rng = np.random.default_rng(4)
@@ -273,6 +286,7 @@ _BUILDERS: dict[str, Callable[[], _Export]] = {
     "strings": _strings,
     "bools": _bools,
     "half_precision": _half_precision,
+    "half_plus_two_bf16": _half_plus_two_bf16,
     "classifier": _classifier,
     "tiny": _tiny,
     "dnn": _dnn,

@@ -338,6 +338,9 @@ def to_array(value: object, dtype_enum: int, alias: str) -> np.ndarray:
         raise ValueError(f"input {alias!r} expects {target.name} values, got {array.dtype}")
     if (target.is_floating or target.is_complex) and kind == "b":
         raise ValueError(f"input {alias!r} expects {target.name} values, got booleans")
+    if target == tf.bfloat16:
+        # As TF casts a double to bfloat16: to float first (a direct rounding differs at ties).
+        return array.astype(np.float32).astype(target.as_numpy_dtype)
     return array.astype(target.as_numpy_dtype)
 
 

@@ -28,6 +28,7 @@ import struct
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from proto import worker_pb2
@@ -43,6 +44,8 @@ DT_STRING = 7
 
 # TF DataType enum -> numpy dtype, for the dtypes whose values travel as raw little-endian
 # buffers: the one table, read by the workers and by the gateway (app/core/types.py).
+# numpy has no bfloat16: ml_dtypes' is the one TensorFlow itself hands out and takes as feeds
+# (2 bytes, the upper half of a float32), so DT_BFLOAT16 crosses like any numeric dtype.
 NUMPY_DTYPE_BY_TF: dict[int, np.dtype] = {
     1: np.dtype(np.float32),  # DT_FLOAT
     2: np.dtype(np.float64),  # DT_DOUBLE
@@ -53,6 +56,7 @@ NUMPY_DTYPE_BY_TF: dict[int, np.dtype] = {
     8: np.dtype(np.complex64),  # DT_COMPLEX64
     9: np.dtype(np.int64),  # DT_INT64
     10: np.dtype(np.bool_),  # DT_BOOL
+    14: np.dtype(ml_dtypes.bfloat16),  # DT_BFLOAT16
     17: np.dtype(np.uint16),  # DT_UINT16
     18: np.dtype(np.complex128),  # DT_COMPLEX128
     19: np.dtype(np.float16),  # DT_HALF

@@ -22,6 +22,7 @@ import math
 import struct
 from collections.abc import Sequence
 
+import ml_dtypes
 import numpy as np
 
 # Every key starts with KEY_PREFIX; "c1" is the key+entry format version: bump it when the
@@ -38,6 +39,10 @@ KIND_WHOLE = b"W"  # one key for a whole request that cannot be split into rows
 # (object arrays of bytes). Anything else in an entry is treated as corrupt.
 _OBJECT = "O"
 _NUMERIC_KINDS = frozenset("biufc")
+# DT_BFLOAT16 (workers/ipc.py): ml_dtypes' bfloat16 is numpy kind "V" and its dtype string
+# "<V2" would read back as plain void; it goes by its name instead.
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_BFLOAT16_TEXT = "bfloat16"
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -110,6 +115,8 @@ def _field(hasher: hashlib._Hash, data: bytes) -> None:
 
 def _dtype_text(array: np.ndarray) -> str:
     dtype = array.dtype
+    if dtype == _BFLOAT16:
+        return _BFLOAT16_TEXT
     return _OBJECT if dtype.kind == "O" else dtype.str
 
 
@@ -223,6 +230,9 @@ def encode_entry(outputs: dict[str, np.ndarray]) -> bytes:
         if array.dtype == object:
             dtype_text = _OBJECT
             data = b"".join(_U32.pack(len(b)) + b for b in map(_as_bytes, array.ravel()))
+        elif array.dtype == _BFLOAT16:
+            dtype_text = _BFLOAT16_TEXT
+            data = np.ascontiguousarray(array).view("<u2").tobytes()
         else:
             if array.dtype.kind not in _NUMERIC_KINDS:
                 raise EntryError(f"output {alias} has unsupported dtype {array.dtype}")
@@ -283,6 +293,10 @@ def _decode_array(data: bytes, dtype_text: str, shape: tuple[int, ...]) -> np.nd
         array = np.empty(count, dtype=object)
         array[:] = values
         return array.reshape(shape)
+    if dtype_text == _BFLOAT16_TEXT:
+        if count * 2 != len(data):
+            raise EntryError("numeric output length mismatch")
+        return np.frombuffer(data, dtype="<u2", count=count).view(_BFLOAT16).reshape(shape)
     dtype = np.dtype(dtype_text)
     if dtype.kind not in _NUMERIC_KINDS or dtype.byteorder == ">":
         raise EntryError(f"unsupported dtype {dtype_text!r} in entry")

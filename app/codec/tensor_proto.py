@@ -25,6 +25,7 @@ from app.codec.tensor import TensorBudget, dtype_name
 from app.core.errors import Code, ServingError
 from app.core.protos import tensor_pb2
 from app.core.types import (
+    DT_BFLOAT16,
     DT_BOOL,
     DT_COMPLEX64,
     DT_COMPLEX128,
@@ -62,6 +63,8 @@ _TYPED_FIELDS = {
     DT_BOOL: ("bool_val", 11, np.dtype(np.bool_)),
     DT_COMPLEX128: ("dcomplex_val", 12, np.dtype("<f8")),
     DT_HALF: ("half_val", 13, np.dtype(np.int32)),
+    # TF's tensor.cc (ProtoHelper<bfloat16>) keeps bfloat16 in half_val too: the bit pattern.
+    DT_BFLOAT16: ("half_val", 13, np.dtype(np.int32)),
     DT_UINT32: ("uint32_val", 16, np.dtype(np.uint32)),
     DT_UINT64: ("uint64_val", 17, np.dtype(np.uint64)),
 }
@@ -155,8 +158,8 @@ def _string_bytes(strings: Sequence[bytes], count: int) -> int:
 def _typed_values(tp: tensor_pb2.TensorProto, dtype: int, target: np.dtype) -> np.ndarray:
     field, _, field_dtype = _TYPED_FIELDS[dtype]
     raw = np.array(getattr(tp, field), dtype=field_dtype)
-    if dtype == DT_HALF:
-        return raw.astype(np.uint16).view(np.float16)  # half_val holds the bits
+    if dtype in (DT_HALF, DT_BFLOAT16):
+        return raw.astype(np.uint16).view(target)  # half_val holds the bits
     if dtype in (DT_COMPLEX64, DT_COMPLEX128):
         pairs = raw[: raw.size - raw.size % 2]  # NumElements() is size / 2
         return pairs.astype(field_dtype.newbyteorder("=")).view(target)
@@ -212,5 +215,5 @@ def fill_tensor_proto(
         tp.MergeFromString(varint(number << 3 | 2) + varint(len(data)) + data)
     else:
         field = _TYPED_FIELDS[dtype][0]
-        values = flat.view(np.uint16) if dtype == DT_HALF else flat
+        values = flat.view(np.uint16) if dtype in (DT_HALF, DT_BFLOAT16) else flat
         getattr(tp, field).extend(values.tolist())

@@ -76,8 +76,9 @@ def tf_dtype_of_v2(datatype: str, what: str) -> int:
 
 
 def wire_dtype(tf_dtype: int) -> np.dtype:
-    """The little-endian numpy dtype of a numeric V2 datatype's raw bytes. BF16 has no numpy
-    dtype tfgate's workers can carry: UNIMPLEMENTED, said plainly."""
+    """The little-endian numpy dtype of a numeric V2 datatype's raw bytes (BF16: ml_dtypes'
+    bfloat16, two bytes per element). A datatype with no numpy dtype in workers/ipc.py's
+    table is UNIMPLEMENTED, said plainly."""
     numpy_dtype = NUMPY_DTYPE_BY_TF.get(tf_dtype)
     if numpy_dtype is None:
         raise ServingError(
@@ -86,6 +87,12 @@ def wire_dtype(tf_dtype: int) -> np.dtype:
             f" {V2_DATATYPE_BY_TF.get(tf_dtype, '?')})",
         )
     return numpy_dtype.newbyteorder("<")
+
+
+def is_float_datatype(tf_dtype: int) -> bool:
+    """FP16/FP32/FP64/BF16: JSON numbers of any form fill them (bfloat16's numpy kind is 'V',
+    not 'f', so the kind alone cannot say)."""
+    return tf_dtype == DT_BFLOAT16 or NUMPY_DTYPE_BY_TF[tf_dtype].kind == "f"
 
 
 def v2_shape(value: Any, what: str) -> tuple[int, ...]:

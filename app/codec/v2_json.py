@@ -25,6 +25,7 @@ from app.codec.v2_binary import decode_raw, encode_raw
 from app.codec.v2_datatypes import (
     BYTES,
     element_count,
+    is_float_datatype,
     metadata_shape,
     shape_text,
     tf_dtype_of_v2,
@@ -33,7 +34,15 @@ from app.codec.v2_datatypes import (
     wire_dtype,
 )
 from app.core.errors import invalid_argument
-from app.core.types import DT_BOOL, DT_FLOAT, DT_STRING, SignatureSpec, TensorSpec
+from app.core.types import (
+    DT_BFLOAT16,
+    DT_BOOL,
+    DT_FLOAT,
+    DT_STRING,
+    NUMPY_DTYPE_BY_TF,
+    SignatureSpec,
+    TensorSpec,
+)
 
 BINARY_DATA_SIZE = "binary_data_size"
 BINARY_DATA = "binary_data"
@@ -42,7 +51,7 @@ BINARY_DATA_OUTPUT = "binary_data_output"
 SIGNATURE_NAME = "signature_name"
 PLATFORM = "tensorflow_savedmodel"
 EXTENSIONS = ("binary_tensor_data",)
-_FLOAT_DATATYPES = frozenset(("FP16", "FP32", "FP64"))
+_FLOAT_DATATYPES = frozenset(("FP16", "FP32", "FP64", "BF16"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,7 +86,7 @@ class V2InferRequest:
 
 
 def _load_dense(header: memoryview) -> dict[str, Any] | None:
-    """The request document with each FP16/FP32/FP64 input's `data` as DenseData: simdjson
+    """The request document with each FP16/FP32/FP64/BF16 input's `data` as DenseData: simdjson
     copies the numbers into a float64 buffer in C, without the Python list of floats orjson
     builds (the large-tensor cost of V2 JSON, as for TF Serving's JSON in codec/json_dense.py).
     None when orjson must decide: a body simdjson refuses, or repeated keys."""
@@ -337,6 +346,8 @@ def decode_json_data(
             )
         if tf_dtype == DT_FLOAT:
             return to_float32(data.values).reshape(shape)
+        if tf_dtype == DT_BFLOAT16:
+            return to_bfloat16(data.values).reshape(shape)
         return data.values.astype(wire_dtype(tf_dtype).newbyteorder("=")).reshape(shape)
     leaves = _flatten(data, what)
     if len(leaves) != count:
@@ -359,15 +370,24 @@ def decode_json_data(
         if leaves and values.dtype.kind != "b":
             raise invalid_argument(f"{what}: BOOL 'data' must hold true/false")
         return values.astype(np.bool_).reshape(shape)
-    allowed = "f" if target.kind == "f" else ""
+    allowed = "f" if is_float_datatype(tf_dtype) else ""
     if leaves and (values.dtype.kind not in "iu" + allowed):
         raise invalid_argument(f"{what}: 'data' does not hold {datatype} values")
+    if tf_dtype == DT_BFLOAT16:
+        return to_bfloat16(values).reshape(shape)
     if leaves and target.kind in "iu" and values.size:
         info = np.iinfo(target)
         if values.min() < info.min or values.max() > info.max:
             raise invalid_argument(f"{what}: 'data' holds a value outside {datatype}'s range")
     with np.errstate(over="ignore"):
         return values.astype(target.newbyteorder("=")).reshape(shape)
+
+
+def to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """JSON numbers as DT_BFLOAT16 the way TF casts a double to bfloat16 (Eigen's bfloat16
+    constructor): to float first, then round to nearest even; beyond range +-inf, silently."""
+    with np.errstate(over="ignore"):
+        return to_float32(values).astype(NUMPY_DTYPE_BY_TF[DT_BFLOAT16])
 
 
 # --- responses ---
@@ -426,7 +446,8 @@ def _json_data(array: np.ndarray, datatype: str, what: str) -> Any:
                 f"{what} holds bytes that are not UTF-8, which JSON cannot carry: request it"
                 f" with the '{BINARY_DATA}' parameter"
             ) from None
-    if flat.dtype == np.float16:
+    if flat.dtype == np.float16 or flat.dtype == NUMPY_DTYPE_BY_TF[DT_BFLOAT16]:
+        # orjson writes neither: float32 holds every FP16/BF16 value exactly.
         return flat.astype(np.float32)
     return np.ascontiguousarray(flat)
 

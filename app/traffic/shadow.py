@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import ml_dtypes
 import numpy as np
 
 from app.traffic.rules import SHADOW_QUEUE_MAX
@@ -19,6 +20,12 @@ from app.traffic.rules import SHADOW_QUEUE_MAX
 log = logging.getLogger("tfgate.traffic")
 
 ShadowJob = Callable[[], Awaitable[None]]
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _comparable(array: np.ndarray) -> np.ndarray:
+    """bfloat16 (numpy kind "V") compared as the float32 values it holds exactly."""
+    return array.astype(np.float32) if array.dtype == _BFLOAT16 else array
 
 
 def agreement(
@@ -31,7 +38,10 @@ def agreement(
     agree = rows = 0
     for alias, a in primary.items():
         b = shadow.get(alias)
-        if b is None or a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
+        if b is None:
+            continue
+        a, b = _comparable(a), _comparable(b)
+        if a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
             continue
         if a.shape != b.shape:
             max_diff = float("inf")

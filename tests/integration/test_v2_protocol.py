@@ -11,10 +11,12 @@ from collections.abc import Iterator
 
 import grpc
 import httpx
+import ml_dtypes
 import numpy as np
 import orjson
 import pytest
 
+from app.core.protos import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from proto import open_inference_pb2 as pb
 from proto import open_inference_pb2_grpc
 from tests.conftest import ModelZoo
@@ -29,6 +31,7 @@ CONFIG = """model_config_list {{
     version_labels {{ key: "stable" value: 1 }}
   }}
   config {{ name: "multi_io" base_path: "{multi}" model_platform: "tensorflow" }}
+  config {{ name: "bf16" base_path: "{bf16}" model_platform: "tensorflow" }}
 }}
 """
 X = {"name": "x", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]}
@@ -40,7 +43,11 @@ def server(model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory) -> Ite
     base = model_zoo.base_path("half_plus_two", 1)
     model_zoo.base_path("half_plus_two", 2)
     config = directory / "models.config"
-    config.write_text(CONFIG.format(base=base, multi=model_zoo.base_path("multi_io")))
+    config.write_text(CONFIG.format(
+        base=base,
+        multi=model_zoo.base_path("multi_io"),
+        bf16=model_zoo.base_path("half_plus_two_bf16"),
+    ))
     proc = ServerProcess(
         [f"--model_config_file={config}", "--grpc_implementation=grpcio"],
         directory / "server.log",
@@ -49,9 +56,11 @@ def server(model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory) -> Ite
         proc.start()
         with httpx.Client(base_url=proc.rest_url, timeout=60) as client:
             for _ in range(600):  # both versions AVAILABLE (model_version_policy all)
-                if client.get("/v2/models/hp/versions/1/ready").status_code == 200 and (
-                    client.get("/v2/models/hp/versions/2/ready").status_code == 200
-                ):
+                if all(client.get(path).status_code == 200 for path in (
+                    "/v2/models/hp/versions/1/ready",
+                    "/v2/models/hp/versions/2/ready",
+                    "/v2/models/bf16/ready",
+                )):
                     break
                 time.sleep(0.1)
         yield proc
@@ -230,3 +239,84 @@ def test_v1_routes_still_answer_beside_v2(client: httpx.Client) -> None:
     assert response.json() == {"predictions": [[2.5]]}
 
 
+
+
+# --- BF16 (DT_BFLOAT16) against half_plus_two_bf16: y = 0.5x + 2 computed in bfloat16 ---
+# x = [1, 3, 0.1]: 0.1 is 0x3DCD as bfloat16 and y rounds to 2.046875 (0x4003).
+BF16_X_BITS = [0x3F80, 0x4040, 0x3DCD]
+BF16_Y_BITS = [0x4020, 0x4060, 0x4003]
+BF16_Y_VALUES = [2.5, 3.5, 2.046875]
+
+
+def test_bf16_metadata_and_json_infer(client: httpx.Client) -> None:
+    metadata = client.get("/v2/models/bf16").json()
+    assert metadata["inputs"] == [{"name": "x", "datatype": "BF16", "shape": [-1, 1]}]
+    x = {"name": "x", "datatype": "BF16", "shape": [3, 1], "data": [1, 3, 0.1]}
+    response = client.post("/v2/models/bf16/infer", json={"inputs": [x]})
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("y", "BF16", [3, 1])
+    assert output["data"] == BF16_Y_VALUES
+
+
+def test_bf16_binary_infer(client: httpx.Client) -> None:
+    raw = np.array(BF16_X_BITS, "<u2").tobytes()
+    header = orjson.dumps({
+        "inputs": [{"name": "x", "datatype": "BF16", "shape": [3, 1],
+                    "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    })  # fmt: skip
+    response = client.post(
+        "/v2/models/bf16/infer",
+        content=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header)),
+                 "Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    (output,) = orjson.loads(response.content[:length])["outputs"]
+    assert output["datatype"] == "BF16" and output["parameters"] == {"binary_data_size": 6}
+    assert np.frombuffer(response.content[length:], "<u2").tolist() == BF16_Y_BITS
+
+
+def test_bf16_grpc_raw_contents(stub: open_inference_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="bf16")
+    request.inputs.add(name="x", datatype="BF16", shape=[3, 1])
+    request.raw_input_contents.append(np.array(BF16_X_BITS, "<u2").tobytes())
+    response = stub.ModelInfer(request, timeout=30)
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("y", "BF16", [3, 1])
+    ]
+    assert np.frombuffer(response.raw_output_contents[0], "<u2").tolist() == BF16_Y_BITS
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_bf16_tf_serving_grpc_predict(server: ServerProcess, content: bool) -> None:
+    # TF Serving's TensorProto: bfloat16 values as bit patterns in half_val, or tensor_content;
+    # the reply's typed field is half_val (Tensor::AsProtoField).
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "bf16"
+    x = request.inputs["x"]
+    x.dtype = types_pb2.DT_BFLOAT16
+    x.tensor_shape.dim.add(size=3)
+    x.tensor_shape.dim.add(size=1)
+    if content:
+        x.tensor_content = np.array(BF16_X_BITS, "<u2").tobytes()
+    else:
+        x.half_val.extend(BF16_X_BITS)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(request, timeout=30)
+    y = response.outputs["y"]
+    assert y.dtype == types_pb2.DT_BFLOAT16
+    assert [d.size for d in y.tensor_shape.dim] == [3, 1]
+    assert list(y.half_val) == BF16_Y_BITS
+    values = np.array(list(y.half_val), np.uint16).view(ml_dtypes.bfloat16)
+    assert values.astype(np.float32).tolist() == BF16_Y_VALUES
+
+
+def test_bf16_tf_serving_rest_predict_refuses_json(client: httpx.Client) -> None:
+    # TF Serving's JSON has no bfloat16 (json_tensor.cc): its 501 and its text, unchanged.
+    response = client.post("/v1/models/bf16:predict", json={"inputs": {"x": [[1.0]]}})
+    assert response.status_code == 501
+    assert response.json() == {"error": "Conversion of JSON Value: 1.0 to type: bfloat16"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -144,6 +145,7 @@ ENTRIES = [
     ("int64 matrix", {"y": np.arange(6, dtype=np.int64).reshape(2, 3)}),
     ("bool", {"flag": np.array([True, False])}),
     ("half", {"h": np.array([1.0, 2.5], np.float16)}),
+    ("bfloat16", {"b": np.array([[1.0, 0.1], [-np.inf, 3e38]], ml_dtypes.bfloat16)}),
     ("complex", {"c": np.array([1 + 2j], np.complex64)}),
     ("big-endian input", {"b": np.array([1.0, 2.0], ">f4")}),
     ("strings", {"classes": _strings(b"cat", b"", b"\x00\xff")}),
@@ -180,6 +182,18 @@ CORRUPT = [
 def test_corrupt_entries_raise_entry_error(what: str, entry: bytes) -> None:
     with pytest.raises(EntryError):
         decode_entry(entry)
+
+
+def test_bfloat16_entry_keeps_the_bit_patterns() -> None:
+    bits = [0x3F80, 0x3DCD, 0xFF80, 0x7F80]
+    entry = encode_entry({"b": np.array(bits, np.uint16).view(ml_dtypes.bfloat16)})
+    assert b"bfloat16" in entry and b"<V2" not in entry
+    assert entry.endswith(np.array(bits, "<u2").tobytes())
+    decoded = decode_entry(entry)["b"]
+    assert decoded.dtype == np.dtype(ml_dtypes.bfloat16) and decoded.view(np.uint16).tolist() == bits
+    # A wrong byte count is corrupt, as for any numeric output.
+    with pytest.raises(EntryError):
+        decode_entry(entry.replace(b"\x08\x00\x00\x00\x00\x00\x00\x00", b"\x06" + b"\x00" * 7))
 
 
 def test_unencodable_dtype() -> None:
@@ -255,7 +269,11 @@ def test_prefix_memo_is_never_mutated() -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.float16, np.float32, np.float64, np.int8, np.uint64, np.bool_, np.complex64]
+    "dtype",
+    [
+        np.float16, np.float32, np.float64, np.int8, np.uint64, np.bool_, np.complex64,
+        ml_dtypes.bfloat16,
+    ],
 )
 def test_every_numeric_dtype_hashes_per_row(dtype: type) -> None:
     array = np.zeros((3, 2), dtype)

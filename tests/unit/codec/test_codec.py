@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from app.codec import predict_response
 from app.codec import tensor_json as codec
 from app.core.errors import Code, ServingError
 from app.core.types import (
+    DT_BFLOAT16,
     DT_BOOL,
     DT_DOUBLE,
     DT_FLOAT,
@@ -309,6 +311,11 @@ DECODE_ERRORS = [
      "Conversion of JSON Value: 7 to type: uint16"),
     (signature(x=DT_HALF), b'{"instances": [1.5]}', Code.INVALID_ARGUMENT,
      "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: Conversion of JSON Value: 1.5 to type: half"),
+    # bfloat16 likewise: json_tensor.cc's AddValueToTensor has no case for it.
+    (signature(x=DT_BFLOAT16), b'{"inputs": [1.0]}', Code.UNIMPLEMENTED,
+     "Conversion of JSON Value: 1.0 to type: bfloat16"),
+    (signature(x=DT_BFLOAT16), b'{"instances": [1.5]}', Code.INVALID_ARGUMENT,
+     "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: Conversion of JSON Value: 1.5 to type: bfloat16"),
     # base64.
     (signature(x=DT_STRING), b'{"inputs": [{"b64": "!!!"}]}', Code.INVALID_ARGUMENT, "Unable to base64 decode"),
     (signature(x=DT_STRING), b'{"inputs": [{"b64": 1}]}', Code.INVALID_ARGUMENT,
@@ -518,6 +525,9 @@ ENCODE_ERRORS = [
     ({"y": np.array([1, 2], np.float16)}, "row", "Failed to write JSON value for tensor type: half"),
     ({"y": np.array([1j], np.complex64)}, "columnar", "Failed to write JSON value for tensor type: complex64"),
     ({"y": np.array([1], np.uint16)}, "columnar", "Failed to write JSON value for tensor type: uint16"),
+    # json_tensor.cc's AddSingleValueAndAdvance writes no bfloat16 either.
+    ({"y": np.array([1], ml_dtypes.bfloat16)}, "columnar", "Failed to write JSON value for tensor type: bfloat16"),
+    ({"y": np.array([[1, 2]], ml_dtypes.bfloat16)}, "row", "Failed to write JSON value for tensor type: bfloat16"),
 ]  # fmt: skip
 
 

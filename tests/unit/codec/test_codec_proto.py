@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -32,6 +33,7 @@ ARRAYS = {
     "uint64": np.array([2**64 - 1, 0], np.uint64),
     "bool": np.array([[True, False], [False, True]]),
     "float16": np.array([1.5, -2.25, np.inf, 65504.0], np.float16),
+    "bfloat16": np.array([1.5, -2.25, np.inf, 3.0e38, 0.1], ml_dtypes.bfloat16),
     "complex64": (RNG.standard_normal(3) + 1j * RNG.standard_normal(3)).astype(np.complex64),
     "complex128": RNG.standard_normal(2) + 1j,
     "string": np.array([[b"a\x00b", b""], [b"\xff", "é".encode()]], dtype=object),
@@ -75,7 +77,8 @@ def test_agrees_with_tensorflow(name: str) -> None:
 
 def test_typed_fields_match_tensorflows_as_proto_field() -> None:
     tf = pytest.importorskip("tensorflow")
-    for name in ("float32", "int8", "int64", "bool", "float16", "complex64", "uint64", "string"):
+    for name in ("float32", "int8", "int64", "bool", "float16", "bfloat16", "complex64", "uint64",
+                 "string"):
         array = ARRAYS[name]
         value = tf.constant(array if array.dtype != object else array.tolist())
         # tf.make_tensor_proto of a tf.Tensor goes through Tensor::AsProtoField in C++.
@@ -107,6 +110,19 @@ def test_typed_values_follow_tensor_from_proto(values: list, shape: list, expect
     assert tensor_proto_to_ndarray(proto).tolist() == expected
 
 
+def test_bfloat16_travels_in_half_val_as_bit_patterns() -> None:
+    # TF's tensor.cc: DT_BFLOAT16 values are the 16-bit patterns, in half_val's int32s.
+    proto = _proto(DT_BFLOAT16, [3], half_val=[0x3F80, 0xC000, 0x3DCD])
+    array = tensor_proto_to_ndarray(proto)
+    assert array.dtype == np.dtype(ml_dtypes.bfloat16)
+    assert array.astype(np.float32).tolist() == [1.0, -2.0, 0.10009765625]
+    typed = ndarray_to_tensor_proto(array, use_tensor_content=False)
+    assert typed.dtype == DT_BFLOAT16 and list(typed.half_val) == [0x3F80, 0xC000, 0x3DCD]
+    packed = ndarray_to_tensor_proto(array, use_tensor_content=True)
+    assert packed.tensor_content == bytes([0x80, 0x3F, 0x00, 0xC0, 0xCD, 0x3D])
+    assert tensor_proto_to_ndarray(packed).view(np.uint16).tolist() == [0x3F80, 0xC000, 0x3DCD]
+
+
 def test_int_val_wraps_for_narrow_types() -> None:
     proto = _proto(DT_INT8, [2], int_val=[200, -1])
     assert tensor_proto_to_ndarray(proto).tolist() == [-56, -1]
@@ -129,7 +145,7 @@ ERRORS = [
     (_proto(DT_FLOAT, [2], tensor_content=b"\0" * 4), "x", Code.INVALID_ARGUMENT, "tensor parsing error: x"),
     (_proto(DT_FLOAT, [-1]), None, Code.INVALID_ARGUMENT, "tensor_shape [-1] has a negative dimension"),
     (_proto(DT_STRING, [1], tensor_content=b"abc"), "s", Code.INVALID_ARGUMENT, "tensor parsing error: s"),
-    (_proto(DT_BFLOAT16, [1]), None, Code.UNIMPLEMENTED, "tfgate does not support tensors of type bfloat16"),
+    (_proto(11, [1]), None, Code.UNIMPLEMENTED, "tfgate does not support tensors of type qint8"),
     (_proto(0, [1]), None, Code.UNIMPLEMENTED, "tfgate does not support tensors of type INVALID"),
 ]  # fmt: skip
 

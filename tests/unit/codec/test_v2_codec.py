@@ -69,10 +69,9 @@ def test_unmappable_dtype_is_a_clear_error(dtype: int) -> None:
     assert info.value.code is Code.INVALID_ARGUMENT and "output 'z'" in info.value.message
 
 
-def test_bf16_cannot_be_carried() -> None:
-    with pytest.raises(ServingError, match="cannot carry bfloat16") as info:
-        wire_dtype(DT_BFLOAT16)
-    assert info.value.code is Code.UNIMPLEMENTED
+def test_bf16_is_carried_as_two_byte_bfloat16() -> None:
+    # BF16 itself: tests/unit/codec/test_v2_bf16.py.
+    assert wire_dtype(DT_BFLOAT16).itemsize == 2
 
 
 def test_json_inputs_flat_and_nested() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -137,6 +138,13 @@ def test_shadow_agreement_and_dispatcher_bound() -> None:
     accepted, ran, later = asyncio.run(scenario())
     # one job running, one waiting: a rule allowing 1 pending drops the next copy
     assert accepted == 2 and ran >= 2 and later is False
+
+
+def test_shadow_agreement_compares_bfloat16_outputs() -> None:
+    bf16 = ml_dtypes.bfloat16
+    a = {"scores": np.array([[0.25, 0.75], [0.5, 0.5]], bf16)}
+    b = {"scores": np.array([[0.5, 0.5], [0.5, 0.5]], bf16)}
+    assert agreement(a, b) == (0.25, 1, 2)
 
 
 async def _noop() -> None:

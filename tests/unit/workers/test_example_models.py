@@ -11,6 +11,7 @@ import pathlib
 import time
 from collections.abc import Callable, Iterator
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,6 +53,9 @@ SIGNATURES: dict[str, dict[str, tuple[Spec, Spec]]] = {
             {"h": (tf.float16, (-1, 2))},
             {"doubled": (tf.float16, (-1, 2)), "as_float": (F, (-1, 2))},
         ),
+    },
+    "half_plus_two_bf16": {
+        "serving_default": ({"x": (tf.bfloat16, (-1, 1))}, {"y": (tf.bfloat16, (-1, 1))}),
     },
     "classifier": {
         "serving_default": (
@@ -195,6 +199,17 @@ def test_tiny_is_half_plus_two(loaded: Callable[[str], SavedModelRunner]) -> Non
     np.testing.assert_array_equal(
         loaded("tiny").run("serving_default", {"x": x}, [])["y"], 0.5 * x + 2
     )
+
+
+def test_half_plus_two_bf16_computes_in_bfloat16(
+    loaded: Callable[[str], SavedModelRunner],
+) -> None:
+    # Fed and fetched as ml_dtypes' bfloat16 (workers/ipc.py's DT_BFLOAT16) through the
+    # runner's session callable. 0.1 is 0x3DCD as bfloat16; 0.5x + 2 rounds to 2.046875.
+    x = np.array([[1.0], [3.0], [0.1]], ml_dtypes.bfloat16)
+    y = loaded("half_plus_two_bf16").run("serving_default", {"x": x}, ())["y"]
+    assert y.dtype == np.dtype(ml_dtypes.bfloat16) and y.shape == (3, 1)
+    assert y.reshape(-1).view(np.uint16).tolist() == [0x4020, 0x4060, 0x4003]  # 2.5, 3.5
 
 
 def test_half_plus_three_answers_differently(loaded: Callable[[str], SavedModelRunner]) -> None:

@@ -207,6 +207,8 @@ def test_run_tfs_models(
         ("int_ops", {"i32": [1, 2], "i64": [2**40]}, {"out32": [2, 4], "out64": [2**40 + 1]}),
         ("bools", {"instances": [True, False]}, {"not_flag": [False, True]}),
         ("tiny", {"inputs": [[0.1]]}, {"y": [[2.05]]}),  # float32 printed at float32 precision
+        # bfloat16 printed as its exact value: 0.1 -> 0x3DCD, 0.5x + 2 -> 2.046875
+        ("half_plus_two_bf16", {"inputs": [[1.0], [0.1]]}, {"y": [[2.5], [2.046875]]}),
     ],
 )
 def test_run_own_models(
@@ -308,6 +310,14 @@ def test_request_to_arrays_single_input(body: object, expected: dict[str, np.nda
     for alias, array in expected.items():
         assert arrays[alias].dtype == array.dtype
         np.testing.assert_array_equal(arrays[alias], array)
+
+
+def test_bfloat16_inputs_round_as_tensorflow_casts() -> None:
+    # Above the tie as a double, exactly the tie as a float: TF's cast (via float) gives 0x3F80
+    # where a direct double -> bfloat16 rounding would give 0x3F81.
+    array = inspect.to_array([1.00390625 + 2**-40, 0.1], tf.bfloat16.as_datatype_enum, "x")
+    assert array.dtype == tf.bfloat16.as_numpy_dtype
+    assert array.view(np.uint16).tolist() == [0x3F80, 0x3DCD]
 
 
 def test_request_to_arrays_rows_with_named_inputs() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -48,7 +49,11 @@ def _roundtrip(arena: ipc.Arena, parts, pad_rows=0):  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.float32, np.float64, np.int8, np.int32, np.int64, np.uint64, np.bool_, np.float16]
+    "dtype",
+    [
+        np.float32, np.float64, np.int8, np.int32, np.int64, np.uint64, np.bool_, np.float16,
+        ml_dtypes.bfloat16,
+    ],
 )
 def test_numeric_tensor_roundtrip(arena: ipc.Arena, dtype) -> None:  # type: ignore[no-untyped-def]
     a = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
@@ -152,3 +157,16 @@ def test_ragged_padding_of_rank_3_and_strings(arena: ipc.Arena) -> None:
     np.testing.assert_array_equal(out["x"][0], [[1, 1], [1, 1]])
     np.testing.assert_array_equal(out["x"][1], [[3, 3], [3, 3]])
     assert out["s"].tolist() == [[b"a", b"a"], [b"b", b"c"]]
+
+
+def test_bfloat16_has_a_numpy_dtype_both_ways(arena: ipc.Arena) -> None:
+    # DT_BFLOAT16 (14) crosses as ml_dtypes' bfloat16, the array TensorFlow takes and returns.
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    assert ipc.NUMPY_DTYPE_BY_TF[14] == bf16 and ipc.TF_DTYPE_BY_NUMPY[bf16] == 14
+    a = np.array([[0x3F80, 0xC000], [0x3DCD, 0x7F80]], np.uint16).view(bf16)
+    out, written = _roundtrip(arena, [{"x": a[:1]}, {"x": a[1:]}], pad_rows=1)
+    assert written.refs[0].dtype == 14 and written.refs[0].nbytes == 3 * 2 * 2
+    # two parts concatenated, then the last row repeated once (pad_rows)
+    assert out["x"].view(np.uint16).tolist() == [
+        [0x3F80, 0xC000], [0x3DCD, 0x7F80], [0x3DCD, 0x7F80]
+    ]
