@@ -40,8 +40,10 @@ from app.core.types import (
     DT_FLOAT,
     DT_STRING,
     NUMPY_DTYPE_BY_TF,
+    ModelSpec,
     SignatureSpec,
     TensorSpec,
+    tf_dtype_of,
 )
 
 BINARY_DATA_SIZE = "binary_data_size"
@@ -391,6 +393,35 @@ def to_bfloat16(values: np.ndarray) -> np.ndarray:
 
 
 # --- responses ---
+
+
+# TF Serving's model versions are int64.
+INT64_MAX = (1 << 63) - 1
+
+
+def v2_model_spec(name: str, version_text: str | None, signature_name: str = "") -> ModelSpec:
+    """A V2 model name and version as tfgate's ModelSpec (REST path and gRPC fields alike):
+    digits are a version, any other text a version label (TF Serving's labels, e.g.
+    /versions/stable); no version: the pin, else the latest AVAILABLE."""
+    if not name:
+        raise invalid_argument("model name is empty")
+    if not version_text:
+        return ModelSpec(name, None, None, signature_name)
+    if version_text.isascii() and version_text.isdigit():
+        digits = version_text.lstrip("0") or "0"
+        if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
+            raise invalid_argument(f"model version {version_text} is out of range")
+        return ModelSpec(name, int(digits), None, signature_name)
+    return ModelSpec(name, None, version_text, signature_name)
+
+
+def ordered_outputs(
+    outputs: dict[str, np.ndarray], requested: Sequence[str]
+) -> list[tuple[str, int, np.ndarray]]:
+    """(alias, TF dtype, tensor) in the requested order, else the signature's alias order
+    (REST and gRPC infer answers alike)."""
+    names = requested or sorted(outputs)
+    return [(n, tf_dtype_of(outputs[n]), outputs[n]) for n in names]
 
 
 def output_is_binary(request: V2InferRequest, name: str) -> bool:

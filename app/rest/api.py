@@ -30,6 +30,7 @@ from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError
 from app.core.types import ModelSpec
 from app.rest.edge import body_too_large_text
+from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth, credential_from
 from app.serving.service import Entrypoint, ServingService
 
@@ -104,7 +105,6 @@ class TfServingRestApi:
         self.own_prefixes = tuple(p.lower() for p in own_prefixes)
         # the bytes one request's decoded tensors may take; 0: unbounded (unit tests)
         self.max_tensor_bytes = max_tensor_bytes
-
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -318,10 +318,6 @@ def request_id_of(scope: Scope) -> str:
     # 16 hex digits as before; the counter wraps after 2**32 ids (far past any table of
     # recent requests that looks ids up).
     return f"{_REQUEST_ID_PREFIX}{next(_request_ids) & 0xFFFFFFFF:08x}"
-
-
-# A routing key longer than this is refused (it is hashed and kept in a bounded table).
-MAX_ROUTING_KEY_CHARS = 256
 
 
 def routing_key_of(scope: Scope) -> str | None:

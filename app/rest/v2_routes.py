@@ -24,9 +24,8 @@ from app import __version__
 from app.codec import v2_json
 from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError, invalid_argument
-from app.core.types import DEFAULT_SIGNATURE, ModelSpec, VersionState, tf_dtype_of
+from app.core.types import DEFAULT_SIGNATURE, ModelSpec
 from app.rest.api import (
-    INT64_MAX,
     REQUEST_ID_RE,
     PayloadTooLarge,
     Receive,
@@ -49,31 +48,6 @@ INFERENCE_HEADER_LENGTH = b"inference-header-content-length"
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 JSON_CONTENT = (b"content-type", b"application/json")
 BINARY_CONTENT = (b"content-type", b"application/octet-stream")
-
-
-def v2_model_spec(name: str, version_text: str | None, signature_name: str = "") -> ModelSpec:
-    """A V2 model name and version as tfgate's ModelSpec: digits are a version, any other
-    text a version label (TF Serving's labels, e.g. /versions/stable); no version: the pin,
-    else the latest AVAILABLE."""
-    version: int | None = None
-    label: str | None = None
-    if version_text:
-        if version_text.isascii() and version_text.isdigit():
-            digits = version_text.lstrip("0") or "0"
-            if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
-                raise invalid_argument(f"model version {version_text} is out of range")
-            version = int(digits)
-        else:
-            label = version_text
-    return ModelSpec(name, version, label, signature_name)
-
-
-def available_versions(service: ServingService, name: str) -> list[int]:
-    return [
-        r.version
-        for r in service.registry.version_records(name)
-        if r.state is VersionState.AVAILABLE
-    ]
 
 
 class V2RestApi:
@@ -186,7 +160,7 @@ class V2RestApi:
     def _model_ready(self, name: str, version_text: str | None) -> Response:
         """200 {"ready": true} when the version resolves to an AVAILABLE one; a model the
         config lists but cannot serve now is 503 {"ready": false} (as KServe answers)."""
-        spec = v2_model_spec(name, version_text)
+        spec = v2_json.v2_model_spec(name, version_text)
         try:
             servable, _ = self.service.resolve(spec)
         except ServingError as exc:
@@ -200,7 +174,7 @@ class V2RestApi:
         return self._json({"name": name, "version": str(servable.version), "ready": True})
 
     def _metadata(self, name: str, version_text: str | None) -> Response:
-        spec = v2_model_spec(name, version_text)
+        spec = v2_json.v2_model_spec(name, version_text)
         _, metadata = self.service.resolve(spec)
         signature = metadata.signatures.get(DEFAULT_SIGNATURE)
         if signature is None:
@@ -208,7 +182,7 @@ class V2RestApi:
                 Code.FAILED_PRECONDITION,
                 f'model {name} has no "{DEFAULT_SIGNATURE}" signature to describe',
             )
-        versions = available_versions(self.service, name)
+        versions = self.service.available_versions(name)
         return self._json(v2_json.model_metadata(name, versions, signature))
 
     async def _infer(
@@ -216,7 +190,7 @@ class V2RestApi:
     ) -> Response:
         header_length = _header_length(scope)
         request = v2_json.parse_infer_request(body, header_length)
-        spec = v2_model_spec(name, version_text, request.signature_name)
+        spec = v2_json.v2_model_spec(name, version_text, request.signature_name)
         # What a traffic-rule outcome names this request by: the body's `id` when it is a
         # sane token (the client already holds it), else X-Request-Id or a new one.
         request_id = (
@@ -225,7 +199,7 @@ class V2RestApi:
             else request_id_of(scope)
         )
         result = await self._predict(scope, spec, request, request_id)
-        outputs = ordered_outputs(result, [o.name for o in request.outputs])
+        outputs = v2_json.ordered_outputs(result.outputs, [o.name for o in request.outputs])
         content, json_length = v2_json.encode_infer_response(
             request, name, result.servable.version, outputs
         )
@@ -259,14 +233,6 @@ class V2RestApi:
             routing_key=routing_key_of(scope),
             request_id=request_id,
         )
-
-
-def ordered_outputs(
-    result: PredictResult, requested: list[str]
-) -> list[tuple[str, int, object]]:
-    """(alias, TF dtype, tensor) in the requested order, else the signature's alias order."""
-    names = requested or sorted(result.outputs)
-    return [(n, tf_dtype_of(result.outputs[n]), result.outputs[n]) for n in names]
 
 
 def _header_length(scope: Scope) -> int | None:

@@ -39,6 +39,7 @@ from app.core.protos import (
 )
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec
 from app.serving import multi_inference
+from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth, credential_from
 from app.serving.service import Entrypoint, ServingService
 from app.settings import model_config
@@ -101,10 +102,6 @@ def cache_control(context: grpc.aio.ServicerContext) -> str | None:
         if key == "cache-control":
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
-
-
-# A routing key longer than this is refused (it is hashed and kept in a bounded table).
-MAX_ROUTING_KEY_CHARS = 256
 
 
 def routing_metadata(context: grpc.aio.ServicerContext) -> dict[str, str | None]:

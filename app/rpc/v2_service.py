@@ -17,40 +17,22 @@ import grpc
 from app import __version__
 from app.codec import v2_json, v2_proto
 from app.codec.tensor import request_budget
-from app.core.errors import Code, ServingError, invalid_argument
-from app.core.types import DEFAULT_SIGNATURE, ModelSpec, VersionState, tf_dtype_of
+from app.core.errors import Code, ServingError
+from app.core.types import DEFAULT_SIGNATURE, ModelSpec
 from app.rpc.services import (
-    MAX_ROUTING_KEY_CHARS,
     authorize,
     cache_control,
     loop_deadline,
     routing_metadata,
     translated,
 )
+from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth
 from app.serving.service import V2_INFER_API, Entrypoint, PredictResult, ServingService
 from proto import open_inference_pb2 as pb
 from proto import open_inference_pb2_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-INT64_MAX = (1 << 63) - 1
-
-
-def v2_model_spec(name: str, version_text: str, signature_name: str = "") -> ModelSpec:
-    """Model name and version string -> ModelSpec: digits are a version, other text a version
-    label, empty the pin / latest AVAILABLE (the same rule as rest/v2_routes.py)."""
-    if not name:
-        raise invalid_argument("model name is empty")
-    if not version_text:
-        return ModelSpec(name, None, None, signature_name)
-    if version_text.isascii() and version_text.isdigit():
-        digits = version_text.lstrip("0") or "0"
-        if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
-            raise invalid_argument(f"model version {version_text} is out of range")
-        return ModelSpec(name, int(digits), None, signature_name)
-    return ModelSpec(name, None, version_text, signature_name)
-
-
 class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService on top of ServingService. Event-loop only."""
 
@@ -86,7 +68,7 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request, context):
         """ready=false for a model that is unknown or has no servable version now."""
         authorize(self.auth, context, request.name)
-        spec = v2_model_spec(request.name, request.version)
+        spec = v2_json.v2_model_spec(request.name, request.version)
         try:
             self.service.resolve(spec)
         except ServingError as exc:
@@ -98,18 +80,14 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     @translated
     async def ModelMetadata(self, request, context):
         authorize(self.auth, context, request.name)
-        _, metadata = self.service.resolve(v2_model_spec(request.name, request.version))
+        _, metadata = self.service.resolve(v2_json.v2_model_spec(request.name, request.version))
         signature = metadata.signatures.get(DEFAULT_SIGNATURE)
         if signature is None:
             raise ServingError(
                 Code.FAILED_PRECONDITION,
                 f'model {request.name} has no "{DEFAULT_SIGNATURE}" signature to describe',
             )
-        versions = [
-            r.version
-            for r in self.service.registry.version_records(request.name)
-            if r.state is VersionState.AVAILABLE
-        ]
+        versions = self.service.available_versions(request.name)
         described = v2_json.model_metadata(request.name, versions, signature)
         response = pb.ModelMetadataResponse(
             name=described["name"],
@@ -124,13 +102,11 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     @translated
     async def ModelInfer(self, request, context):
         authorize(self.auth, context, request.model_name)
-        spec = v2_model_spec(
+        spec = v2_json.v2_model_spec(
             request.model_name, request.model_version, v2_proto.signature_name(request)
         )
         result = await self._predict(request, spec, context)
-        requested = [o.name for o in request.outputs]
-        names = requested or sorted(result.outputs)
-        outputs = [(n, tf_dtype_of(result.outputs[n]), result.outputs[n]) for n in names]
+        outputs = v2_json.ordered_outputs(result.outputs, [o.name for o in request.outputs])
         return v2_proto.encode_infer_response(
             request.model_name, result.servable.version, request.id, outputs
         )

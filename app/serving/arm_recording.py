@@ -10,6 +10,10 @@ import time
 
 from app.traffic.router import LiveRule, TrafficRouter
 
+# The longest routing key a transport accepts (it is hashed and kept in the router's bounded
+# table of recent requests); REST and gRPC refuse a longer one in their own words.
+MAX_ROUTING_KEY_CHARS = 256
+
 NOT_ROUTED = contextlib.nullcontext()
 
 

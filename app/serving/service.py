@@ -26,6 +26,7 @@ from app.core.types import (
     ModelSpec,
     ServableId,
     SignatureSpec,
+    VersionState,
 )
 from app.lifecycle.registry import Registry, VersionRecord
 from app.serving.arm_recording import NOT_ROUTED, ArmRecorder, shadowed
@@ -430,6 +431,14 @@ class ServingService:
     def metadata(self, spec: ModelSpec) -> tuple[ServableId, meta_graph_pb2.MetaGraphDef]:
         servable, metadata = self.registry.resolve(spec)
         return servable, metadata.meta_graph
+
+    def available_versions(self, name: str) -> list[int]:
+        """The model's AVAILABLE versions, ascending (V2 model metadata, REST and gRPC)."""
+        return [
+            r.version
+            for r in self.registry.version_records(name)
+            if r.state is VersionState.AVAILABLE
+        ]
 
     def model_status(self, name: str, version: int | None) -> list[VersionRecord]:
         """Newest version first, as TF Serving's status lists them (REST and gRPC)."""

@@ -389,3 +389,22 @@ def test_large_body_fallbacks_keep_the_usual_errors() -> None:
         decode(large_body([1.0] * 2999))  # dense, but the count is checked the same
     repeated = large_body([1.0] * 3000).replace(b'{"inputs"', b'{"id":"a","id":"b","inputs"')
     assert v2_json.parse_infer_request(repeated, None).id == "b"  # orjson decides (last wins)
+
+
+@pytest.mark.parametrize(
+    ("version_text", "version", "label"),
+    [(None, None, None), ("", None, None), ("7", 7, None), ("007", 7, None),
+     ("9223372036854775807", (1 << 63) - 1, None), ("stable", None, "stable")],
+)
+def test_v2_model_spec_reads_digits_as_a_version_and_other_text_as_a_label(
+    version_text: str | None, version: int | None, label: str | None
+) -> None:
+    spec = v2_json.v2_model_spec("m", version_text, "sig")
+    assert (spec.name, spec.version, spec.label, spec.signature_name) == ("m", version, label, "sig")
+
+
+def test_v2_model_spec_refuses_an_empty_name_and_an_out_of_range_version() -> None:
+    with pytest.raises(ServingError, match="model name is empty"):
+        v2_json.v2_model_spec("", "1")
+    with pytest.raises(ServingError, match="model version 9223372036854775808 is out of range"):
+        v2_json.v2_model_spec("m", "9223372036854775808")
