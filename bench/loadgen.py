@@ -63,11 +63,20 @@ class HttpTarget:
     # extra request headers, e.g. V2's Inference-Header-Content-Length for binary data
     headers: tuple[tuple[str, str], ...] = ()
     # when set, connection i posts to alternate_paths[i % n] instead of `path` (e.g. a
-    # client-side A/B split over explicit version URLs)
+    # client-side A/B split over explicit version URLs) ...
     alternate_paths: tuple[str, ...] = ()
+    # ... or, with this set, every request picks one of them at random (seeded), as clients
+    # that randomise the URL per request do
+    alternate_per_request: bool = False
+    # when set, connection i sends this header with the value "client-<i>" (e.g. a traffic
+    # rule's routing key, one per simulated user)
+    per_connection_header: str = ""
 
-    def request_bytes(self, path: str | None = None) -> bytes:
-        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
+    def request_bytes(self, path: str | None = None, connection: int | None = None) -> bytes:
+        headers = self.headers
+        if self.per_connection_header and connection is not None:
+            headers = (*headers, (self.per_connection_header, f"client-{connection}"))
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
         head = (
             f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: {self.content_type}\r\n{extra}"
@@ -92,8 +101,15 @@ Target = HttpTarget | GrpcTarget
 class _HttpConnection(asyncio.Protocol):
     """One keep-alive connection with at most one request outstanding."""
 
-    def __init__(self, request: bytes, on_response: Callable[[_HttpConnection, int], None]):
-        self.request = request
+    def __init__(
+        self,
+        requests: Sequence[bytes],
+        on_response: Callable[[_HttpConnection, int], None],
+        rng: random.Random | None = None,
+    ):
+        """Sends requests[0], or with `rng` one of `requests` at random per request."""
+        self.requests = requests
+        self.rng = rng
         self.on_response = on_response
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -119,7 +135,8 @@ class _HttpConnection(asyncio.Protocol):
             self.busy = False
             self.on_response(self, -1)
             return
-        self.transport.write(self.request)
+        requests = self.requests
+        self.transport.write(requests[0] if self.rng is None else self.rng.choice(requests))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -208,7 +225,6 @@ class _HttpDriver:
     def __init__(self, target: HttpTarget, recorder: Recorder) -> None:
         self.target = target
         self.recorder = recorder
-        self.requests = [target.request_bytes(p) for p in target.alternate_paths or (None,)]
         self.running = True
         self.idle: list[_HttpConnection] = []
         self.backlog: list[int] = []  # open loop: scheduled send times waiting for a connection
@@ -217,10 +233,16 @@ class _HttpDriver:
 
     async def connect(self, count: int) -> None:
         loop = asyncio.get_running_loop()
+        target = self.target
+        paths = target.alternate_paths or (None,)
+        rng = random.Random(0) if target.alternate_per_request and len(paths) > 1 else None
         for index in range(count):
-            request = self.requests[index % len(self.requests)]
+            if rng is not None:
+                requests = [target.request_bytes(p, index) for p in paths]
+            else:
+                requests = [target.request_bytes(paths[index % len(paths)], index)]
             _, conn = await loop.create_connection(
-                lambda request=request: _HttpConnection(request, self._on_response),  # type: ignore[misc]
+                lambda requests=requests: _HttpConnection(requests, self._on_response, rng),  # type: ignore[misc]
                 self.target.host,
                 self.target.port,
             )

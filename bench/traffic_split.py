@@ -1,15 +1,15 @@
 """What a traffic rule costs: dnn 1-row REST at c=64 against one tfgate server with no rule
 and with a 50/50 split over two versions, side by side.
 
-    .venv/bin/python -m bench.traffic_split [--repeats 3] [--out bench/results]
+    .venv/bin/python -m bench.traffic_split [--repeats 5] [--out bench/results]
 
 One tfgate server (batching on, bench/batching_parameters.pbtxt) serves dnn versions 1 and
-2 (the same export twice; model_version_policy all). Each repeat measures four modes back
-to back, rotating which goes first: "no rule" (every request to the latest version), the
-client-side split TF Serving users do today (no rule; half the connections post to
-/versions/1, half to /versions/2), a one-arm rule (the rule's own cost: draw, count, all on one version) and the "50/50 split"
-(rules set through the admin API; requests carry no routing key, so each arm is a
-weighted random draw, and every request is counted on its arm). Writes
+2 (the same export twice; model_version_policy all). Each repeat measures six modes back to
+back, rotating which goes first (MODES): no rule; a one-arm rule (draw and count, all on one
+version); the two client-side splits TF Serving users do today over version URLs (per
+request, and per client); and the rule's 50/50 split without and with a routing key per
+client. Each rule row is judged against the rule-free row that sends the same traffic
+(AGAINST); rules are set through the admin API. Writes
 bench/results/traffic_split.json and bench/traffic_section.md, which bench/docs.py includes
 in docs/benchmarks.md. Traffic goes to 127.0.0.1 only; the server is stopped at the end.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
@@ -30,9 +31,11 @@ import time
 import urllib.error
 import urllib.request
 
+from app.traffic import assign
 from app.traffic.router import TrafficRouter
 from app.traffic.rules import parse_rule
 from bench.loadgen import HttpTarget, LevelOptions, run_level
+from bench.probes import ServerProbe
 from bench.servers import RunningServer, tfgate_spec
 from bench.stats import Window, percentile_ns
 from bench.workloads import Workload
@@ -50,16 +53,39 @@ SPLIT_RULE = {
 # The rule's own cost apart from the split's: every request still drawn and counted, all
 # on one version, so batches fill as without a rule.
 ONE_ARM_RULE = {"id": "bench-one", "arms": [{"name": "v2", "version": 2, "weight": 1}]}
-CLIENT_SPLIT = "client-side 50/50 (version URLs)"
-MODES: dict[str, dict | None] = {
-    "no rule": None,
-    # What TF Serving users do today: no rule, half the clients post to /versions/1 and
-    # half to /versions/2. Both splits pay for two half-full batch queues; the server-side
-    # split's own cost is the difference between these two rows.
-    CLIENT_SPLIT: None,
-    "rule, one arm (100%)": ONE_ARM_RULE,
-    "50/50 split": SPLIT_RULE,
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    rule: dict | None  # the traffic rule in force (None: none)
+    # how the clients address the model: "latest" (the model URL), "urls per request" (each
+    # request picks /versions/1 or /versions/2 at random), "urls per client" (connection i
+    # always posts to the version the rule would give routing key "client-<i>", so the two
+    # sticky splits send exactly the same traffic to each version)
+    clients: str = "latest"
+    routing_keys: bool = False  # each connection sends its own X-Tfgate-Routing-Key
+
+
+NO_RULE = "no rule"
+ONE_ARM = "rule, one arm (100%)"
+CLIENTS_PER_REQUEST = "clients split 50/50 per request (version URLs)"
+SPLIT = "50/50 split (no routing key)"
+CLIENTS_PER_CLIENT = "clients split 50/50 per client (version URLs)"
+SPLIT_KEYED = "50/50 split (a routing key per client)"
+MODES: dict[str, Mode] = {
+    NO_RULE: Mode(None),
+    ONE_ARM: Mode(ONE_ARM_RULE),
+    # What TF Serving users do today when they randomise the URL per request: the same two
+    # half-fed batch queues as the server-side split without routing keys.
+    CLIENTS_PER_REQUEST: Mode(None, clients="urls per request"),
+    SPLIT: Mode(SPLIT_RULE),
+    # ... and when each user keeps one version (a sticky client-side split): like the
+    # server-side split with a routing key per user.
+    CLIENTS_PER_CLIENT: Mode(None, clients="urls per client"),
+    SPLIT_KEYED: Mode(SPLIT_RULE, routing_keys=True),
 }
+# Each server-side row and the row it is judged against: what the rule adds is the difference.
+AGAINST = {ONE_ARM: NO_RULE, SPLIT: CLIENTS_PER_REQUEST, SPLIT_KEYED: CLIENTS_PER_CLIENT}
 
 
 def start_server(work: pathlib.Path) -> RunningServer:
@@ -106,11 +132,20 @@ def admin(server: RunningServer, method: str, rule: dict | None = None) -> int:
         return exc.code
 
 
-def summarize(windows: list[Window]) -> dict[str, float]:
+def summarize(windows: list[Window], snapshots: list[dict[str, float]]) -> dict[str, float]:
+    """Throughput, latency and the gateway's CPU per request over the measured windows (the
+    CPU figure does not move with how the load generator and the server share the cores)."""
     latencies = [v for w in windows for v in w.latencies_ns]
     seconds = sum(w.seconds for w in windows)
+    first, last = snapshots[0], snapshots[-1]
+    cpu_seconds_used = last["gateway_cpu_s"] - first["gateway_cpu_s"]
+    batches = last["batch_rows_count"] - first["batch_rows_count"]
     return {
         "throughput": len(latencies) / seconds if seconds else 0.0,
+        "gateway_cpu_us": cpu_seconds_used / len(latencies) * 1e6 if latencies else 0.0,
+        "batch_size_mean": (
+            (last["batch_rows_sum"] - first["batch_rows_sum"]) / batches if batches else 0.0
+        ),
         "p50_ms": percentile_ns(latencies, 50) / 1e6,
         "p99_ms": percentile_ns(latencies, 99) / 1e6,
         "errors": sum(sum(w.errors.values()) for w in windows),
@@ -119,27 +154,39 @@ def summarize(windows: list[Window]) -> dict[str, float]:
 
 async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]]:
     body = Workload(MODEL).rest_body()
-    target = HttpTarget("127.0.0.1", server.spec.rest_port, server.spec.path(MODEL), body)
-    client_split = HttpTarget(
-        "127.0.0.1", server.spec.rest_port, server.spec.path(MODEL), body,
-        alternate_paths=tuple(f"/v1/models/{MODEL}/versions/{v}:predict" for v in (1, 2)),
+    version_paths = tuple(f"/v1/models/{MODEL}/versions/{v}:predict" for v in (1, 2))
+    weights = [float(arm["weight"]) for arm in SPLIT_RULE["arms"]]  # type: ignore[index]
+    keyed_paths = tuple(  # connection i -> the version its routing key hashes to
+        version_paths[assign.arm_for_key(str(SPLIT_RULE["id"]), f"client-{i}", weights)]
+        for i in range(CONCURRENCY)
     )
+    paths = {"latest": (), "urls per request": version_paths, "urls per client": keyed_paths}
+
+    def target_of(mode: Mode) -> HttpTarget:
+        return HttpTarget(
+            "127.0.0.1", server.spec.rest_port, server.spec.path(MODEL), body,
+            alternate_paths=paths[mode.clients],
+            alternate_per_request=mode.clients == "urls per request",
+            per_connection_header="X-Tfgate-Routing-Key" if mode.routing_keys else "",
+        )
     level = LevelOptions(concurrency=CONCURRENCY, warmup_seconds=1.0, window_seconds=2.0,
                          min_windows=3, max_windows=4)
     rows: list[dict[str, object]] = []
     names = list(MODES)
+    probe = ServerProbe(server.pid, metrics_port=server.spec.rest_port)
+
     for repeat in range(repeats):
         order = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate the order
         for mode in order:
-            rule = MODES[mode]
+            rule = MODES[mode].rule
             admin(server, "DELETE")  # 404 when there is none: fine
             if rule is not None and admin(server, "PUT", rule) != 200:
                 raise RuntimeError(f"the admin API refused the rule of mode {mode!r}")
-            windows, _, stable = await run_level(
-                client_split if mode == CLIENT_SPLIT else target, level
+            windows, snapshots, stable = await run_level(
+                target_of(MODES[mode]), level, probe=probe
             )
             rows.append({"mode": mode, "repeat": repeat, "stable": stable,
-                         **summarize(windows)})
+                         **summarize(windows, snapshots)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -179,14 +226,21 @@ def median(rows: list[dict[str, object]], mode: str, field: str) -> float:
     return statistics.median(float(r[field]) for r in rows if r["mode"] == mode)  # type: ignore[arg-type]
 
 
-def ratio(rows: list[dict[str, object]], mode: str, against: str = "no rule") -> float:
-    """Median over repeats of mode/`against` throughput measured back to back."""
+def ratios(
+    rows: list[dict[str, object]], mode: str, against: str = "no rule", field: str = "throughput"
+) -> list[float]:
+    """Per repeat, mode/`against` of `field`, the two measured back to back."""
     per_repeat = []
     for repeat in sorted({int(r["repeat"]) for r in rows}):  # type: ignore[call-overload]
-        pair = {r["mode"]: float(r["throughput"]) for r in rows if r["repeat"] == repeat}  # type: ignore[arg-type]
+        pair = {r["mode"]: float(r[field]) for r in rows if r["repeat"] == repeat}  # type: ignore[arg-type]
         if pair.get(against):
             per_repeat.append(pair[mode] / pair[against])
-    return statistics.median(per_repeat)
+    return per_repeat
+
+
+def ratio(rows: list[dict[str, object]], mode: str, against: str = "no rule") -> float:
+    """Median over repeats of mode/`against` throughput measured back to back."""
+    return statistics.median(ratios(rows, mode, against))
 
 
 def render(
@@ -200,37 +254,58 @@ def render(
         "## Traffic split cost: dnn 1-row REST, c=64, no rule vs a 50/50 split",
         "",
         f"Command: `.venv/bin/python -m bench.traffic_split --repeats {repeats}`; one tfgate",
-        "server serving dnn versions 1 and 2 (batching on); each repeat measures the modes",
-        "back to back, rotating which goes first; requests carry no routing key (each one",
-        f"a weighted random draw); medians of {repeats} repeats. Load average when the run",
-        f"started: {load:.1f} on {os.cpu_count()} CPUs (other processes share this machine;",
-        "ratios within the run's spread between repeats are noise).",
+        "server serving dnn versions 1 and 2 (batching on, one CPU worker); each repeat",
+        "measures the modes back to back, rotating which goes first; medians of",
+        f"{repeats} repeats. Load average when the run started: {load:.1f} on",
+        f"{os.cpu_count()} CPUs (other processes share this machine; ratios inside the",
+        "per-repeat range are noise). Each server-side row is judged against the row that",
+        "sends the same traffic to the same versions without a rule: the difference is what",
+        "the rule itself costs.",
         "",
-        "| mode | req/s | / no rule | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
+        "| mode | req/s | / no rule | judged against | / that row (range) |"
+        " gateway CPU us/req | CPU / that row | mean batch | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         errors = sum(int(r["errors"]) for r in rows if r["mode"] == mode)  # type: ignore[call-overload]
+        against = AGAINST.get(mode)
+        if against is not None:
+            spread = ratios(rows, mode, against)
+            judged = (
+                f"{against} | {statistics.median(spread):.3f}x "
+                f"({min(spread):.3f}-{max(spread):.3f}) | "
+            )
+            cpu_ratio = statistics.median(ratios(rows, mode, against, "gateway_cpu_us"))
+            cpu_cell = f"{cpu_ratio:.3f}x"
+        else:
+            judged, cpu_cell = "- | - | ", "-"
         lines.append(
             f"| {mode} | {median(rows, mode, 'throughput'):,.0f} | {ratio(rows, mode):.3f}x | "
-            f"{median(rows, mode, 'p50_ms'):.2f} | {median(rows, mode, 'p99_ms'):.2f} | "
-            f"{errors} |"
+            f"{judged}{median(rows, mode, 'gateway_cpu_us'):.0f} | {cpu_cell} | "
+            f"{median(rows, mode, 'batch_size_mean'):.1f} | {median(rows, mode, 'p50_ms'):.2f} | "
+            f"{median(rows, mode, 'p99_ms'):.2f} | {errors} |"
         )
-    split = ratio(rows, "50/50 split")
-    against_client = ratio(rows, "50/50 split", CLIENT_SPLIT)
     total = sum(shares.values())
     share_text = ", ".join(
         f"{name} {count / total:.1%}" for name, count in sorted(shares.items())
     ) if total else "not read"
+    batch_latest = median(rows, NO_RULE, "batch_size_mean")
+    batch_spread = median(rows, CLIENTS_PER_REQUEST, "batch_size_mean")
     lines += [
         "",
-        f"Split / no rule throughput (median of per-repeat ratios): {split:.3f}x; server-side",
-        f"split / the same split done by the clients over version URLs: {against_client:.3f}x.",
-        "Arm shares",
-        f"the server counted over a final 1 s split run: {share_text}. The client-side",
-        "split pays for two half-full batch queues (one per servable) just as the rule's",
-        "split does, so the rule's own cost is its row against the client-side one; the",
-        "one-arm rule shows that cost without any split.",
+        f"Arm shares the server counted over a final 1 s split run: {share_text}.",
+        "",
+        "How to read it: one worker runs one batch at a time, so the size of a batch is what",
+        "queued for that version while the previous batch ran. When every client keeps to one",
+        "version (a client-side split per client, or a rule with a routing key per user, as",
+        "an A/B test of users has), each version's queue refills with the clients its last",
+        "batch answered, and batches stay as large as without a split. When each request picks",
+        "its version afresh (a client that randomises the URL per request, or a rule without",
+        "routing keys), the clients a batch answers come back spread over both queues, and",
+        f"the mean batch falls from {batch_latest:.1f} to {batch_spread:.1f} rows whether the",
+        "clients or the rule do the spreading; smaller batches cost the gateway more per",
+        "request. That cost belongs to splitting requests over two servables on one worker,",
+        "not to the rule.",
         "",
         "In-process, what a rule adds per request (arm choice + counting, best of 5 x 100k):",
         f"{micros[0]:.2f} us without a routing key, {micros[1]:.2f} us with one.",
@@ -241,7 +316,7 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.traffic_split", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tfgate-traffic-") as tmp:

@@ -282,16 +282,22 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # tasks against that one servable's signatures before anything runs.
         first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         authorize(self.auth, context, first.name)
-        servable, metadata = self.service.resolve(model_spec_from_proto(first))
-        tasks = multi_inference.check_tasks(request, metadata, self.service)
-        results = await multi_inference.run(
-            self.service,
-            request,
-            servable,
-            tasks,
-            loop_deadline(context),
-            request_budget(self.max_tensor_bytes),
+        # A first ModelSpec with no version or label follows the model's traffic rule, and the
+        # call counts on the arm that served it, like Classify and Regress.
+        routing = routing_metadata(context)
+        servable, metadata, routed = self.service.resolve_routed(
+            model_spec_from_proto(first), routing["routing_key"]
         )
+        with self.service.arm_observed(routed, **routing):
+            tasks = multi_inference.check_tasks(request, metadata, self.service)
+            results = await multi_inference.run(
+                self.service,
+                request,
+                servable,
+                tasks,
+                loop_deadline(context),
+                request_budget(self.max_tensor_bytes),
+            )
         response = inference_pb2.MultiInferenceResponse()
         for task, result in zip(request.tasks, results, strict=True):
             # MakeModelSpec with the task's own signature name (empty -> serving_default)

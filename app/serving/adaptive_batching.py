@@ -15,6 +15,11 @@ The rule (`adaptive_batch_size`, a pure function):
 - batch size = max_batch_size (TF Serving's fixed behaviour) unless every measurement exists
   and the gateway is the bottleneck: the worker runs half the outstanding rows in less time
   than the gateway spends on them (W(half) < half x gateway seconds per row);
+- and no other queue on the same workers already holds a batch's worth of rows (at least
+  half as many as this one): then the workers alternate between the queues, and the gateway
+  answers one queue's batch while a worker runs the other's, with nothing cut (a 50/50 traffic
+  split over two versions with 27 and 37 clients must run batches of 27 and 37, not 27, 32
+  and 5);
 - then half the outstanding rows (rounded up), but at least MIN_ADAPTIVE_ROWS (32), never
   above max_batch_size, snapped down to an allowed_batch_sizes entry when the list is set (so
   padding stays as configured). So it only changes a batch when more than 32 rows are queued
@@ -63,10 +68,12 @@ def adaptive_batch_size(
     worker_seconds_at: float | None,
     gateway_seconds_per_row: float | None,
     allowed_batch_sizes: Sequence[int] = (),
+    other_queues_rows: int = 0,
 ) -> int:
     """Rows for the next batch (1..max_batch_size); see the module docstring for the rule.
 
     outstanding_rows: the recent peak of rows queued plus running for this queue.
+    other_queues_rows: the recent outstanding-row peaks of the batcher's other adaptive queues.
     worker_seconds_at: the worker's estimated run time for a batch of half of them (None: not
     measured yet). gateway_seconds_per_row: the gateway's CPU per completed row (None: not yet).
     """
@@ -76,6 +83,7 @@ def adaptive_batch_size(
         or gateway_seconds_per_row is None
         or half >= max_batch_size
         or worker_seconds_at >= half * gateway_seconds_per_row
+        or other_queues_rows >= half
     ):
         return max_batch_size
     size = max(MIN_ADAPTIVE_ROWS, half)
@@ -142,7 +150,17 @@ class AdaptiveCap:
             return None
         return self._run_seconds * max(1.0, rows / self._run_rows)
 
-    def limit(self, max_batch_size: int, allowed_batch_sizes: Sequence[int]) -> int:
+    def recent_peak(self) -> int:
+        """This queue's outstanding-row peak as other queues see it: 0 once it has had no new
+        row for two windows. A peak, not the rows now: when a batch of this queue has just
+        come back, its clients have not sent their next requests yet, but they will."""
+        if time.monotonic() - self._window_started >= 2 * PEAK_WINDOW_SECONDS:
+            return 0
+        return self._peak_rows
+
+    def limit(
+        self, max_batch_size: int, allowed_batch_sizes: Sequence[int], other_queues_rows: int = 0
+    ) -> int:
         peak = self._peak_rows
         if time.monotonic() - self._window_started >= 2 * PEAK_WINDOW_SECONDS:
             peak = self._window_peak  # idle for a while: the old peak no longer holds
@@ -152,6 +170,7 @@ class AdaptiveCap:
             self.worker_seconds_for(-(-peak // 2)),
             self.gateway.seconds_per_row,
             allowed_batch_sizes,
+            other_queues_rows,
         )
 
 

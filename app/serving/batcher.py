@@ -69,12 +69,17 @@ class _Queue:
     running_rows: int = 0  # rows of this queue's batches in a worker now
     cap: AdaptiveCap | None = None  # None: batches fill up to execution_batch_size
 
-    def batch_limit(self) -> int:
-        """Rows the next batch may take (and at which the queue counts as full)."""
+    def outstanding_rows(self) -> int:
+        return self.rows + self.running_rows
+
+    def batch_limit(self, adaptive_peaks: int = 0) -> int:
+        """Rows the next batch may take (and at which the queue counts as full).
+        `adaptive_peaks`: the recent peaks of every adaptive queue, this one included."""
         ceiling = self.params.execution_batch_size
         if self.cap is None:
             return ceiling
-        return min(ceiling, self.cap.limit(ceiling, self.params.allowed_batch_sizes))
+        others = max(0, adaptive_peaks - self.cap.recent_peak())
+        return min(ceiling, self.cap.limit(ceiling, self.params.allowed_batch_sizes, others))
 
 
 BatchObserver = Callable[[ServableId, list[int], int, list[float], str], None]
@@ -215,7 +220,7 @@ class Batcher:
         queue.tasks.append(task)
         queue.rows += rows
         if queue.cap is not None:
-            queue.cap.outstanding(queue.rows + queue.running_rows)
+            queue.cap.outstanding(queue.outstanding_rows())
         self._wake.set()
         if deadline is None:
             return await task.future
@@ -274,12 +279,13 @@ class Batcher:
         next_wait: float | None = None
         while self._in_flight < self._slots():
             best: _Queue | None = None
+            adaptive_peaks = self._adaptive_peaks()
             for queue in self._queues.values():
                 if not queue.tasks:
                     continue
                 oldest = queue.tasks[0].enqueued_at
                 timeout = queue.params.batch_timeout_micros / 1e6
-                full = queue.rows >= queue.batch_limit()
+                full = queue.rows >= queue.batch_limit(adaptive_peaks)
                 if full or now - oldest >= timeout:
                     if best is None or oldest < best.tasks[0].enqueued_at:
                         best = queue
@@ -288,11 +294,18 @@ class Batcher:
                     next_wait = remaining if next_wait is None else min(next_wait, remaining)
             if best is None:
                 return next_wait
-            self._start_batch(best, now)
+            self._start_batch(best, now, adaptive_peaks)
         return None  # no free slot: a finishing batch sets _wake
 
-    def _start_batch(self, queue: _Queue, now: float) -> None:
-        limit = queue.batch_limit()
+    def _adaptive_peaks(self) -> int:
+        """The sum of the adaptive queues' recent outstanding-row peaks (they share the
+        workers: serving/adaptive_batching.py's rule looks at the other queues' share)."""
+        if self._gateway_cpu is None:
+            return 0
+        return sum(q.cap.recent_peak() for q in self._queues.values() if q.cap is not None)
+
+    def _start_batch(self, queue: _Queue, now: float, adaptive_peaks: int = 0) -> None:
+        limit = queue.batch_limit(adaptive_peaks)
         tasks: list[_Task] = []
         rows = 0
         # The first task always goes (it fits execution_batch_size: submit() split it); an

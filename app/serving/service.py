@@ -132,8 +132,8 @@ class ServingService:
         version or label). `api` labels request metrics: "predict" for TF Serving's API,
         V2_INFER_API for the Open Inference Protocol's infer (same path)."""
         with self._observed(spec.name, api, entrypoint):
-            servable, metadata, routed = self._resolve_routed(spec, routing_key)
-            with self._arm_observed(routed, routing_key, request_id):
+            servable, metadata, routed = self.resolve_routed(spec, routing_key)
+            with self.arm_observed(routed, routing_key, request_id):
                 signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
                 inputs = decode_inputs(signature)
                 check_predict_inputs(signature, inputs)
@@ -153,7 +153,7 @@ class ServingService:
 
     # --- traffic rules ---
 
-    def _resolve_routed(
+    def resolve_routed(
         self, spec: ModelSpec, routing_key: str | None
     ) -> tuple[ServableId, ServableMetadata, tuple[LiveRule, int] | None]:
         """registry.resolve(), after the model's traffic rule (if any) chose an arm for a
@@ -175,7 +175,7 @@ class ServingService:
         servable, metadata = self.registry.resolve(spec)
         return servable, metadata, None
 
-    def _arm_observed(
+    def arm_observed(
         self, routed: tuple[LiveRule, int] | None, routing_key: str | None, request_id: str | None
     ) -> contextlib.AbstractContextManager[None]:
         if routed is None or self.traffic is None:
@@ -305,8 +305,8 @@ class ServingService:
         request_id: str | None = None,
     ) -> ClassifyResult:
         with self._observed(spec.name, "classify", entrypoint):
-            servable, metadata, routed = self._resolve_routed(spec, routing_key)
-            with self._arm_observed(routed, routing_key, request_id):
+            servable, metadata, routed = self.resolve_routed(spec, routing_key)
+            with self.arm_observed(routed, routing_key, request_id):
                 signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
                 return await self.run_classify(
                     servable,
@@ -358,8 +358,8 @@ class ServingService:
         request_id: str | None = None,
     ) -> RegressResult:
         with self._observed(spec.name, "regress", entrypoint):
-            servable, metadata, routed = self._resolve_routed(spec, routing_key)
-            with self._arm_observed(routed, routing_key, request_id):
+            servable, metadata, routed = self.resolve_routed(spec, routing_key)
+            with self.arm_observed(routed, routing_key, request_id):
                 signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
                 return await self.run_regress(
                     servable,

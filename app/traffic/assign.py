@@ -1,13 +1,15 @@
 """Arm assignment and the canary's decisions, as pure functions (table-tested).
 
-Data path position: traffic/router.py calls `arm_for_key` / `arm_for_draw` for every request
-that names no version or label and has a rule; `ramp_step`, `effective_weights` and
+Data path position: traffic/router.py calls `key_point` (or draws a point) and `arm_in` for
+every request that names no version or label and has a rule; `ramp_step`, `effective_weights` and
 `rollback_reason` decide the weights it uses; `thompson_weights` is the bandit's.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import random
 from collections.abc import Sequence
 
@@ -25,32 +27,32 @@ def key_point(rule_id: str, routing_key: str) -> float:
     return int.from_bytes(digest, "big") / _HASH_SPAN
 
 
-def arm_at(point: float, weights: Sequence[float]) -> int:
+def cumulative_weights(weights: Sequence[float]) -> list[float]:
+    """Running totals of the weights (arms of weight 0 add nothing): the table `arm_in`
+    searches, computed once per weight change rather than per request."""
+    return list(itertools.accumulate(max(0.0, w) for w in weights))
+
+
+def arm_in(point: float, cumulative: Sequence[float]) -> int:
     """The arm whose slice of [0, 1) holds `point`: arms own consecutive slices in their
-    order, each as wide as its share of the total weight. A weight change moves only the
+    order, each as wide as its share of the total weight, so a weight change moves only the
     keys near the boundaries that moved. Arms of weight 0 own nothing."""
-    total = sum(weights)
+    total = cumulative[-1] if cumulative else 0.0
     if total <= 0:
         return 0
-    target = point * total
-    running = 0.0
-    last = 0
-    for index, weight in enumerate(weights):
-        if weight <= 0:
-            continue
-        running += weight
-        last = index
-        if target < running:
-            return index
-    return last  # rounding at the top end
+    index = bisect.bisect_right(cumulative, point * total)
+    if index < len(cumulative):
+        return index
+    return bisect.bisect_left(cumulative, total)  # rounding at the top: the last arm with weight
+
+
+def arm_at(point: float, weights: Sequence[float]) -> int:
+    """`arm_in` over the weights themselves (outcomes, tests: not the request path)."""
+    return arm_in(point, cumulative_weights(weights))
 
 
 def arm_for_key(rule_id: str, routing_key: str, weights: Sequence[float]) -> int:
     return arm_at(key_point(rule_id, routing_key), weights)
-
-
-def arm_for_draw(rng: random.Random, weights: Sequence[float]) -> int:
-    return arm_at(rng.random(), weights)
 
 
 def ramp_step(elapsed_seconds: float, step_seconds: float, steps: int) -> int:

@@ -12,7 +12,6 @@ to the rule it ran under.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import random
@@ -25,13 +24,14 @@ import numpy as np
 from app.core.errors import Code, ServingError
 from app.traffic import assign
 from app.traffic.arms import ArmStats, summarize
+from app.traffic.recent import RecentTable
 from app.traffic.rules import Arm, TrafficRule
 from app.traffic.shadow import ShadowDispatcher, agreement
 
 log = logging.getLogger("tfgate.traffic")
 
-# Recent request ids (and routing keys) -> the arm that served them, for outcomes reported
-# later: bounded, the oldest forgotten first.
+# Recent request ids (and, apart, routing keys) -> the arm that served them, for outcomes
+# reported later: bounded, the oldest generation forgotten first (traffic/recent.py).
 RECENT_REQUESTS = 100_000
 ROLLBACK_CHECK_EVERY = 16  # requests between rollback checks (a check sorts latencies)
 BANDIT_REFRESH_OUTCOMES = 20  # outcomes between Thompson re-draws of the weights
@@ -87,8 +87,13 @@ class LiveRule:
         candidate = rule.candidate_name
         self.candidate = self.names.index(candidate) if candidate is not None else None
         self.stats = [ArmStats() for _ in self.arms]
+        # What choose() hands out and record() remembers: one tuple per arm, made once, so
+        # the request path allocates none.
+        self.routes: tuple[tuple[LiveRule, int], ...] = tuple(
+            (self, index) for index in range(len(self.arms))
+        )
         self.started_at = started_at
-        self.rolled_back = rolled_back
+        self._rolled_back = rolled_back
         self.rollback_reason = rollback_reason
         self.rng = random.Random(rule.seed)
         # Which requests get a shadow copy: its own stream, so shadowing does not change
@@ -98,6 +103,27 @@ class LiveRule:
         self.bandit_weights: list[float] | None = None
         self._outcomes_since_bandit = 0
         self.shadow = ShadowStats()
+        # running totals of the weights in force (None: recompute); a ramp's move with the
+        # clock, so a ramping rule recomputes them per request instead
+        self._cumulative: list[float] | None = None
+
+    @property
+    def rolled_back(self) -> bool:
+        return self._rolled_back
+
+    @rolled_back.setter
+    def rolled_back(self, value: bool) -> None:
+        self._rolled_back = value
+        self._cumulative = None
+
+    def cumulative_weights(self, clock: Callable[[], float]) -> list[float]:
+        """The table `assign.arm_in` searches for the weights in force now."""
+        cumulative = self._cumulative
+        if cumulative is None:
+            cumulative = assign.cumulative_weights(self.weights(clock()))
+            if self.rule.ramp is None or self._rolled_back:
+                self._cumulative = cumulative
+        return cumulative
 
     def weights(self, now: float) -> list[float]:
         """The effective weights now: rolled back -> all on the baseline; a ramp -> its
@@ -129,6 +155,7 @@ class LiveRule:
         successes = [s.conversions for s in self.stats]
         failures = [s.conversion_trials - s.conversions for s in self.stats]
         self.bandit_weights = assign.thompson_weights(successes, failures, self.rng)
+        self._cumulative = None
 
 
 class TrafficRouter:
@@ -137,9 +164,8 @@ class TrafficRouter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.rules: dict[str, LiveRule] = {}
         self.clock = clock
-        self._recent: collections.OrderedDict[str, tuple[LiveRule, int]] = (
-            collections.OrderedDict()
-        )
+        self._recent_requests: RecentTable[tuple[LiveRule, int]] = RecentTable(RECENT_REQUESTS)
+        self._recent_keys: RecentTable[tuple[LiveRule, int]] = RecentTable(RECENT_REQUESTS)
         self.shadow = ShadowDispatcher()
         # on_rollback(live): the rule's state changed by itself (ServerCore persists it;
         # metrics count it)
@@ -198,12 +224,10 @@ class TrafficRouter:
         live = self.rules.get(model)
         if live is None:
             return None
-        weights = live.weights(self.clock())
-        if routing_key:
-            arm = assign.arm_for_key(live.rule_id, routing_key, weights)
-        else:
-            arm = assign.arm_for_draw(live.rng, weights)
-        return live, arm
+        cumulative = live.cumulative_weights(self.clock)
+        # a routing key: where it hashes (sticky); none: a seeded or random draw
+        point = assign.key_point(live.rule_id, routing_key) if routing_key else live.rng.random()
+        return live.routes[assign.arm_in(point, cumulative)]
 
     def record(
         self,
@@ -216,12 +240,11 @@ class TrafficRouter:
         routing_key: str | None,
     ) -> None:
         live.stats[arm].record(ok, seconds)
-        for key in (request_id and "r:" + request_id, routing_key and "k:" + routing_key):
-            if key:
-                self._recent[key] = (live, arm)
-                self._recent.move_to_end(key)
-        while len(self._recent) > RECENT_REQUESTS:
-            self._recent.popitem(last=False)
+        route = live.routes[arm]
+        if request_id:
+            self._recent_requests.remember(request_id, route)
+        if routing_key:
+            self._recent_keys.remember(routing_key, route)
         if (
             live.rule.rollback is not None
             and not live.rolled_back
@@ -285,8 +308,10 @@ class TrafficRouter:
             raise ServingError(
                 Code.INVALID_ARGUMENT, "An outcome carries exactly one of conversion or reward"
             )
-        key = "r:" + request_id if request_id is not None else "k:" + str(routing_key)
-        found = self._recent.get(key)
+        if request_id is not None:
+            found = self._recent_requests.get(request_id)
+        else:
+            found = self._recent_keys.get(str(routing_key))
         if found is not None and found[0] is not live and routing_key is not None:
             found = None  # a key last routed by a replaced rule: where it hashes now
         if found is not None:

@@ -427,6 +427,75 @@ def test_v2_infer_follows_the_rule_and_reports_the_arm(traffic_server) -> None: 
         channel.close()
 
 
+def test_multi_inference_follows_the_rule_and_counts_on_its_arm(traffic_server) -> None:  # type: ignore[no-untyped-def]
+    """MultiInference with no version in its first ModelSpec is routed like Classify and
+    Regress: the routing key's arm serves every task, and the call counts on that arm."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+    from tensorflow_serving.apis import inference_pb2, prediction_service_pb2_grpc
+
+    server = traffic_server["server"]
+    rule = {"id": "multi", "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 2}]}
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("regress_x_to_y", "tensorflow/serving/regress"),
+                              ("classify_x_to_y", "tensorflow/serving/classify")):
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name = "m"
+        task.model_spec.signature_name = signature
+    request.input.example_list.examples.append(example_pb2.Example(
+        features=feature_pb2.Features(feature={"x": feature_pb2.Feature(
+            float_list=feature_pb2.FloatList(value=[2.0]))})))
+    try:
+        with server.client() as http:
+            assert _put(http, rule).status_code == 200
+            served = {1: 0, 2: 0}
+            for i in range(24):
+                key = f"multi-{i}"
+                arm_version = 1 + assign.arm_for_key("multi", key, [1, 1])
+                reply = stub.MultiInference(
+                    request, metadata=(("x-tfgate-routing-key", key),), timeout=30
+                )
+                assert [r.model_spec.version.value for r in reply.results] == [arm_version] * 2
+                assert reply.results[0].regression_result.regressions[0].value == 3.0
+                served[arm_version] += 1
+            arms = {a["name"]: a["stats"]["requests"] for a in _get(http)["arms"]}
+            assert arms == {"a": served[1], "b": served[2]}
+            assert min(served.values()) > 0
+            # an explicit version still bypasses the rule
+            request.tasks[0].model_spec.version.value = 2
+            request.tasks[1].model_spec.version.value = 2
+            pinned = stub.MultiInference(request, timeout=30)
+            assert [r.model_spec.version.value for r in pinned.results] == [2, 2]
+            assert {a["name"]: a["stats"]["requests"] for a in _get(http)["arms"]} == arms
+    finally:
+        channel.close()
+
+
+def test_bandit_moves_weight_to_the_arm_that_converts(traffic_server) -> None:  # type: ignore[no-untyped-def]
+    """Thompson sampling through the admin API: arm b converts, arm a never does; after the
+    outcomes the rule's weights favour b, and keyless requests follow the new weights."""
+    server = traffic_server["server"]
+    rule = {"id": "bandit", "bandit": True, "seed": 11,
+            "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 2}]}
+    with server.client() as http:
+        assert _put(http, rule).status_code == 200
+        assert [a["weight"] for a in _get(http)["arms"]] == [0.5, 0.5]
+        keys = [f"bandit-{i}" for i in range(200)]
+        for key in keys:
+            arm = assign.arm_for_key("bandit", key, [1, 1])
+            posted = http.post("/v1/admin/models/m/traffic/outcomes",
+                               json={"routing_key": key, "conversion": arm == 1},
+                               headers=admin_headers("s3cret"))
+            assert posted.status_code == 200, posted.text
+        weights = {a["name"]: a["weight"] for a in _get(http)["arms"]}
+        assert weights["b"] > 0.9, weights
+        versions = [_served(_predict(http)) for _ in range(200)]
+        assert versions.count(2) > 160, versions.count(2)
+        assert http.delete("/v1/admin/models/m/traffic",
+                           headers=admin_headers("s3cret")).status_code == 200
+
+
 def test_rule_and_stickiness_survive_a_restart(traffic_server) -> None:  # type: ignore[no-untyped-def]
     server = traffic_server["server"]
     rule = {"id": "sticky", "arms": [{"name": "a", "version": 1, "weight": 1},

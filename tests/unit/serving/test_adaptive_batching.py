@@ -98,6 +98,10 @@ def test_peak_follows_the_outstanding_rows_and_forgets_old_windows(
     now[0] += adaptive_batching.PEAK_WINDOW_SECONDS  # and then it is gone
     cap.outstanding(80)
     assert cap.limit(256, ()) == 40
+    # what other queues see: the peak while rows keep coming, nothing once they stop
+    assert cap.recent_peak() == 80
+    now[0] += 2 * adaptive_batching.PEAK_WINDOW_SECONDS
+    assert cap.recent_peak() == 0
 
 
 def test_gateway_meter_reads_cpu_per_row_over_a_window(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +182,49 @@ async def test_task_larger_than_the_adaptive_limit_still_runs() -> None:
         assert pool.batches[-1] == ([40], 0)
     finally:
         await batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "other_queues_rows", "expected"),
+    [
+        (64, 0, 32),  # alone: half
+        (37, 27, 64),  # another queue's batch alternates with this one's: not cut
+        (64, 32, 64),  # exactly half as many elsewhere counts
+        (64, 31, 32),  # fewer: this queue still needs two batches of its own
+        (59, 5, 32),
+    ],
+)
+def test_rule_with_other_queues(outstanding: int, other_queues_rows: int, expected: int) -> None:
+    size = adaptive_batch_size(
+        64, outstanding, 1 * MS, 200e-6, other_queues_rows=other_queues_rows
+    )
+    assert size == expected
+
+
+async def test_two_queues_alternate_without_cutting_the_larger_one() -> None:
+    """Two versions share one worker, 24 clients on one and 40 on the other (a traffic split by
+    routing key): the 40 run as one batch, not as 32 + 8, once the rule has its measurements."""
+    pool = _TimedPool(delay_seconds=0.002)
+    params = BatchingParameters(max_batch_size=64, batch_timeout_micros=0)
+    batcher = Batcher(pool, lambda servable: params, adaptive=True)  # type: ignore[arg-type]
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 0.8
+    servables = [ServableId("m", 1)] * 24 + [ServableId("m", 2)] * 40
+
+    async def client(i: int) -> None:
+        while loop.time() < end:
+            x = {"x": np.full((1, 1), i, np.float32)}
+            out = await batcher.submit(servables[i], "s", x, ["y"], None)
+            assert out["y"][0, 0] == 2 * i
+            sum(range(2000))  # the gateway's own work per request
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(64))), 10)
+    finally:
+        await batcher.close()
+    sizes = [sum(rows) for rows, _ in pool.batches]
+    late = sizes[len(sizes) // 2 :]
+    assert max(sizes) <= 64
+    assert max(late) > adaptive_batching.MIN_ADAPTIVE_ROWS, late
+    assert np.mean(late) >= 24, late

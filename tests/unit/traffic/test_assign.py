@@ -28,10 +28,38 @@ def test_key_point_is_a_stable_blake2b_digest() -> None:
         (0.3, [1, 2, 1], 1),
         (0.8, [1, 2, 1], 2),
         (0.5, [0, 0], 0),  # no weight at all: the first arm
+        (1.0, [1, 1, 0], 1),  # rounding at the top: the last arm with weight
+        (0.7, [0, 1, 0, 1, 0], 3),
     ],
 )
 def test_arm_at(point: float, weights: list[float], arm: int) -> None:
     assert assign.arm_at(point, weights) == arm
+    assert assign.arm_in(point, assign.cumulative_weights(weights)) == arm
+
+
+def _arm_by_walking(point: float, weights: list[float]) -> int:
+    """The slice rule spelled out arm by arm: the reference the bisect search must match, so
+    no routing key moves to another arm when the search changes."""
+    total = sum(weights)
+    if total <= 0:
+        return 0
+    running, last = 0.0, 0
+    for index, weight in enumerate(weights):
+        if weight <= 0:
+            continue
+        running += weight
+        last = index
+        if point * total < running:
+            return index
+    return last
+
+
+def test_arm_in_matches_the_slice_rule_everywhere() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        weights = [rng.choice([0, 0.5, 1, 3, 33.3, 50]) for _ in range(rng.randint(1, 5))]
+        point = rng.choice([rng.random(), 0.0, 1.0 - 1e-16])
+        assert assign.arm_at(point, weights) == _arm_by_walking(point, weights), (point, weights)
 
 
 def test_keys_split_by_weight_and_stay_put() -> None:
@@ -43,15 +71,6 @@ def test_keys_split_by_weight_and_stay_put() -> None:
     # widening arm 0 to 50% only moves keys from arm 1 to arm 0, never the other way
     wider = [assign.arm_for_key("rule", k, [50, 50]) for k in keys]
     assert all(w == 0 for a, w in zip(arms, wider, strict=True) if a == 0)
-
-
-def test_seeded_draw_is_reproducible() -> None:
-    first = [assign.arm_for_draw(random.Random(7), [1, 1]) for _ in range(3)]
-    rng_a, rng_b = random.Random(7), random.Random(7)
-    assert [assign.arm_for_draw(rng_a, [1, 3]) for _ in range(100)] == [
-        assign.arm_for_draw(rng_b, [1, 3]) for _ in range(100)
-    ]
-    assert len(first) == 3
 
 
 @pytest.mark.parametrize(

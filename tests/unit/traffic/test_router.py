@@ -61,9 +61,9 @@ def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:
     monkeypatch.setattr(router_module, "RECENT_REQUESTS", 4)
     router = TrafficRouter(Clock())
     live = router.set_rule("m", _rule())
-    for i in range(6):
+    for i in range(10):
         router.record(live, i % 2, ok=True, seconds=0.001, request_id=f"r{i}", routing_key=None)
-    assert len(router._recent) == 4  # the oldest forgotten
+    assert len(router._recent_requests) <= 2 * 4  # the oldest generation forgotten
     with pytest.raises(ServingError) as gone:
         router.report_outcome("m", request_id="r0", conversion=True)
     assert gone.value.code is Code.NOT_FOUND
@@ -149,3 +149,27 @@ def test_shadow_agreement_compares_bfloat16_outputs() -> None:
 
 async def _noop() -> None:
     return None
+
+
+def test_a_seeded_rule_draws_the_same_arms_in_every_router() -> None:
+    rule = _rule(seed=7)
+    draws = []
+    for _ in range(2):
+        router = TrafficRouter(Clock())
+        router.set_rule("m", rule)
+        draws.append([router.choose("m", None)[1] for _ in range(200)])  # type: ignore[index]
+    assert draws[0] == draws[1]
+    assert 60 < draws[0].count(1) < 140  # and both arms drawn, by weight
+
+
+def test_weights_in_force_follow_rollback_and_bandit_refresh() -> None:
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule(seed=1))
+    assert {router.choose("m", None)[1] for _ in range(100)} == {0, 1}  # type: ignore[index]
+    live.rolled_back = True  # the cached table must not outlive the change
+    assert {router.choose("m", None)[1] for _ in range(100)} == {0}  # type: ignore[index]
+    live.rolled_back = False
+    live.stats[0].conversion_trials, live.stats[0].conversions = 500, 0
+    live.stats[1].conversion_trials, live.stats[1].conversions = 500, 500
+    live.refresh_bandit()  # Thompson now puts ~99% on arm 1
+    assert [router.choose("m", None)[1] for _ in range(200)].count(1) > 180  # type: ignore[index]
