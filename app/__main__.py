@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from app import __version__
 from app.core.errors import STARTUP_FAILURE_EXIT_STATUS
-from app.settings.settings import FLAGS, ConfigFileError, Settings, SettingsError, load_settings
+from app.settings.flags import FLAGS
+from app.settings.settings import ConfigFileError, Settings, SettingsError, load_settings
 
 DEMO_MODEL_NAME = "half_plus_two"
 

@@ -23,7 +23,9 @@ from typing import Any
 
 import uvicorn
 
-from app.admin.api import AdminApi, AdminTokens, PinState
+from app.admin.api import AdminApi
+from app.admin.pin_state import PinState
+from app.admin.tokens import AdminTokens
 from app.cache.config import load_cache_config
 from app.cache.result_cache import ResultCache
 from app.core.errors import STARTUP_FAILURE_EXIT_STATUS, ServingError, StartupError

@@ -13,7 +13,7 @@ import pathlib
 import statistics
 from collections.abc import Sequence
 
-from app.settings.settings import FLAGS
+from app.settings.flags import FLAGS
 from bench.report import Key, Median, by_repeat, inprocess_by_size, ratio, throughput
 from bench.stats import SuiteResults
 from bench.targets import evaluate

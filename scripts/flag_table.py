@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app.settings.settings import FLAGS
+from app.settings.flags import FLAGS
 
 
 def flag_table() -> str:

@@ -6,25 +6,25 @@ Transport-neutral: the REST routes (rest/admin_routes.py) and the gRPC AdminServ
 unload, reload, sync now), the one owner of model state; versions still only enter through
 the registry's aspired set, and discovery's view of the disk stays the source of truth.
 What stays here is the request around a change: validation, the answer's JSON, waiting for
-the outcome (on the state events) and the pins' state file, which is written only once a
-pin's version loaded and undone when it does not.
+the outcome (on the state events) and the pins' state file (admin/pin_state.py), which is
+written only once a pin's version loaded and undone when it does not. Its bearer tokens are
+admin/tokens.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from app.admin.pin_state import PinState
 from app.core.errors import Code, ServingError
 from app.core.types import VersionState
 from app.lifecycle.registry import ModelRecord
 from app.lifecycle.server_core import ServerCore
-from app.lifecycle.state_file import StateFile
-from app.settings.config_file import ADMIN_LOAD_WAIT_SECONDS, ADMIN_TOKENS_ENV
+from app.settings.config_file import ADMIN_LOAD_WAIT_SECONDS
 from app.traffic.router import TrafficRouter
 from app.traffic.rules import parse_rule
 
@@ -33,81 +33,6 @@ log = logging.getLogger("tfgate.admin")
 # How long a pin, an explicit load or a config reload waits for its versions to become
 # AVAILABLE by default ([admin] load_wait_seconds).
 LOAD_WAIT_SECONDS = ADMIN_LOAD_WAIT_SECONDS
-
-
-class AdminTokens:
-    """Bearer tokens for the admin API, from a file (one per line) and/or the
-    TFGATE_ADMIN_TOKENS env var (comma-separated, read by settings). Compared in constant
-    time; never logged."""
-
-    ENV_VAR = ADMIN_TOKENS_ENV
-
-    def __init__(self, tokens: list[str]) -> None:
-        self._tokens = [t.encode() for t in tokens if t]
-
-    @classmethod
-    def load(cls, tokens_file: str | None, env_tokens: Sequence[str] = ()) -> AdminTokens:
-        """`env_tokens`: Settings.admin_env_tokens; the file's tokens are added to them."""
-        tokens = list(env_tokens)
-        if tokens_file:
-            try:
-                with open(tokens_file, encoding="utf-8") as f:
-                    tokens += [line.strip() for line in f if line.strip()]
-            except OSError as exc:
-                raise ServingError(
-                    Code.FAILED_PRECONDITION,
-                    f"Cannot read admin tokens file {tokens_file}: {exc.strerror}",
-                ) from None
-        return cls(tokens)
-
-    @property
-    def configured(self) -> bool:
-        return bool(self._tokens)
-
-    def check(self, authorization: str | None) -> None:
-        """Raise UNAUTHENTICATED without a bearer token, PERMISSION_DENIED for a wrong one."""
-        if not self._tokens:
-            raise ServingError(
-                Code.UNAVAILABLE,
-                "The admin API is disabled: no admin tokens are configured "
-                f"([admin] tokens_file or {self.ENV_VAR})",
-            )
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ServingError(Code.UNAUTHENTICATED, "Missing bearer token for the admin API")
-        candidate = token.strip().encode()
-        # Compare against every token (no early exit) so timing says nothing about which.
-        matched = False
-        for known in self._tokens:
-            matched |= hmac.compare_digest(candidate, known)
-        if not matched:
-            raise ServingError(Code.PERMISSION_DENIED, "Invalid admin token")
-
-
-class PinState:
-    """Pins persisted in the admin state file's "pins" section (written atomically: temp
-    file + fsync + rename); its "traffic" section belongs to ServerCore (same StateFile)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.file = StateFile(path)
-
-    def load(self) -> dict[str, int]:
-        entries = self.file.read().get("pins", {})
-        if not isinstance(entries, dict):
-            log.error("Ignoring the pins in admin state file %s: not a JSON object", self.path)
-            return {}
-        pins = {}
-        for name, version in entries.items():
-            if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
-                pins[str(name)] = version
-            else:
-                log.error("Ignoring the pin of model %s in %s: %r is not a version number",
-                          name, self.path, version)
-        return pins
-
-    def save(self, pins: dict[str, int]) -> None:
-        self.file.write_section("pins", pins)
 
 
 class AdminApi:

@@ -38,6 +38,7 @@ from app.cache.keys import (
     take_rows,
     whole_key,
 )
+from app.cache.metrics import CacheMetrics
 from app.cache.redis_client import (
     BreakerState,
     CircuitBreaker,
@@ -47,7 +48,6 @@ from app.cache.redis_client import (
 )
 from app.core.errors import Code, ServingError
 from app.core.types import ServableId, row_count
-from app.ops.metrics import LATENCY_BUCKETS_MICROS, CallbackGauge, Counter, Histogram
 
 log = logging.getLogger("tfgate.cache")
 
@@ -56,58 +56,6 @@ Compute = Callable[[Tensors], Awaitable[Tensors]]
 # A leader's future resolves to the row's outputs, or None when the leader could not produce
 # them (its run failed or was cancelled): a follower then runs the row itself.
 RowFuture = asyncio.Future[Tensors | None]
-
-
-class CacheMetrics:
-    """The cache's Prometheus metrics (main.py adds them to the server's registry)."""
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.hits = Counter(
-            "tfgate_cache_hits", "Rows answered from the Redis result cache.", ("model_name",)
-        )
-        self.misses = Counter(
-            "tfgate_cache_misses",
-            "Rows of cacheable requests that ran on the model.",
-            ("model_name",),
-        )
-        self.coalesced = Counter(
-            "tfgate_cache_coalesced",
-            "Rows answered by a concurrent identical request's model run (single flight).",
-            ("model_name",),
-        )
-        self.bypasses = Counter(
-            "tfgate_cache_bypasses",
-            "Requests (rows for too_large) of cached models that skipped the cache, by reason.",
-            ("model_name", "reason"),
-        )
-        self.errors = Counter(
-            "tfgate_cache_errors",
-            "Failed Redis calls (timeout, refused, error reply) and undecodable entries.",
-            ("op",),
-        )
-        self.redis_latency = Histogram(
-            "tfgate_cache_redis_latency",
-            "Wall time (in microseconds) of Redis calls, failed ones included.",
-            ("op",),
-            LATENCY_BUCKETS_MICROS,
-        )
-        self.breaker_state = CallbackGauge(
-            "tfgate_cache_breaker_state",
-            "Redis circuit breaker: 0 closed (calling Redis), 1 open, 2 half-open (probing).",
-            (),
-            lambda: [((), float(breaker.state))],
-        )
-
-    def all(self) -> list[Any]:
-        return [
-            self.hits,
-            self.misses,
-            self.coalesced,
-            self.bypasses,
-            self.errors,
-            self.redis_latency,
-            self.breaker_state,
-        ]
 
 
 @dataclasses.dataclass(eq=False)

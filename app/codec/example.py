@@ -37,9 +37,7 @@ from app.codec.tensor_json import format_error, read_signature_name
 from app.codec.tensor_proto import varint
 from app.core.errors import invalid_argument as invalid
 from app.core.protos import classification_pb2, input_pb2, regression_pb2, types_pb2
-from app.core.types import DT_FLOAT, DT_STRING, tf_dtype_of
-
-_INT64_MAX = (1 << 63) - 1
+from app.core.types import DT_FLOAT, DT_STRING, INT64_MAX, tf_dtype_of
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,7 +153,7 @@ def _feature_item(name: str, value: Any) -> Any:
         return decode_b64_object(value)
     if value_type is float:
         return value  # stored as float32: rounds silently, beyond float's range +-inf
-    if value_type is int and value > _INT64_MAX:
+    if value_type is int and value > INT64_MAX:
         raise invalid(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
     return int(value)
 

@@ -42,12 +42,12 @@ from app.core.types import (
     DT_UINT16,
     DT_UINT32,
     DT_UINT64,
+    INT64_MAX,
     NUMPY_DTYPE_BY_TF,
     tf_dtype_of,
 )
 
 _MAX_RANK = 64  # numpy's limit (TF's is 254)
-_INT64_MAX = (1 << 63) - 1
 
 # Typed value field per dtype: (field name, field number, numpy dtype of the field's values).
 _TYPED_FIELDS = {
@@ -142,7 +142,7 @@ def _shape_of(tp: tensor_pb2.TensorProto, alias: str | None) -> tuple[int, ...]:
     if len(shape) > _MAX_RANK:
         raise _parse_error(alias, f"tensor rank {len(shape)} exceeds {_MAX_RANK}")
     # TensorShape::IsValid(): the element count must fit int64 (Python's product cannot wrap).
-    if math.prod(shape) > _INT64_MAX:
+    if math.prod(shape) > INT64_MAX:
         raise _parse_error(alias, f"tensor_shape {list(shape)} has more than 2**63-1 elements")
     return shape
 

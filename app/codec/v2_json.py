@@ -4,8 +4,7 @@ binary input's bytes in input order).
 
 Data path: rest/v2_routes.py reads the body -> parse_infer_request() (JSON + binary parts,
 sizes bounded) -> serving/service.py calls decode_inputs() with the resolved signature ->
-numpy inputs; outputs -> encode_infer_response() -> JSON (+ binary outputs) bytes. Also the
-V2 metadata and error bodies. Pure functions; thread-safe.
+numpy inputs; the answer is codec/v2_response.py's. Pure functions; thread-safe.
 """
 
 from __future__ import annotations
@@ -21,12 +20,10 @@ import simdjson
 
 from app.codec.json_dense import DENSE_SCAN_BYTES, worth_dense
 from app.codec.tensor import MAX_TENSOR_RANK, TensorBudget, to_float32
-from app.codec.v2_binary import decode_raw, encode_raw
+from app.codec.v2_binary import decode_raw
 from app.codec.v2_datatypes import (
-    BYTES,
     element_count,
     is_float_datatype,
-    metadata_shape,
     shape_text,
     tf_dtype_of_v2,
     v2_datatype,
@@ -39,11 +36,11 @@ from app.core.types import (
     DT_BOOL,
     DT_FLOAT,
     DT_STRING,
+    INT64_MAX,
     NUMPY_DTYPE_BY_TF,
     ModelSpec,
     SignatureSpec,
     TensorSpec,
-    tf_dtype_of,
 )
 
 BINARY_DATA_SIZE = "binary_data_size"
@@ -51,7 +48,6 @@ BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
 # tfgate's extension: which SignatureDef runs (default serving_default), a request parameter.
 SIGNATURE_NAME = "signature_name"
-PLATFORM = "tensorflow_savedmodel"
 EXTENSIONS = ("binary_tensor_data",)
 _FLOAT_DATATYPES = frozenset(("FP16", "FP32", "FP64", "BF16"))
 
@@ -392,11 +388,7 @@ def to_bfloat16(values: np.ndarray) -> np.ndarray:
         return to_float32(values).astype(NUMPY_DTYPE_BY_TF[DT_BFLOAT16])
 
 
-# --- responses ---
-
-
-# TF Serving's model versions are int64.
-INT64_MAX = (1 << 63) - 1
+# --- model names ---
 
 
 def v2_model_spec(name: str, version_text: str | None, signature_name: str = "") -> ModelSpec:
@@ -413,96 +405,3 @@ def v2_model_spec(name: str, version_text: str | None, signature_name: str = "")
             raise invalid_argument(f"model version {version_text} is out of range")
         return ModelSpec(name, int(digits), None, signature_name)
     return ModelSpec(name, None, version_text, signature_name)
-
-
-def ordered_outputs(
-    outputs: dict[str, np.ndarray], requested: Sequence[str]
-) -> list[tuple[str, int, np.ndarray]]:
-    """(alias, TF dtype, tensor) in the requested order, else the signature's alias order
-    (REST and gRPC infer answers alike)."""
-    names = requested or sorted(outputs)
-    return [(n, tf_dtype_of(outputs[n]), outputs[n]) for n in names]
-
-
-def output_is_binary(request: V2InferRequest, name: str) -> bool:
-    for output in request.outputs:
-        if output.name == name and output.binary_data is not None:
-            return output.binary_data
-    return request.binary_data_output
-
-
-def encode_infer_response(
-    request: V2InferRequest,
-    model: str,
-    version: int,
-    outputs: Sequence[tuple[str, int, np.ndarray]],
-) -> tuple[bytes, int | None]:
-    """(body, header length): a JSON body, or a JSON header followed by the binary outputs
-    (header length then says where the JSON ends). `outputs`: (alias, TF dtype, tensor)."""
-    entries = []
-    binary_parts: list[bytes] = []
-    for name, tf_dtype, array in outputs:
-        what = f"output '{name}'"
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": v2_datatype(tf_dtype, what),
-            "shape": list(array.shape),
-        }
-        if output_is_binary(request, name):
-            raw = encode_raw(array, tf_dtype)
-            entry["parameters"] = {BINARY_DATA_SIZE: len(raw)}
-            binary_parts.append(raw)
-        else:
-            entry["data"] = _json_data(array, entry["datatype"], what)
-        entries.append(entry)
-    document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
-    if request.id is not None:
-        document["id"] = request.id
-    document["outputs"] = entries
-    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not binary_parts:
-        return header, None
-    return b"".join([header, *binary_parts]), len(header)
-
-
-def _json_data(array: np.ndarray, datatype: str, what: str) -> Any:
-    flat = array.reshape(-1)
-    if datatype == BYTES:
-        try:
-            return [
-                e.decode() if isinstance(e, bytes | bytearray) else str(e) for e in flat
-            ]
-        except UnicodeDecodeError:
-            raise invalid_argument(
-                f"{what} holds bytes that are not UTF-8, which JSON cannot carry: request it"
-                f" with the '{BINARY_DATA}' parameter"
-            ) from None
-    if flat.dtype == np.float16 or flat.dtype == NUMPY_DTYPE_BY_TF[DT_BFLOAT16]:
-        # orjson writes neither: float32 holds every FP16/BF16 value exactly.
-        return flat.astype(np.float32)
-    return np.ascontiguousarray(flat)
-
-
-def encode_error(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
-def model_metadata(
-    name: str, versions: Sequence[int], signature: SignatureSpec
-) -> dict[str, Any]:
-    """The V2 model metadata of one signature (the same fields REST and gRPC return)."""
-    return {
-        "name": name,
-        "versions": [str(v) for v in versions],
-        "platform": PLATFORM,
-        "inputs": [_tensor_metadata(spec, "input") for spec in signature.inputs.values()],
-        "outputs": [_tensor_metadata(spec, "output") for spec in signature.outputs.values()],
-    }
-
-
-def _tensor_metadata(spec: TensorSpec, kind: str) -> dict[str, Any]:
-    return {
-        "name": spec.alias,
-        "datatype": v2_datatype(spec.dtype, f"{kind} '{spec.alias}'"),
-        "shape": metadata_shape(spec.shape),
-    }

@@ -142,6 +142,8 @@ class SignatureSpec:
 
 
 DEFAULT_SIGNATURE = "serving_default"
+# TF Serving's model versions, shapes and element counts are int64: the largest one.
+INT64_MAX = (1 << 63) - 1
 
 RequestFormat = Literal["row", "columnar"]
 

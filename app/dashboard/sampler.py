@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from app.ops.metrics import Counter, Histogram, Metrics
+from app.ops.metric_types import Counter, Histogram
+from app.ops.metrics import Metrics
 
 log = logging.getLogger("tfgate.dashboard")
 

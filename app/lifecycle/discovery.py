@@ -15,14 +15,13 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 
+from app.core.types import INT64_MAX
 from app.lifecycle.registry import Registry
 
 # (model name, {version: directory} on disk now, versions whose directory was replaced)
 AspiredVersionsCallback = Callable[[str, dict[int, str], set[int]], None]
 
 log = logging.getLogger("tfgate.discovery")
-
-INT64_MAX = (1 << 63) - 1
 
 
 def list_versions(base_path: str) -> dict[int, str] | None:

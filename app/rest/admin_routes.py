@@ -16,7 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.admin.api import AdminApi, AdminTokens
+from app.admin.api import AdminApi
+from app.admin.tokens import AdminTokens
 from app.core.errors import Code, ServingError
 
 log = logging.getLogger("tfgate.http")

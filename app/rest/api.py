@@ -28,7 +28,7 @@ from app.codec import status as codec_status
 from app.codec import tensor_json as codec
 from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError
-from app.core.types import ModelSpec
+from app.core.types import INT64_MAX, ModelSpec
 from app.rest.edge import body_too_large_text
 from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth, credential_from
@@ -50,7 +50,6 @@ MODEL_STATUS_API_RE = re.compile(
 V1_PREFIX_RE = re.compile(r"(?i)/v1/")
 # Gzip request bodies are inflated up to TF Serving's limit.
 MAX_UNCOMPRESSED_BYTES = 100 << 20
-INT64_MAX = (1 << 63) - 1
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 CORS_HEADERS = [

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends
 from fastapi.responses import RedirectResponse, Response
 
-from app.admin.api import AdminTokens
+from app.admin.tokens import AdminTokens
 from app.core.errors import Code, ServingError
 from app.dashboard.stats import DashboardSources
 from app.rest.admin_routes import NO_STORE, admin_authorizer

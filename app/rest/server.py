@@ -23,7 +23,8 @@ from app.rest.v2_routes import V2RestApi
 from app.settings.settings import Settings, request_tensor_limit_bytes
 
 if TYPE_CHECKING:
-    from app.admin.api import AdminApi, AdminTokens
+    from app.admin.api import AdminApi
+    from app.admin.tokens import AdminTokens
     from app.dashboard.stats import DashboardSources
     from app.serving.auth import InferenceAuth
     from app.serving.service import ServingService

@@ -5,7 +5,7 @@ tensors or Triton's binary tensor data extension.
 Data path position: rest/api.py hands every /v2 path here (raw ASGI, the same fast path as
 /v1) -> read body -> codec/v2_json.py parse -> serving/service.py predict (resolve -> cache ->
 batcher -> worker: pins, labels, cache, batching, limits and metrics all apply) ->
-codec/v2_json.py encode. Errors answer V2's `{"error": "<message>"}` with the HTTP status of
+codec/v2_response.py encode. Errors answer V2's `{"error": "<message>"}` with the HTTP status of
 their canonical code (400 bad input, 404 unknown model, 429, 503, 504, ...).
 """
 
@@ -21,10 +21,10 @@ from collections.abc import Callable
 import orjson
 
 from app import __version__
-from app.codec import v2_json
+from app.codec import v2_json, v2_response
 from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError, invalid_argument
-from app.core.types import DEFAULT_SIGNATURE, ModelSpec
+from app.core.types import ModelSpec
 from app.rest.api import (
     REQUEST_ID_RE,
     PayloadTooLarge,
@@ -136,10 +136,10 @@ class V2RestApi:
         except ServingError as exc:
             # A refused body may still be arriving: close rather than read the rest of it.
             extra = [(b"connection", b"close")] if isinstance(exc, PayloadTooLarge) else []
-            return exc.http_status, v2_json.encode_error(exc.message), extra
+            return exc.http_status, v2_response.encode_error(exc.message), extra
         except Exception:
             log.exception("REST %s %s failed", method, path)
-            return 500, v2_json.encode_error("Internal server error"), []
+            return 500, v2_response.encode_error("Internal server error"), []
 
     @staticmethod
     def _json(payload: object, status: int = 200) -> Response:
@@ -176,14 +176,8 @@ class V2RestApi:
     def _metadata(self, name: str, version_text: str | None) -> Response:
         spec = v2_json.v2_model_spec(name, version_text)
         _, metadata = self.service.resolve(spec)
-        signature = metadata.signatures.get(DEFAULT_SIGNATURE)
-        if signature is None:
-            raise ServingError(
-                Code.FAILED_PRECONDITION,
-                f'model {name} has no "{DEFAULT_SIGNATURE}" signature to describe',
-            )
         versions = self.service.available_versions(name)
-        return self._json(v2_json.model_metadata(name, versions, signature))
+        return self._json(v2_response.model_metadata(name, versions, metadata.signatures))
 
     async def _infer(
         self, scope: Scope, name: str, version_text: str | None, body: bytes
@@ -199,8 +193,8 @@ class V2RestApi:
             else request_id_of(scope)
         )
         result = await self._predict(scope, spec, request, request_id)
-        outputs = v2_json.ordered_outputs(result.outputs, [o.name for o in request.outputs])
-        content, json_length = v2_json.encode_infer_response(
+        outputs = v2_response.ordered_outputs(result.outputs, [o.name for o in request.outputs])
+        content, json_length = v2_response.encode_infer_response(
             request, name, result.servable.version, outputs
         )
         headers = [

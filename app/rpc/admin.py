@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 import orjson
 
-from app.admin.api import AdminApi, AdminTokens
+from app.admin.api import AdminApi
+from app.admin.tokens import AdminTokens
 from app.core.errors import Code, ServingError
 from app.rpc.services import call_metadata
 from proto import admin_pb2, admin_pb2_grpc

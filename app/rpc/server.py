@@ -41,7 +41,8 @@ from app.settings.settings import request_tensor_limit_bytes
 from proto import admin_pb2, admin_pb2_grpc, open_inference_pb2_grpc
 
 if TYPE_CHECKING:
-    from app.admin.api import AdminApi, AdminTokens
+    from app.admin.api import AdminApi
+    from app.admin.tokens import AdminTokens
     from app.ops.metrics import Metrics
     from app.serving.auth import InferenceAuth
     from app.serving.service import ServingService

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from google.protobuf import text_format
 
-from app.admin.api import AdminTokens
+from app.admin.tokens import AdminTokens
 from app.codec import example as codec_example
 from app.codec import status as codec_status
 from app.codec import tensor_proto as codec_proto

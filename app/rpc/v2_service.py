@@ -15,10 +15,10 @@ from collections.abc import Callable
 import grpc
 
 from app import __version__
-from app.codec import v2_json, v2_proto
+from app.codec import v2_json, v2_proto, v2_response
 from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError
-from app.core.types import DEFAULT_SIGNATURE, ModelSpec
+from app.core.types import ModelSpec
 from app.rpc.services import (
     authorize,
     cache_control,
@@ -81,14 +81,8 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         authorize(self.auth, context, request.name)
         _, metadata = self.service.resolve(v2_json.v2_model_spec(request.name, request.version))
-        signature = metadata.signatures.get(DEFAULT_SIGNATURE)
-        if signature is None:
-            raise ServingError(
-                Code.FAILED_PRECONDITION,
-                f'model {request.name} has no "{DEFAULT_SIGNATURE}" signature to describe',
-            )
         versions = self.service.available_versions(request.name)
-        described = v2_json.model_metadata(request.name, versions, signature)
+        described = v2_response.model_metadata(request.name, versions, metadata.signatures)
         response = pb.ModelMetadataResponse(
             name=described["name"],
             versions=described["versions"],
@@ -106,7 +100,7 @@ class V2InferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
             request.model_name, request.model_version, v2_proto.signature_name(request)
         )
         result = await self._predict(request, spec, context)
-        outputs = v2_json.ordered_outputs(result.outputs, [o.name for o in request.outputs])
+        outputs = v2_response.ordered_outputs(result.outputs, [o.name for o in request.outputs])
         return v2_proto.encode_infer_response(
             request.model_name, result.servable.version, request.id, outputs
         )

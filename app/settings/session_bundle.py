@@ -20,8 +20,9 @@ from google.protobuf import text_format
 
 from app.core import protos
 from app.settings import model_config
+from app.settings.flags import FLAGS_BY_NAME
 from app.settings.model_config import BatchingParameters, ConfigError
-from app.settings.settings import FLAGS_BY_NAME, Settings
+from app.settings.settings import Settings
 from proto import session_bundle_config_pb2
 
 log = logging.getLogger(__name__)

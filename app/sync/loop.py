@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from app.core.errors import Code, ServingError
-from app.ops.metrics import Counter, Gauge, Metrics
+from app.ops.metric_types import Counter, Gauge
+from app.ops.metrics import Metrics
 from app.sync.sync_pass import PassResult, SyncConfig, VersionFailure, sync_once
 
 log = logging.getLogger("tfgate.model_sync")

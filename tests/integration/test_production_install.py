@@ -92,8 +92,12 @@ def production_venv(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def model_base_path(model_zoo) -> pathlib.Path:  # type: ignore[no-untyped-def]
-    return model_zoo.base_path("half_plus_two")
+def model_base_path(model_zoo, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:  # type: ignore[no-untyped-def]
+    """Version 1 alone, in a directory of its own: other modules add versions to the shared
+    zoo's half_plus_two (2, 123), and the server would serve the latest of them."""
+    base = tmp_path_factory.mktemp("production") / "half_plus_two"
+    shutil.copytree(model_zoo.base_path("half_plus_two") / "1", base / "1")
+    return base
 
 
 def test_the_image_import_check_passes(production_venv: pathlib.Path) -> None:

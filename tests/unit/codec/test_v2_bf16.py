@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from app.codec import v2_json, v2_proto
+from app.codec import v2_json, v2_proto, v2_response
 from app.codec.tensor import TensorBudget, unlimited_budget
 from app.codec.v2_binary import decode_raw, encode_raw
 from app.codec.v2_datatypes import wire_dtype
@@ -137,7 +137,7 @@ def test_elements_are_charged_two_bytes_before_allocation(kind: str) -> None:
 def test_outputs_as_json_numbers_and_as_binary() -> None:
     y = np.array([0x4020, 0x3DCD, 0xFF80], np.uint16).view(BF16)  # 2.5, 0.1 rounded, -inf
     request = parse({"inputs": json_input([1.0])["inputs"]})
-    body, header_length = v2_json.encode_infer_response(request, "m", 1, [("y", DT_BFLOAT16, y[:2])])
+    body, header_length = v2_response.encode_infer_response(request, "m", 1, [("y", DT_BFLOAT16, y[:2])])
     assert header_length is None
     output = orjson.loads(body)["outputs"][0]
     assert output["datatype"] == "BF16" and output["shape"] == [2]
@@ -148,7 +148,7 @@ def test_outputs_as_json_numbers_and_as_binary() -> None:
 
     binary = parse({"inputs": json_input([1.0])["inputs"],
                     "parameters": {"binary_data_output": True}})  # fmt: skip
-    body, header_length = v2_json.encode_infer_response(binary, "m", 1, [("y", DT_BFLOAT16, y)])
+    body, header_length = v2_response.encode_infer_response(binary, "m", 1, [("y", DT_BFLOAT16, y)])
     assert header_length is not None
     header = orjson.loads(body[:header_length])
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 6}

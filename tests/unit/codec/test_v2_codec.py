@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from app.codec import json_dense, v2_json, v2_proto
+from app.codec import json_dense, v2_json, v2_proto, v2_response
 from app.codec.tensor import TensorBudget, unlimited_budget
 from app.codec.v2_binary import decode_raw, encode_raw
 from app.codec.v2_datatypes import V2_DATATYPE_BY_TF, v2_datatype, wire_dtype
@@ -222,7 +222,7 @@ def test_response_json_and_binary() -> None:
     )
     y = np.array([[1, 2]], np.int64)
     z = np.array([b"ok"], dtype=object)
-    content, length = v2_json.encode_infer_response(
+    content, length = v2_response.encode_infer_response(
         request, "m", 7, [("y", DT_INT64, y), ("z", DT_STRING, z)]
     )
     assert length is not None
@@ -241,7 +241,7 @@ def test_non_utf8_bytes_output_needs_binary_data() -> None:
         body({"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}), None
     )
     with pytest.raises(ServingError, match="request it with the 'binary_data' parameter"):
-        v2_json.encode_infer_response(
+        v2_response.encode_infer_response(
             request, "m", 1, [("z", DT_STRING, np.array([b"\xff"], dtype=object))]
         )
 
@@ -265,13 +265,17 @@ def test_raw_round_trip(array: np.ndarray, dtype: int) -> None:
 def test_metadata_maps_aliases_and_unknown_dims() -> None:
     signature = SignatureSpec("serving_default", "", {"x": TensorSpec("x", "x:0", DT_FLOAT,
                               (-1, 3))}, {"y": TensorSpec("y", "y:0", DT_STRING, None)})
-    assert v2_json.model_metadata("m", [2, 3], signature) == {
+    assert v2_response.model_metadata("m", [2, 3], {"serving_default": signature}) == {
         "name": "m",
         "versions": ["2", "3"],
         "platform": "tensorflow_savedmodel",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
         "outputs": [{"name": "y", "datatype": "BYTES", "shape": [-1]}],
     }
+    with pytest.raises(ServingError) as missing:
+        v2_response.model_metadata("m", [2], {"other": signature})
+    assert missing.value.code is Code.FAILED_PRECONDITION
+    assert str(missing.value) == 'model m has no "serving_default" signature to describe'
 
 
 # --- gRPC ---

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.admin.api import AdminTokens
+from app.admin.tokens import AdminTokens
 from app.dashboard.sampler import LoadSampler
 from app.dashboard.stats import DashboardSources
 from app.ops.metrics import Metrics

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from app.admin.api import AdminApi, PinState
+from app.admin.api import AdminApi
+from app.admin.pin_state import PinState
 from app.core.errors import Code, ServingError
 from app.core.state_events import StateEvent, StateEventBus, VersionStateEvent
 from app.core.types import ModelSpec, ServableId, VersionState

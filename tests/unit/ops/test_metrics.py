@@ -7,8 +7,9 @@ from __future__ import annotations
 import types
 
 from app.core.state_events import StateEventBus
-from app.ops import metrics
-from app.ops.metrics import Counter, Histogram, Metrics, exponential_buckets, six_digits
+from app.ops import metric_types, metrics
+from app.ops.metric_types import Counter, Histogram, exponential_buckets, six_digits
+from app.ops.metrics import Metrics
 
 
 def test_histogram_lines_as_tf_serving_prints_them() -> None:
@@ -136,7 +137,7 @@ def test_runtime_latency_labelled_with_each_api() -> None:
 
 
 def test_tfgate_own_metrics_keep_the_plain_form() -> None:
-    gauge = metrics.Gauge("tfgate_cache_breaker_state", "Breaker.")
+    gauge = metric_types.Gauge("tfgate_cache_breaker_state", "Breaker.")
     gauge.set(value=1)
     histogram = Histogram("tfgate_h", "H.", (), (1.0,))
     histogram.observe(value=0.5)

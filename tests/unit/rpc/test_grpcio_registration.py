@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from app.admin.api import AdminTokens
+from app.admin.tokens import AdminTokens
 from app.rpc import server as rpc_server
 from app.serving.auth import InferenceAuth
 from app.settings.settings import load_settings
