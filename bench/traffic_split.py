@@ -139,10 +139,13 @@ def summarize(windows: list[Window], snapshots: list[dict[str, float]]) -> dict[
     seconds = sum(w.seconds for w in windows)
     first, last = snapshots[0], snapshots[-1]
     cpu_seconds_used = last["gateway_cpu_s"] - first["gateway_cpu_s"]
+    server_cpu_seconds = last["server_cpu_s"] - first["server_cpu_s"]
     batches = last["batch_rows_count"] - first["batch_rows_count"]
     return {
         "throughput": len(latencies) / seconds if seconds else 0.0,
         "gateway_cpu_us": cpu_seconds_used / len(latencies) * 1e6 if latencies else 0.0,
+        # gateway + workers
+        "server_cpu_us": server_cpu_seconds / len(latencies) * 1e6 if latencies else 0.0,
         "batch_size_mean": (
             (last["batch_rows_sum"] - first["batch_rows_sum"]) / batches if batches else 0.0
         ),
@@ -263,8 +266,9 @@ def render(
         "the rule itself costs.",
         "",
         "| mode | req/s | / no rule | judged against | / that row (range) |"
-        " gateway CPU us/req | CPU / that row | mean batch | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " gateway CPU us/req | CPU / that row | server CPU us/req | mean batch | p50 ms |"
+        " p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         errors = sum(int(r["errors"]) for r in rows if r["mode"] == mode)  # type: ignore[call-overload]
@@ -282,6 +286,7 @@ def render(
         lines.append(
             f"| {mode} | {median(rows, mode, 'throughput'):,.0f} | {ratio(rows, mode):.3f}x | "
             f"{judged}{median(rows, mode, 'gateway_cpu_us'):.0f} | {cpu_cell} | "
+            f"{median(rows, mode, 'server_cpu_us'):.0f} | "
             f"{median(rows, mode, 'batch_size_mean'):.1f} | {median(rows, mode, 'p50_ms'):.2f} | "
             f"{median(rows, mode, 'p99_ms'):.2f} | {errors} |"
         )

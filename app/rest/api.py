@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
 import logging
-import os
 import re
 import time
 import urllib.parse
@@ -28,6 +26,7 @@ from app.codec import status as codec_status
 from app.codec import tensor_json as codec
 from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError
+from app.core.request_ids import new_request_id
 from app.core.types import INT64_MAX, ModelSpec
 from app.rest.edge import body_too_large_text
 from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
@@ -301,22 +300,12 @@ def parse_version(text: str) -> int:
     return version
 
 
-# New request ids: a random per-process prefix and a counter. Unique across restarts and
-# replicas like a random id, without a getrandom() syscall per request (os.urandom took ~4%
-# of the gateway's CPU at c=64 in a py-spy profile). Ids only name requests (logs, traffic
-# outcomes behind admin auth); they are not secrets.
-_REQUEST_ID_PREFIX = os.urandom(4).hex()
-_request_ids = itertools.count(1)
-
-
 def request_id_of(scope: Scope) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new unique one."""
     given = header(scope, b"x-request-id")
     if given and REQUEST_ID_RE.fullmatch(given):
         return given
-    # 16 hex digits as before; the counter wraps after 2**32 ids (far past any table of
-    # recent requests that looks ids up).
-    return f"{_REQUEST_ID_PREFIX}{next(_request_ids) & 0xFFFFFFFF:08x}"
+    return new_request_id()
 
 
 def routing_key_of(scope: Scope) -> str | None:

@@ -163,11 +163,8 @@ class ServingService:
         if self.traffic is not None and spec.version is None and spec.label is None:
             routed = self.traffic.choose(spec.name, routing_key)
             if routed is not None:
-                version, label = routed[0].target(routed[1])
                 try:
-                    servable, metadata = self.registry.resolve(
-                        ModelSpec(spec.name, version, label, spec.signature_name)
-                    )
+                    servable, metadata = self.registry.resolve(routed[0].specs[routed[1]])
                 except ServingError:
                     pass
                 else:

@@ -22,17 +22,22 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import Code, ServingError
+from app.core.request_ids import own_counter
+from app.core.types import ModelSpec
 from app.traffic import assign
 from app.traffic.arms import ArmStats, summarize
-from app.traffic.recent import RecentTable
+from app.traffic.recent import CounterRing, RecentTable
 from app.traffic.rules import Arm, TrafficRule
 from app.traffic.shadow import ShadowDispatcher, agreement
 
 log = logging.getLogger("tfgate.traffic")
 
 # Recent request ids (and, apart, routing keys) -> the arm that served them, for outcomes
-# reported later: bounded, the oldest generation forgotten first (traffic/recent.py).
+# reported later: bounded, the oldest forgotten first (traffic/recent.py). Ids the clients
+# chose: at least the last RECENT_REQUESTS routed ones; ids the gateway made up: the last
+# OWN_ID_SLOTS it numbered (every REST request it answered, routed or not).
 RECENT_REQUESTS = 100_000
+OWN_ID_SLOTS = 1 << 18
 ROLLBACK_CHECK_EVERY = 16  # requests between rollback checks (a check sorts latencies)
 BANDIT_REFRESH_OUTCOMES = 20  # outcomes between Thompson re-draws of the weights
 
@@ -92,6 +97,8 @@ class LiveRule:
         self.routes: tuple[tuple[LiveRule, int], ...] = tuple(
             (self, index) for index in range(len(self.arms))
         )
+        # ... and what the registry resolves for each arm (the registry reads no signature)
+        self.specs = tuple(ModelSpec(model, arm.version, arm.label) for arm in self.arms)
         self.started_at = started_at
         self._rolled_back = rolled_back
         self.rollback_reason = rollback_reason
@@ -165,6 +172,7 @@ class TrafficRouter:
         self.rules: dict[str, LiveRule] = {}
         self.clock = clock
         self._recent_requests: RecentTable[tuple[LiveRule, int]] = RecentTable(RECENT_REQUESTS)
+        self._recent_own_ids: CounterRing[tuple[LiveRule, int]] = CounterRing(OWN_ID_SLOTS)
         self._recent_keys: RecentTable[tuple[LiveRule, int]] = RecentTable(RECENT_REQUESTS)
         self.shadow = ShadowDispatcher()
         # on_rollback(live): the rule's state changed by itself (ServerCore persists it;
@@ -242,7 +250,11 @@ class TrafficRouter:
         live.stats[arm].record(ok, seconds)
         route = live.routes[arm]
         if request_id:
-            self._recent_requests.remember(request_id, route)
+            counter = own_counter(request_id)
+            if counter is not None:
+                self._recent_own_ids.remember(counter, route)
+            else:
+                self._recent_requests.remember(request_id, route)
         if routing_key:
             self._recent_keys.remember(routing_key, route)
         if (
@@ -309,7 +321,11 @@ class TrafficRouter:
                 Code.INVALID_ARGUMENT, "An outcome carries exactly one of conversion or reward"
             )
         if request_id is not None:
-            found = self._recent_requests.get(request_id)
+            counter = own_counter(request_id)
+            if counter is not None:
+                found = self._recent_own_ids.get(counter)
+            else:
+                found = self._recent_requests.get(request_id)
         else:
             found = self._recent_keys.get(str(routing_key))
         if found is not None and found[0] is not live and routing_key is not None:
@@ -326,7 +342,7 @@ class TrafficRouter:
             raise ServingError(
                 Code.NOT_FOUND,
                 f"Unknown request id {request_id[:80]!r} for model {model} (not routed by its "
-                f"traffic rule, or older than the last {RECENT_REQUESTS} requests)",
+                "traffic rule, or too old to be remembered)",
             )
         else:
             arm = assign.arm_for_key(live.rule_id, str(routing_key), live.weights(self.clock()))

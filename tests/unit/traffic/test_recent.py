@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.traffic.recent import RecentTable
+from app.traffic.recent import CounterRing, RecentTable
 
 
 def test_keeps_at_least_the_last_keep_keys_and_at_most_twice_as_many() -> None:
@@ -25,3 +25,13 @@ def test_a_key_written_again_answers_its_newest_value() -> None:
     table.remember("user", "b")
     assert table.get("user") == "b"
     assert table.get("missing") is None
+
+
+def test_counter_ring_keeps_the_last_size_counters() -> None:
+    ring: CounterRing[str] = CounterRing(size=8)
+    for counter in range(20):
+        ring.remember(counter, f"v{counter}")
+    assert [ring.get(c) for c in range(12, 20)] == [f"v{c}" for c in range(12, 20)]
+    assert ring.get(11) is None  # its slot now holds 19
+    assert ring.get(3) is None
+    assert ring.get(1000) is None  # never written

@@ -173,3 +173,27 @@ def test_weights_in_force_follow_rollback_and_bandit_refresh() -> None:
     live.stats[1].conversion_trials, live.stats[1].conversions = 500, 500
     live.refresh_bandit()  # Thompson now puts ~99% on arm 1
     assert [router.choose("m", None)[1] for _ in range(200)].count(1) > 180  # type: ignore[index]
+
+
+def test_outcomes_by_the_gateways_own_request_ids(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Ids the gateway made up are remembered by their counter (no dict entry per request):
+    an outcome finds its arm until OWN_ID_SLOTS newer ids took the slot."""
+    from app.core.request_ids import new_request_id
+
+    monkeypatch.setattr(router_module, "OWN_ID_SLOTS", 4)
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule())
+    ids = [new_request_id() for _ in range(6)]
+    for i, request_id in enumerate(ids):
+        router.record(live, i % 2, ok=True, seconds=0.001, request_id=request_id,
+                      routing_key=None)
+    assert len(router._recent_requests) == 0  # nothing kept per id
+    _, arm = router.report_outcome("m", request_id=ids[5], conversion=True)
+    assert arm == 1 and live.stats[1].conversions == 1
+    with pytest.raises(ServingError) as gone:
+        router.report_outcome("m", request_id=ids[0], conversion=True)
+    assert gone.value.code is Code.NOT_FOUND
+    router.set_rule("m", _rule(id="replaced"))
+    with pytest.raises(ServingError) as replaced:
+        router.report_outcome("m", request_id=ids[4], conversion=True)
+    assert replaced.value.code is Code.FAILED_PRECONDITION

@@ -1,0 +1,28 @@
+"""core/request_ids.py: the gateway's own request ids, and telling them from the clients'."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core import request_ids
+
+
+def test_new_ids_are_the_prefix_and_a_counter() -> None:
+    first, second = request_ids.new_request_id(), request_ids.new_request_id()
+    assert len(first) == 16 and first.startswith(request_ids.PREFIX)
+    assert first != second
+    counter = request_ids.own_counter(second)
+    assert counter is not None and counter == request_ids.own_counter(first) + 1  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "suffix", ["0000000A", "0x123456", "+0000001", " 0000001", "0000_001", "000000001", "0000001"]
+)
+def test_ids_not_shaped_like_ours_are_not_counters(suffix: str) -> None:
+    assert request_ids.own_counter(request_ids.PREFIX + suffix) is None
+
+
+def test_another_prefix_is_not_ours() -> None:
+    other = "0" * 8 if request_ids.PREFIX != "0" * 8 else "1" * 8
+    assert request_ids.own_counter(other + "00000001") is None
+    assert request_ids.own_counter("client-chosen-id") is None
