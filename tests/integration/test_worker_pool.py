@@ -50,17 +50,39 @@ def _start(args: list[str], tmp: pathlib.Path, name: str) -> ServerProcess:
     return ServerProcess(args, tmp / f"{name}.log").start()
 
 
+def batches_started(url: str) -> float:
+    """Batches the batcher handed to a worker (TF Serving's processed_batch_size count)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    prefix = ":tensorflow:serving:batching_session:processed_batch_size_count{"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
 def test_kill_9_mid_load_fails_only_in_flight_then_recovers(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # 1.5 s per batch, and the kill waits until a batch is in the worker: on a loaded machine
+    # a fixed sleep after sending could kill the worker before any request reached it.
+    slow = tmp_path / "slow"
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "workers.example_models", "slow", str(slow), "--delay_ms", "1500"],
+        check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     proc = _start([
-        "--model_name=slow", f"--model_base_path={model_zoo.base_path('slow')}",
-        "--enable_batching",
+        "--model_name=slow", f"--model_base_path={slow}", "--enable_batching",
+        "--enable_model_warmup=false",
     ], tmp_path, "kill")
     try:
         (worker,) = proc.child_pids()
         assert len(shm_segments(proc.process.pid)) == 2  # request + response arenas
+        started = batches_started(proc.rest_url)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             first = [pool.submit(predict, proc.rest_url, "slow", float(i)) for i in range(8)]
-            time.sleep(0.15)  # the first batch is running (300 ms per batch)
+            deadline = time.monotonic() + 60
+            while batches_started(proc.rest_url) == started:  # the first batch is running
+                assert time.monotonic() < deadline, "no batch reached the worker"
+                time.sleep(0.01)
             os.kill(worker, signal.SIGKILL)
             # Requests sent after the kill wait for the restarted worker instead of failing.
             later = [pool.submit(predict, proc.rest_url, "slow", 1.0) for _ in range(4)]
