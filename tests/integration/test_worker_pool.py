@@ -8,6 +8,8 @@ import concurrent.futures
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -46,6 +48,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def export_slow(base: pathlib.Path, delay_ms: int) -> pathlib.Path:
+    """The slow example model (y = 0.5x + 2 after delay_ms of spinning) under `base`."""
+    subprocess.run(
+        [sys.executable, "-m", "workers.example_models", "slow", str(base),
+         "--delay_ms", str(delay_ms)],
+        check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    return base
+
+
 def _start(args: list[str], tmp: pathlib.Path, name: str) -> ServerProcess:
     return ServerProcess(args, tmp / f"{name}.log").start()
 
@@ -61,14 +73,7 @@ def batches_started(url: str) -> float:
 def test_kill_9_mid_load_fails_only_in_flight_then_recovers(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # 1.5 s per batch, and the kill waits until a batch is in the worker: on a loaded machine
     # a fixed sleep after sending could kill the worker before any request reached it.
-    slow = tmp_path / "slow"
-    import subprocess
-    import sys
-
-    subprocess.run(
-        [sys.executable, "-m", "workers.example_models", "slow", str(slow), "--delay_ms", "1500"],
-        check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
+    slow = export_slow(tmp_path / "slow", delay_ms=1500)
     proc = _start([
         "--model_name=slow", f"--model_base_path={slow}", "--enable_batching",
         "--enable_model_warmup=false",
@@ -103,14 +108,7 @@ def test_kill_9_mid_load_fails_only_in_flight_then_recovers(model_zoo, tmp_path)
 
 
 def test_hung_worker_is_killed_by_the_watchdog(model_zoo, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    hang = tmp_path / "hang"
-    import subprocess
-    import sys
-
-    subprocess.run(
-        [sys.executable, "-m", "workers.example_models", "slow", str(hang), "--delay_ms", "4000"],
-        check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
+    hang = export_slow(tmp_path / "hang", delay_ms=4000)
     (tmp_path / "models.config").write_text(
         "model_config_list {\n"
         f'config {{ name: "hang" base_path: "{hang}" model_platform: "tensorflow" }}\n'
