@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -517,3 +517,18 @@ async def run_level(
         if open_task is not None:
             await open_task
         await driver.stop(options.drain_seconds)
+
+
+@contextlib.asynccontextmanager
+async def closed_loop(target: HttpTarget, concurrency: int) -> AsyncIterator[Recorder]:
+    """A closed loop of `concurrency` keep-alive connections that runs until the block ends;
+    the recorder's cut() gives what completed since the last cut (bench/traffic_flip.py
+    switches server state under one continuous load)."""
+    recorder = Recorder()
+    driver = _HttpDriver(target, recorder)
+    await driver.connect(concurrency)
+    driver.start_closed()
+    try:
+        yield recorder
+    finally:
+        await driver.stop(1.0)

@@ -1,7 +1,7 @@
 """What a traffic rule costs: dnn 1-row REST at c=64 against one tfgate server with no rule
 and with a 50/50 split over two versions, side by side.
 
-    .venv/bin/python -m bench.traffic_split [--repeats 5] [--out bench/results]
+    .venv/bin/python -m bench.traffic_split [--repeats 5] [--flip-pairs 60] [--out bench/results]
 
 One tfgate server (batching on, bench/batching_parameters.pbtxt) serves dnn versions 1 and
 2 (the same export twice; model_version_policy all). Each repeat measures six modes back to
@@ -9,9 +9,10 @@ back, rotating which goes first (MODES): no rule; a one-arm rule (draw and count
 version); the two client-side splits TF Serving users do today over version URLs (per
 request, and per client); and the rule's 50/50 split without and with a routing key per
 client. Each rule row is judged against the rule-free row that sends the same traffic
-(AGAINST); rules are set through the admin API. Writes
-bench/results/traffic_split.json and bench/traffic_section.md, which bench/docs.py includes
-in docs/benchmarks.md. Traffic goes to 127.0.0.1 only; the server is stopped at the end.
+(AGAINST); rules are set through the admin API. Then bench/traffic_flip.py switches the
+rule on and off under one continuous load (--flip-pairs). Writes
+bench/results/traffic_split.json, traffic_flip.json and bench/traffic_section.md, which
+bench/docs.py includes in docs/benchmarks.md. Traffic goes to 127.0.0.1 only; the server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 
+from app.core.request_ids import new_request_id
 from app.traffic import assign
 from app.traffic.router import TrafficRouter
 from app.traffic.rules import parse_rule
@@ -38,6 +40,8 @@ from bench.loadgen import HttpTarget, LevelOptions, run_level
 from bench.probes import ServerProbe
 from bench.servers import RunningServer, tfgate_spec
 from bench.stats import Window, percentile_ns
+from bench.traffic_flip import AA_CONTROL, Phase, flip
+from bench.traffic_flip import render as render_flip
 from bench.workloads import Workload
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -53,6 +57,7 @@ SPLIT_RULE = {
 # The rule's own cost apart from the split's: every request still drawn and counted, all
 # on one version, so batches fill as without a rule.
 ONE_ARM_RULE = {"id": "bench-one", "arms": [{"name": "v2", "version": 2, "weight": 1}]}
+FLIP_PHASE_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +137,13 @@ def admin(server: RunningServer, method: str, rule: dict | None = None) -> int:
         return exc.code
 
 
+def set_rule(server: RunningServer, rule: dict | None) -> None:
+    """The model's rule becomes `rule` (None: no rule)."""
+    admin(server, "DELETE")  # 404 when there is none: fine
+    if rule is not None and admin(server, "PUT", rule) != 200:
+        raise RuntimeError(f"the admin API refused the rule {rule['id']!r}")
+
+
 def summarize(windows: list[Window], snapshots: list[dict[str, float]]) -> dict[str, float]:
     """Throughput, latency and the gateway's CPU per request over the measured windows (the
     CPU figure does not move with how the load generator and the server share the cores)."""
@@ -181,10 +193,7 @@ async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]
     for repeat in range(repeats):
         order = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate the order
         for mode in order:
-            rule = MODES[mode].rule
-            admin(server, "DELETE")  # 404 when there is none: fine
-            if rule is not None and admin(server, "PUT", rule) != 200:
-                raise RuntimeError(f"the admin API refused the rule of mode {mode!r}")
+            set_rule(server, MODES[mode].rule)
             windows, snapshots, stable = await run_level(
                 target_of(MODES[mode]), level, probe=probe
             )
@@ -214,13 +223,14 @@ def router_micros(routing_key: str | None, calls: int = 100_000) -> float:
     the load test on a shared machine is not."""
     router = TrafficRouter()
     router.set_rule(MODEL, parse_rule(SPLIT_RULE))
+    request_id, counter = new_request_id()  # remembered by its counter, as REST's own ids
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
         for _ in range(calls):
             live, arm = router.choose(MODEL, routing_key)  # type: ignore[misc]
-            router.record(live, arm, ok=True, seconds=0.001, request_id="0123456789abcdef",
-                          routing_key=routing_key)
+            router.record(live, arm, True, 0.001, request_id, counter, routing_key)
+            counter += 1
         best = min(best, (time.perf_counter() - started) / calls)
     return best * 1e6
 
@@ -252,6 +262,7 @@ def render(
     shares: dict[str, int],
     load: float,
     micros: tuple[float, float],
+    flipped: dict[str, list[tuple[Phase, Phase]]],
 ) -> str:
     lines = [
         "## Traffic split cost: dnn 1-row REST, c=64, no rule vs a 50/50 split",
@@ -322,6 +333,8 @@ def render(
         "In-process, what a rule adds per request (arm choice + counting, best of 5 x 100k):",
         f"{micros[0]:.2f} us without a routing key, {micros[1]:.2f} us with one.",
         "",
+        *render_flip(flipped, FLIP_PHASE_SECONDS),
+        "",
     ]
     return "\n".join(lines)
 
@@ -329,6 +342,8 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.traffic_split", description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--flip-pairs", type=int, default=60,
+                        help="pairs per comparison of the continuous-load run (>= 6)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tfgate-traffic-") as tmp:
@@ -347,9 +362,14 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready(MODEL, Workload(MODEL).rest_body())
             wait_for_versions(server, {"1", "2"})
             rows = asyncio.run(measure(server, args.repeats))
+            flipped = asyncio.run(flip(
+                server.spec.rest_port, server.pid, server.spec.path(MODEL),
+                {AA_CONTROL: None, ONE_ARM: ONE_ARM_RULE, SPLIT_KEYED: SPLIT_RULE},
+                lambda rule: set_rule(server, rule),
+                pairs=max(6, args.flip_pairs), phase_seconds=FLIP_PHASE_SECONDS,
+            ))
             # the arms' counts over one short split run with fresh counters
-            admin(server, "DELETE")
-            admin(server, "PUT", SPLIT_RULE)
+            set_rule(server, SPLIT_RULE)
             asyncio.run(run_level(
                 HttpTarget("127.0.0.1", server.spec.rest_port, server.spec.path(MODEL),
                            Workload(MODEL).rest_body()),
@@ -362,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "traffic_split.json").write_text(json.dumps(rows, indent=1))
-    SECTION.write_text(render(rows, args.repeats, shares, load, micros))
+    (out / "traffic_flip.json").write_text(json.dumps(
+        {name: [[dataclasses.asdict(a), dataclasses.asdict(b)] for a, b in pairs]
+         for name, pairs in flipped.items()}, indent=1))
+    SECTION.write_text(render(rows, args.repeats, shares, load, micros, flipped))
     print(SECTION.read_text())
     return 0
 

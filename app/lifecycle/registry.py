@@ -217,14 +217,10 @@ class Registry:
     def resolve(self, spec: ModelSpec) -> tuple[ServableId, ServableMetadata]:
         """explicit version > label > pin > latest AVAILABLE; raises TF Serving's errors."""
         if spec.label is not None:
-            version = self._label_version(spec.name, spec.label)
-            request = f"Specific({spec.name}, {version})"
-        elif spec.version is not None:
-            version = spec.version
-            request = f"Specific({spec.name}, {version})"
+            version: int | None = self._label_version(spec.name, spec.label)
         else:
-            version = None
-            request = f"Latest({spec.name})"
+            version = spec.version
+        latest = version is None
         model = self.models.get(spec.name)
         record: VersionRecord | None = None
         if model is not None:
@@ -233,6 +229,7 @@ class Registry:
             if version is not None:
                 record = model.versions.get(version)
         if record is None or record.state is not VersionState.AVAILABLE or record.metadata is None:
+            request = f"Latest({spec.name})" if latest else f"Specific({spec.name}, {version})"
             raise ServingError(Code.NOT_FOUND, f"Servable not found for request: {request}")
         return ServableId(spec.name, record.version), record.metadata
 
@@ -250,8 +247,10 @@ class Registry:
             record = model.versions.get(model.pinned)
             if record is not None and record.state is VersionState.AVAILABLE:
                 return model.pinned
-        available = model.available_versions()
-        return available[-1] if available else None
+        return max(
+            (v for v, r in model.versions.items() if r.state is VersionState.AVAILABLE),
+            default=None,
+        )
 
     def acquire(self, servable: ServableId) -> None:
         """Count a request in flight on a version, so its unload waits for it."""

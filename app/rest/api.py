@@ -29,8 +29,8 @@ from app.core.errors import Code, ServingError
 from app.core.request_ids import new_request_id
 from app.core.types import INT64_MAX, ModelSpec
 from app.rest.edge import body_too_large_text
-from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth, credential_from
+from app.serving.observation import MAX_ROUTING_KEY_CHARS
 from app.serving.service import Entrypoint, ServingService
 
 Scope = dict[str, Any]
@@ -118,8 +118,8 @@ class TfServingRestApi:
             await self.fallback(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = request_id_of(scope)
-        status, body, extra = await self._handle(scope, receive, path, request_id)
+        request_id, id_counter = request_id_of(scope)
+        status, body, extra = await self._handle(scope, receive, path, request_id, id_counter)
         headers = list(JSON_HEADERS)
         headers.append((b"x-request-id", request_id.encode()))
         headers.extend(extra)
@@ -148,7 +148,7 @@ class TfServingRestApi:
             )
 
     async def _handle(
-        self, scope: Scope, receive: Receive, path: str, request_id: str
+        self, scope: Scope, receive: Receive, path: str, request_id: str, id_counter: int | None
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         method = scope["method"]
         try:
@@ -159,7 +159,7 @@ class TfServingRestApi:
                 if match:
                     self._authorize(scope, match.group(1))
                     body = await read_body(scope, receive, self.max_body_bytes)
-                    answer, version = await self._post(match, body, scope, request_id)
+                    answer, version = await self._post(match, body, scope, request_id, id_counter)
                     # Which version served (a traffic rule may have chosen it), and the id
                     # an outcome for this request is reported under (docs/experiments.md).
                     served = [
@@ -196,7 +196,12 @@ class TfServingRestApi:
         return 200, b"", []
 
     async def _post(
-        self, match: re.Match[str], body: bytes, scope: Scope, request_id: str
+        self,
+        match: re.Match[str],
+        body: bytes,
+        scope: Scope,
+        request_id: str,
+        id_counter: int | None,
     ) -> tuple[bytes, int]:
         """The answer's body and the version that served it."""
         name, version_text, label, verb = match.groups()
@@ -206,6 +211,7 @@ class TfServingRestApi:
         routing = {
             "routing_key": routing_key_of(scope),
             "request_id": request_id,
+            "id_counter": id_counter,
         }
         deadline = (
             asyncio.get_running_loop().time() + self.timeout_seconds
@@ -249,7 +255,7 @@ class TfServingRestApi:
         body: bytes,
         deadline: float | None,
         cache_control: str | None,
-        routing: dict[str, str | None],
+        routing: dict[str, Any],
     ) -> tuple[bytes, int]:
         parsed = codec.parse_predict_json(body)
         spec = ModelSpec(spec.name, spec.version, spec.label, parsed.signature_name)
@@ -300,11 +306,12 @@ def parse_version(text: str) -> int:
     return version
 
 
-def request_id_of(scope: Scope) -> str:
-    """The caller's X-Request-Id when it is a sane token, else a new unique one."""
+def request_id_of(scope: Scope) -> tuple[str, int | None]:
+    """The caller's X-Request-Id when it is a sane token, else a new unique one with its
+    counter (core/request_ids.py; None for the caller's)."""
     given = header(scope, b"x-request-id")
     if given and REQUEST_ID_RE.fullmatch(given):
-        return given
+        return given, None
     return new_request_id()
 
 

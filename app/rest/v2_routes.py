@@ -187,12 +187,12 @@ class V2RestApi:
         spec = v2_json.v2_model_spec(name, version_text, request.signature_name)
         # What a traffic-rule outcome names this request by: the body's `id` when it is a
         # sane token (the client already holds it), else X-Request-Id or a new one.
-        request_id = (
-            request.id
+        request_id, id_counter = (
+            (request.id, None)
             if request.id and REQUEST_ID_RE.fullmatch(request.id)
             else request_id_of(scope)
         )
-        result = await self._predict(scope, spec, request, request_id)
+        result = await self._predict(scope, spec, request, request_id, id_counter)
         outputs = v2_response.ordered_outputs(result.outputs, [o.name for o in request.outputs])
         content, json_length = v2_response.encode_infer_response(
             request, name, result.servable.version, outputs
@@ -206,7 +206,12 @@ class V2RestApi:
         return 200, content, headers
 
     async def _predict(
-        self, scope: Scope, spec: ModelSpec, request: v2_json.V2InferRequest, request_id: str
+        self,
+        scope: Scope,
+        spec: ModelSpec,
+        request: v2_json.V2InferRequest,
+        request_id: str,
+        id_counter: int | None,
     ) -> PredictResult:
         """The one call into the service for V2 REST infer: what the request carries to the
         service's resolve step (X-Tfgate-Routing-Key for traffic rules) goes here."""
@@ -226,6 +231,7 @@ class V2RestApi:
             api=V2_INFER_API,
             routing_key=routing_key_of(scope),
             request_id=request_id,
+            id_counter=id_counter,
         )
 
 

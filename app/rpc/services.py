@@ -39,8 +39,8 @@ from app.core.protos import (
 )
 from app.core.types import DEFAULT_SIGNATURE, ModelSpec
 from app.serving import multi_inference
-from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth, credential_from
+from app.serving.observation import MAX_ROUTING_KEY_CHARS
 from app.serving.service import Entrypoint, ServingService
 from app.settings import model_config
 from app.settings.model_config import ModelConfig

@@ -26,8 +26,8 @@ from app.rpc.services import (
     routing_metadata,
     translated,
 )
-from app.serving.arm_recording import MAX_ROUTING_KEY_CHARS
 from app.serving.auth import InferenceAuth
+from app.serving.observation import MAX_ROUTING_KEY_CHARS
 from app.serving.service import V2_INFER_API, Entrypoint, PredictResult, ServingService
 from proto import open_inference_pb2 as pb
 from proto import open_inference_pb2_grpc

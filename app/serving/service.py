@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,8 +28,16 @@ from app.core.types import (
     VersionState,
 )
 from app.lifecycle.registry import Registry, VersionRecord
-from app.serving.arm_recording import NOT_ROUTED, ArmRecorder, shadowed
 from app.serving.batcher import Batcher
+from app.serving.observation import (
+    NOT_ROUTED,
+    ArmRecorder,
+    Entrypoint,
+    Observer,
+    RequestObservation,
+    Resolved,
+    shadowed,
+)
 from app.serving.signature_checks import (
     check_classify_outputs,
     check_predict_inputs,
@@ -45,11 +52,6 @@ from app.traffic.router import LiveRule, TrafficRouter
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-
-
-class Entrypoint(enum.Enum):
-    REST = "REST"
-    GRPC = "GRPC"
 
 
 @dataclasses.dataclass
@@ -74,7 +76,6 @@ class RegressResult:
     outputs: np.ndarray
 
 
-Observer = Callable[[str, str, Entrypoint, Code, float], None]
 RuntimeObserver = Callable[[str, str, float], None]
 
 # The API label TF Serving's runtime_latency carries per call type (predict_util.cc,
@@ -127,35 +128,37 @@ class ServingService:
         api: str = "predict",
         routing_key: str | None = None,
         request_id: str | None = None,
+        id_counter: int | None = None,
     ) -> PredictResult:
         """Predict on the resolved servable (a traffic rule's arm when the spec names no
         version or label). `api` labels request metrics: "predict" for TF Serving's API,
-        V2_INFER_API for the Open Inference Protocol's infer (same path)."""
-        with self._observed(spec.name, api, entrypoint):
-            servable, metadata, routed = self.resolve_routed(spec, routing_key)
-            with self.arm_observed(routed, routing_key, request_id):
-                signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
-                inputs = decode_inputs(signature)
-                check_predict_inputs(signature, inputs)
-                output_aliases = select_outputs(signature, output_filter)
-                outputs = await self._run(
-                    servable,
-                    signature.key,
-                    inputs,
-                    output_aliases,
-                    deadline,
-                    cache_control,
-                    api=PREDICT_API,
-                )
+        V2_INFER_API for the Open Inference Protocol's infer (same path). `request_id` is
+        what a traffic outcome names the request by; `id_counter` its counter when the
+        gateway made it up (core/request_ids.py)."""
+        with RequestObservation(
+            self, spec.name, api, entrypoint, routing_key, request_id, id_counter
+        ) as seen:
+            servable, metadata, routed = seen.routed_to(self.resolve_routed(spec, routing_key))
+            signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
+            inputs = decode_inputs(signature)
+            check_predict_inputs(signature, inputs)
+            output_aliases = select_outputs(signature, output_filter)
+            outputs = await self._run(
+                servable,
+                signature.key,
+                inputs,
+                output_aliases,
+                deadline,
+                cache_control,
+                api=PREDICT_API,
+            )
             if (shadow := shadowed(routed)) is not None:
                 self._offer_shadow(shadow, signature.key, inputs, output_aliases, outputs)
             return PredictResult(servable, signature.key, outputs)
 
     # --- traffic rules ---
 
-    def resolve_routed(
-        self, spec: ModelSpec, routing_key: str | None
-    ) -> tuple[ServableId, ServableMetadata, tuple[LiveRule, int] | None]:
+    def resolve_routed(self, spec: ModelSpec, routing_key: str | None) -> Resolved:
         """registry.resolve(), after the model's traffic rule (if any) chose an arm for a
         request that names no version or label (an explicit one always wins). An arm whose
         version is not AVAILABLE (a rule change racing a load) serves as if there were no
@@ -300,20 +303,22 @@ class ServingService:
         cache_control: str | None = None,
         routing_key: str | None = None,
         request_id: str | None = None,
+        id_counter: int | None = None,
     ) -> ClassifyResult:
-        with self._observed(spec.name, "classify", entrypoint):
-            servable, metadata, routed = self.resolve_routed(spec, routing_key)
-            with self.arm_observed(routed, routing_key, request_id):
-                signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
-                return await self.run_classify(
-                    servable,
-                    signature,
-                    decode_examples,
-                    deadline=deadline,
-                    cache_control=cache_control,
-                    api=CLASSIFY_API,
-                    shadow=shadowed(routed),
-                )
+        with RequestObservation(
+            self, spec.name, "classify", entrypoint, routing_key, request_id, id_counter
+        ) as seen:
+            servable, metadata, routed = seen.routed_to(self.resolve_routed(spec, routing_key))
+            signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
+            return await self.run_classify(
+                servable,
+                signature,
+                decode_examples,
+                deadline=deadline,
+                cache_control=cache_control,
+                api=CLASSIFY_API,
+                shadow=shadowed(routed),
+            )
 
     async def run_classify(
         self,
@@ -353,20 +358,22 @@ class ServingService:
         cache_control: str | None = None,
         routing_key: str | None = None,
         request_id: str | None = None,
+        id_counter: int | None = None,
     ) -> RegressResult:
-        with self._observed(spec.name, "regress", entrypoint):
-            servable, metadata, routed = self.resolve_routed(spec, routing_key)
-            with self.arm_observed(routed, routing_key, request_id):
-                signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
-                return await self.run_regress(
-                    servable,
-                    signature,
-                    decode_examples,
-                    deadline=deadline,
-                    cache_control=cache_control,
-                    api=REGRESS_API,
-                    shadow=shadowed(routed),
-                )
+        with RequestObservation(
+            self, spec.name, "regress", entrypoint, routing_key, request_id, id_counter
+        ) as seen:
+            servable, metadata, routed = seen.routed_to(self.resolve_routed(spec, routing_key))
+            signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)
+            return await self.run_regress(
+                servable,
+                signature,
+                decode_examples,
+                deadline=deadline,
+                cache_control=cache_control,
+                api=REGRESS_API,
+                shadow=shadowed(routed),
+            )
 
     async def run_regress(
         self,
@@ -449,18 +456,3 @@ class ServingService:
                     Code.NOT_FOUND, f"Could not find version {version} of model {name}"
                 )
         return records
-
-    @contextlib.contextmanager
-    def _observed(self, model: str, api: str, entrypoint: Entrypoint) -> Iterator[None]:
-        """Report every request's outcome and duration to the observers (metrics)."""
-        started = time.perf_counter()
-        code = Code.OK
-        try:
-            yield
-        except ServingError as exc:
-            code = exc.code
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            for observer in self.observers:
-                observer(model, api, entrypoint, code, elapsed)

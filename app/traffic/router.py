@@ -12,6 +12,7 @@ to the rule it ran under.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import random
@@ -25,7 +26,7 @@ from app.core.errors import Code, ServingError
 from app.core.request_ids import own_counter
 from app.core.types import ModelSpec
 from app.traffic import assign
-from app.traffic.arms import ArmStats, summarize
+from app.traffic.arms import LATENCY_SLOT_MASK, ArmStats, summarize
 from app.traffic.recent import CounterRing, RecentTable
 from app.traffic.rules import Arm, TrafficRule
 from app.traffic.shadow import ShadowDispatcher, agreement
@@ -38,6 +39,7 @@ log = logging.getLogger("tfgate.traffic")
 # OWN_ID_SLOTS it numbered (every REST request it answered, routed or not).
 RECENT_REQUESTS = 100_000
 OWN_ID_SLOTS = 1 << 18
+KEY_ARMS_KEPT = 65_536  # routing keys whose arm a rule keeps (all forgotten when full)
 ROLLBACK_CHECK_EVERY = 16  # requests between rollback checks (a check sorts latencies)
 BANDIT_REFRESH_OUTCOMES = 20  # outcomes between Thompson re-draws of the weights
 
@@ -112,7 +114,10 @@ class LiveRule:
         self.shadow = ShadowStats()
         # running totals of the weights in force (None: recompute); a ramp's move with the
         # clock, so a ramping rule recomputes them per request instead
-        self._cumulative: list[float] | None = None
+        self.cumulative: list[float] | None = None
+        # routing key -> its arm under `cumulative` (a key's hash is the dearest part of a
+        # keyed choice, and the same users come back); emptied whenever the weights change
+        self.key_arms: dict[str, int] = {}
 
     @property
     def rolled_back(self) -> bool:
@@ -121,15 +126,20 @@ class LiveRule:
     @rolled_back.setter
     def rolled_back(self, value: bool) -> None:
         self._rolled_back = value
-        self._cumulative = None
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        """Forget what was derived from the weights in force (rollback, bandit refresh)."""
+        self.cumulative = None
+        self.key_arms = {}
 
     def cumulative_weights(self, clock: Callable[[], float]) -> list[float]:
         """The table `assign.arm_in` searches for the weights in force now."""
-        cumulative = self._cumulative
+        cumulative = self.cumulative
         if cumulative is None:
             cumulative = assign.cumulative_weights(self.weights(clock()))
             if self.rule.ramp is None or self._rolled_back:
-                self._cumulative = cumulative
+                self.cumulative = cumulative
         return cumulative
 
     def weights(self, now: float) -> list[float]:
@@ -162,7 +172,7 @@ class LiveRule:
         successes = [s.conversions for s in self.stats]
         failures = [s.conversion_trials - s.conversions for s in self.stats]
         self.bandit_weights = assign.thompson_weights(successes, failures, self.rng)
-        self._cumulative = None
+        self.weights_changed()
 
 
 class TrafficRouter:
@@ -232,29 +242,48 @@ class TrafficRouter:
         live = self.rules.get(model)
         if live is None:
             return None
-        cumulative = live.cumulative_weights(self.clock)
-        # a routing key: where it hashes (sticky); none: a seeded or random draw
-        point = assign.key_point(live.rule_id, routing_key) if routing_key else live.rng.random()
-        return live.routes[assign.arm_in(point, cumulative)]
+        cumulative = live.cumulative or live.cumulative_weights(self.clock)
+        if routing_key:  # where the key hashes (sticky)
+            arm = live.key_arms.get(routing_key)
+            if arm is None:
+                arm = assign.arm_in(assign.key_point(live.rule_id, routing_key), cumulative)
+                if live.cumulative is not None:  # weights fixed until weights_changed()
+                    if len(live.key_arms) >= KEY_ARMS_KEPT:
+                        live.key_arms = {}
+                    live.key_arms[routing_key] = arm
+            return live.routes[arm]
+        # a seeded or random draw: assign.arm_in's search inline (it runs per routed request);
+        # rounding at the top and an all-zero table go through arm_in itself
+        point = live.rng.random()
+        arm = bisect.bisect_right(cumulative, point * cumulative[-1])
+        if arm >= len(cumulative):
+            arm = assign.arm_in(point, cumulative)
+        return live.routes[arm]
 
     def record(
         self,
         live: LiveRule,
         arm: int,
-        *,
         ok: bool,
         seconds: float,
         request_id: str | None,
+        id_counter: int | None,
         routing_key: str | None,
     ) -> None:
-        live.stats[arm].record(ok, seconds)
+        """Count a finished request on its arm and remember the arm under the request's id
+        (`id_counter`: the id's counter when the gateway made it up) and routing key.
+        Positional, and the arm's counters updated in place rather than through a method: it
+        runs once per routed request."""
+        stats = live.stats[arm]
+        stats.latencies_seconds[stats.requests & LATENCY_SLOT_MASK] = seconds
+        stats.requests += 1
+        if not ok:
+            stats.errors += 1
         route = live.routes[arm]
-        if request_id:
-            counter = own_counter(request_id)
-            if counter is not None:
-                self._recent_own_ids.remember(counter, route)
-            else:
-                self._recent_requests.remember(request_id, route)
+        if id_counter is not None:
+            self._recent_own_ids.remember(id_counter, route)
+        elif request_id:
+            self._recent_requests.remember(request_id, route)
         if routing_key:
             self._recent_keys.remember(routing_key, route)
         if (
@@ -321,10 +350,11 @@ class TrafficRouter:
                 Code.INVALID_ARGUMENT, "An outcome carries exactly one of conversion or reward"
             )
         if request_id is not None:
+            # An id shaped like the gateway's own is looked up by its counter; a client may
+            # also have sent one (a retry echoing it), which record() filed by its text.
             counter = own_counter(request_id)
-            if counter is not None:
-                found = self._recent_own_ids.get(counter)
-            else:
+            found = self._recent_own_ids.get(counter) if counter is not None else None
+            if found is None:
                 found = self._recent_requests.get(request_id)
         else:
             found = self._recent_keys.get(str(routing_key))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import types
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from app.core.errors import Code, ServingError
+from app.traffic import assign
 from app.traffic import router as router_module
 from app.traffic.router import TrafficRouter
 from app.traffic.rules import parse_rule
@@ -45,9 +48,11 @@ def test_ramp_follows_the_clock_and_rollback_sticks() -> None:
     clock.now += 10
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {1}  # type: ignore[index]
     for _ in range(16):
-        router.record(live, 0, ok=True, seconds=0.01, request_id=None, routing_key=None)
+        router.record(live, 0, ok=True, seconds=0.01, request_id=None, id_counter=None,
+                      routing_key=None)
     for _ in range(16):
-        router.record(live, 1, ok=False, seconds=0.01, request_id=None, routing_key=None)
+        router.record(live, 1, ok=False, seconds=0.01, request_id=None, id_counter=None,
+                      routing_key=None)
     assert live.rolled_back and rolled == ["m"]
     assert live.rollback_reason is not None and live.rollback_reason.startswith("arm cand")
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {0}  # type: ignore[index]
@@ -62,7 +67,8 @@ def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:
     router = TrafficRouter(Clock())
     live = router.set_rule("m", _rule())
     for i in range(10):
-        router.record(live, i % 2, ok=True, seconds=0.001, request_id=f"r{i}", routing_key=None)
+        router.record(live, i % 2, ok=True, seconds=0.001, request_id=f"r{i}",
+                      id_counter=None, routing_key=None)
     assert len(router._recent_requests) <= 2 * 4  # the oldest generation forgotten
     with pytest.raises(ServingError) as gone:
         router.report_outcome("m", request_id="r0", conversion=True)
@@ -86,13 +92,16 @@ def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:
 def test_a_changed_rule_keeps_the_counts_of_unchanged_arms() -> None:
     router = TrafficRouter(Clock())
     live = router.set_rule("m", _rule())
-    router.record(live, 0, ok=True, seconds=0.001, request_id=None, routing_key=None)
-    router.record(live, 1, ok=True, seconds=0.001, request_id=None, routing_key=None)
+    router.record(live, 0, ok=True, seconds=0.001, request_id=None, id_counter=None,
+                  routing_key=None)
+    router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None,
+                  routing_key=None)
     changed = router.set_rule("m", parse_rule({"arms": [
         {"name": "base", "version": 1, "weight": 3}, {"name": "cand", "version": 3}]}))
     assert changed.stats[0].requests == 1 and changed.stats[1].requests == 0
     # the old rule object keeps counting what it routed: no request is lost
-    router.record(live, 1, ok=True, seconds=0.001, request_id=None, routing_key=None)
+    router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None,
+                  routing_key=None)
     assert live.stats[1].requests == 2
 
 
@@ -183,10 +192,11 @@ def test_outcomes_by_the_gateways_own_request_ids(monkeypatch) -> None:  # type:
     monkeypatch.setattr(router_module, "OWN_ID_SLOTS", 4)
     router = TrafficRouter(Clock())
     live = router.set_rule("m", _rule())
-    ids = [new_request_id() for _ in range(6)]
-    for i, request_id in enumerate(ids):
+    made = [new_request_id() for _ in range(6)]
+    ids = [text for text, _ in made]
+    for i, (request_id, counter) in enumerate(made):
         router.record(live, i % 2, ok=True, seconds=0.001, request_id=request_id,
-                      routing_key=None)
+                      id_counter=counter, routing_key=None)
     assert len(router._recent_requests) == 0  # nothing kept per id
     _, arm = router.report_outcome("m", request_id=ids[5], conversion=True)
     assert arm == 1 and live.stats[1].conversions == 1
@@ -197,3 +207,71 @@ def test_outcomes_by_the_gateways_own_request_ids(monkeypatch) -> None:  # type:
     with pytest.raises(ServingError) as replaced:
         router.report_outcome("m", request_id=ids[4], conversion=True)
     assert replaced.value.code is Code.FAILED_PRECONDITION
+
+
+def test_a_client_sent_id_shaped_like_ours_is_found_by_its_text() -> None:
+    """A client may send back an id the gateway made up (a retry): record() files it by its
+    text, and an outcome naming it still finds the arm."""
+    from app.core.request_ids import new_request_id
+
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule())
+    echoed, _ = new_request_id()
+    router.record(live, 1, ok=True, seconds=0.001, request_id=echoed, id_counter=None,
+                  routing_key=None)
+    assert router.report_outcome("m", request_id=echoed, conversion=True)[1] == 1
+
+
+@pytest.mark.parametrize("weights", [[0.3, 0.0, 0.7], [1e-12, 1.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0]])
+def test_choose_draws_exactly_what_arm_in_gives(weights: list[float]) -> None:
+    """choose() inlines assign.arm_in's search: the same arm for every draw, boundaries, 0 and
+    the largest draw below 1 included."""
+    router = TrafficRouter(Clock())
+    arms = [{"name": f"a{i}", "version": i + 1, "weight": w} for i, w in enumerate(weights)]
+    live = router.set_rule("m", parse_rule({"arms": arms}))
+    cumulative = assign.cumulative_weights(weights)
+    total = cumulative[-1]
+    points = [0.0, 1.0 - 2**-53, *(c / total for c in cumulative),
+              *(random.Random(7).random() for _ in range(2000))]
+    for point in points:
+        live.rng = types.SimpleNamespace(random=lambda point=point: point)  # type: ignore[assignment]
+        assert router.choose("m", None) == (live, assign.arm_in(point, cumulative))
+
+
+def test_a_keys_remembered_arm_follows_every_weight_change() -> None:
+    """choose() keeps each routing key's arm while the weights stay; a ramp step, a rollback
+    and a bandit refresh each move the key to where it hashes under the new weights."""
+    clock = Clock()
+    router = TrafficRouter(clock)
+    live = router.set_rule("m", _rule(
+        ramp={"candidate": "cand", "steps_percent": [0, 100], "step_seconds": 10},
+    ))
+    keys = [f"user-{i}" for i in range(50)]
+
+    def arms() -> list[int]:
+        return [router.choose("m", key)[1] for key in keys]  # type: ignore[index]
+
+    assert arms() == [0] * 50 and live.key_arms == {}  # a ramp's weights move: nothing kept
+    clock.now += 10
+    assert arms() == [1] * 50
+    live.rolled_back = True
+    assert arms() == [0] * 50 and len(live.key_arms) == 50
+    # a fixed 50/50 rule: the kept arm is the one the key hashes to
+    split = router.set_rule("m", _rule(id="fixed"))
+    expected = [assign.arm_for_key(split.rule_id, key, [1.0, 1.0]) for key in keys]
+    assert arms() == expected == arms() and len(split.key_arms) == 50
+    assert 0 < sum(expected) < 50
+    split.stats[0].conversion_trials, split.stats[0].conversions = 500, 0
+    split.stats[1].conversion_trials, split.stats[1].conversions = 500, 500
+    split.refresh_bandit()  # ~99% on arm 1 now
+    assert split.key_arms == {}
+    assert sum(arms()) > 40
+
+
+def test_the_kept_key_arms_are_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(router_module, "KEY_ARMS_KEPT", 8)
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule())
+    for i in range(100):
+        router.choose("m", f"user-{i}")
+        assert len(live.key_arms) <= 8

@@ -1,0 +1,133 @@
+"""A traffic rule switched on and off under one continuous load: the finest measure of what a
+rule costs that this shared 2-core machine allows (bench/traffic_split.py runs it after its
+side-by-side modes and puts it in the same section of docs/benchmarks.md).
+
+The load never stops: 64 keep-alive connections post dnn 1-row REST requests to the model
+URL, each connection with its own X-Tfgate-Routing-Key (one simulated user per connection).
+Phases of `phase_seconds` alternate between no rule and a comparison's state, in alternating
+order (ABBA), with `settle_seconds` after each change left out. A pair is one no-rule phase
+and its neighbouring comparison phase; its ratios (throughput, gateway CPU per request,
+server CPU per request) are what the rule changed, measured seconds apart. Three
+comparisons take turns: no rule against no rule (the method's own noise), a one-arm rule
+(every request drawn, counted and remembered, all on one version) and a 50/50 split keyed
+per user (the A/B test of users; each version's queue keeps its own clients, so batches stay
+whole). Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import statistics
+from collections.abc import Callable
+
+from bench.loadgen import HttpTarget, closed_loop
+from bench.probes import cpu_seconds, tree_cpu_seconds
+from bench.workloads import Workload
+
+CONCURRENCY = 64
+AA_CONTROL = "no rule, again (A/A control)"
+FIELDS = ("throughput", "gateway_cpu_us", "server_cpu_us")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    throughput: float  # requests per second
+    gateway_cpu_us: float  # per request
+    server_cpu_us: float  # per request, gateway and workers
+
+
+async def _phase(
+    recorder_cut: Callable[[], int], pid: int, seconds: float, settle_seconds: float
+) -> Phase:
+    await asyncio.sleep(settle_seconds)
+    recorder_cut()
+    loop = asyncio.get_running_loop()
+    started, gateway, server = loop.time(), cpu_seconds(pid), tree_cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    done = recorder_cut()
+    elapsed = loop.time() - started
+    per_request = 1e6 / max(done, 1)
+    return Phase(
+        throughput=done / elapsed,
+        gateway_cpu_us=(cpu_seconds(pid) - gateway) * per_request,
+        server_cpu_us=(tree_cpu_seconds(pid) - server) * per_request,
+    )
+
+
+async def flip(
+    port: int,
+    pid: int,
+    path: str,
+    comparisons: dict[str, dict | None],
+    set_rule: Callable[[dict | None], None],
+    *,
+    pairs: int,
+    phase_seconds: float = 1.0,
+    settle_seconds: float = 0.3,
+    warmup_seconds: float = 3.0,
+) -> dict[str, list[tuple[Phase, Phase]]]:
+    """Per comparison, `pairs` (no rule, comparison) phase pairs. `set_rule(None)` removes the
+    rule; `comparisons` maps a name to the rule of its phases (None: none, the control)."""
+    target = HttpTarget(
+        "127.0.0.1", port, path, Workload("dnn").rest_body(),
+        per_connection_header="X-Tfgate-Routing-Key",
+    )
+    names = list(comparisons)
+    result: dict[str, list[tuple[Phase, Phase]]] = {name: [] for name in names}
+    async with closed_loop(target, CONCURRENCY) as recorder:
+
+        def cut() -> int:
+            return len(recorder.cut().latencies_ns)
+
+        await asyncio.sleep(warmup_seconds)  # batch sizes settle
+        for index in range(pairs * len(names)):
+            name = names[index % len(names)]
+            measured: dict[bool, Phase] = {}
+            with_rule_first = (index // len(names)) % 2 == 1
+            for with_rule in (with_rule_first, not with_rule_first):
+                await asyncio.to_thread(set_rule, comparisons[name] if with_rule else None)
+                measured[with_rule] = await _phase(cut, pid, phase_seconds, settle_seconds)
+            result[name].append((measured[False], measured[True]))
+        await asyncio.to_thread(set_rule, None)
+    return result
+
+
+def median_with_interval(values: list[float]) -> tuple[float, float, float]:
+    """The median and its distribution-free 95% confidence interval (order statistics of a
+    binomial(n, 1/2); n >= 6)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half_width = 1.96 * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half_width))
+    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
+    return statistics.median(ordered), ordered[low], ordered[high]
+
+
+def ratios(pairs: list[tuple[Phase, Phase]], field: str) -> list[float]:
+    return [getattr(b, field) / getattr(a, field) for a, b in pairs if getattr(a, field) > 0]
+
+
+def render(result: dict[str, list[tuple[Phase, Phase]]], phase_seconds: float) -> list[str]:
+    pairs = min(len(v) for v in result.values())
+    lines = [
+        f"### The same, under one continuous load ({pairs} pairs per comparison)",
+        "",
+        "The load never stops (c=64, each connection with its own routing key, to the model",
+        f"URL); the rule is switched every {phase_seconds:g} s phase (0.3 s settle left out),",
+        "no-rule and rule phases paired in alternating order, the comparisons taking turns.",
+        "Each cell: the median of the per-pair ratios (rule phase / its no-rule neighbour),",
+        "with the median's 95% confidence interval. The A/A row (no rule in both phases) is",
+        "the method's own noise.",
+        "",
+        "| against no rule | throughput | gateway CPU per request | server CPU per request |",
+        "|---|---|---|---|",
+    ]
+    for name, measured in result.items():
+        cells = []
+        for field in FIELDS:
+            middle, low, high = median_with_interval(ratios(measured, field))
+            cells.append(f"{middle:.3f}x ({low:.3f}-{high:.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
