@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import Callable, Coroutine
 
 import pytest
 
@@ -31,6 +32,19 @@ def _observe(service: types.SimpleNamespace, request_id: str | None = None,
     return RequestObservation(
         service, "m", "predict", Entrypoint.REST, None, request_id, id_counter  # type: ignore[arg-type]
     )
+
+
+def _abandon(request: Callable[[], Coroutine[None, None, None]]) -> None:
+    """Start `request`, then cancel it as a client that went away does."""
+
+    async def scenario() -> None:
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
 
 
 def test_an_unrouted_request_reaches_the_observers_only() -> None:
@@ -74,14 +88,7 @@ def test_an_abandoned_request_is_cancelled_and_not_counted_on_the_arm() -> None:
             observed.routed_to((None, None, service.traffic.choose("m", None)))  # type: ignore[arg-type]
             await asyncio.sleep(10)
 
-    async def scenario() -> None:
-        task = asyncio.create_task(abandoned())
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    _abandon(abandoned)
     assert seen == [("m", "predict", Code.CANCELLED)]
     assert service.traffic.rules["m"].stats[0].requests == 0
 
@@ -110,12 +117,5 @@ def test_arm_recorder_leaves_an_abandoned_request_uncounted() -> None:
         with ArmRecorder(router, routed, None, None):
             await asyncio.sleep(10)
 
-    async def scenario() -> None:
-        task = asyncio.create_task(abandoned())
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    _abandon(abandoned)
     assert routed[0].stats[0].requests == 0
