@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 from app.core.errors import Code, ServingError
 from app.core.signatures import ServableMetadata
@@ -32,10 +32,15 @@ Observer = Callable[[str, str, Entrypoint, Code, float], None]
 
 
 class Observed(Protocol):
-    """What a RequestObservation reports to: serving/service.py's ServingService."""
+    """What a RequestObservation reports to: serving/service.py's ServingService (or an
+    ArmRecorder's arm-only target)."""
 
-    observers: list[Observer]
-    traffic: TrafficRouter | None
+    @property
+    def observers(self) -> Sequence[Observer]: ...
+
+    @property
+    def traffic(self) -> TrafficRouter | None: ...
+
 
 # resolve_routed()'s answer: the servable, its metadata and the rule's arm (None: no rule)
 Resolved = tuple[ServableId, ServableMetadata, tuple[LiveRule, int] | None]
@@ -125,11 +130,18 @@ class RequestObservation:
         )
 
 
-class ArmRecorder:
-    """A MultiInference call's outcome and latency on its arm, counted as RequestObservation
-    counts them (it reports no request metrics)."""
+class _ArmOnly(NamedTuple):
+    """What an ArmRecorder reports to: the rule's arm, no request metrics."""
 
-    __slots__ = ("request_id", "routed", "routing_key", "started", "traffic")
+    traffic: TrafficRouter
+    observers: Sequence[Observer] = ()
+
+
+class ArmRecorder(RequestObservation):
+    """A MultiInference call, counted on its arm like any routed request; it reports no
+    request metrics (TF Serving records none for MultiInference)."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -138,27 +150,10 @@ class ArmRecorder:
         routing_key: str | None,
         request_id: str | None,
     ) -> None:
-        self.traffic = traffic
-        self.routed = routed
-        self.routing_key = routing_key
-        self.request_id = request_id
-        self.started = 0.0
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is not None and issubclass(kind, asyncio.CancelledError):
-            return
-        self.traffic.record(
-            self.routed[0],
-            self.routed[1],
-            ok=kind is None,
-            seconds=time.perf_counter() - self.started,
-            request_id=self.request_id,
-            id_counter=None,  # gRPC requests carry the client's id or none
-            routing_key=self.routing_key,
+        super().__init__(
+            _ArmOnly(traffic), "", "", Entrypoint.GRPC, routing_key, request_id, None
         )
+        self.routed = routed
 
 
 def shadowed(routed: tuple[LiveRule, int] | None) -> LiveRule | None:
