@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from app.core.errors import Code, ServingError
 from app.core.signatures import ServableMetadata
@@ -54,7 +54,14 @@ class ModelRecord:
         return self.config.name
 
     def available_versions(self) -> list[int]:
-        return sorted(v for v, r in self.versions.items() if r.state is VersionState.AVAILABLE)
+        return sorted(self._available())
+
+    def latest_available_version(self) -> int | None:
+        """The newest AVAILABLE version (per request: a max, not a sort)."""
+        return max(self._available(), default=None)
+
+    def _available(self) -> Iterator[int]:
+        return (v for v, r in self.versions.items() if r.state is VersionState.AVAILABLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,10 +254,7 @@ class Registry:
             record = model.versions.get(model.pinned)
             if record is not None and record.state is VersionState.AVAILABLE:
                 return model.pinned
-        return max(
-            (v for v, r in model.versions.items() if r.state is VersionState.AVAILABLE),
-            default=None,
-        )
+        return model.latest_available_version()
 
     def acquire(self, servable: ServableId) -> None:
         """Count a request in flight on a version, so its unload waits for it."""
