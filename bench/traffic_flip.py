@@ -5,7 +5,12 @@ side-by-side modes and puts it in the same section of docs/benchmarks.md).
 The load never stops: 64 keep-alive connections post dnn 1-row REST requests to the model
 URL, each connection with its own X-Tfgate-Routing-Key (one simulated user per connection).
 Phases of `phase_seconds` alternate between no rule and a comparison's state, in alternating
-order (ABBA), with `settle_seconds` after each change left out. A pair is one no-rule phase
+order (ABBA), with `settle_seconds` after each change left out: longer than adaptive batching
+remembers a queue's outstanding rows (SETTLE_SECONDS), because a switch from no rule to a
+keyed split moves 27 of the 64 clients off the latest version's queue, and until that queue's
+old peak of 64 is forgotten its 37 clients' batches are cut into 32 + 5 (a 0.3 s settle
+measured this transient, 0.950x, not the split: 0.983x with a 1.2 s settle, the same
+session). A pair is one no-rule phase
 and its neighbouring comparison phase; its ratios (throughput, gateway CPU per request,
 server CPU per request) are what the rule changed, measured seconds apart. Three
 comparisons take turns: no rule against no rule (the method's own noise), a one-arm rule
@@ -22,6 +27,7 @@ import math
 import statistics
 from collections.abc import Callable
 
+from app.serving.adaptive_batching import PEAK_WINDOW_SECONDS
 from bench.loadgen import HttpTarget, closed_loop
 from bench.probes import cpu_seconds, tree_cpu_seconds
 from bench.workloads import Workload
@@ -29,6 +35,10 @@ from bench.workloads import Workload
 CONCURRENCY = 64
 AA_CONTROL = "no rule, again (A/A control)"
 FIELDS = ("throughput", "gateway_cpu_us", "server_cpu_us")
+# Left out after each switch: adaptive batching keeps a queue's outstanding-row peak for up to
+# two windows (serving/adaptive_batching.py), so batches take that long to follow a change in
+# which clients feed which version's queue; a margin on top.
+SETTLE_SECONDS = 2 * PEAK_WINDOW_SECONDS + 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +75,7 @@ async def flip(
     *,
     pairs: int,
     phase_seconds: float = 1.0,
-    settle_seconds: float = 0.3,
+    settle_seconds: float = SETTLE_SECONDS,
     warmup_seconds: float = 3.0,
 ) -> dict[str, list[tuple[Phase, Phase]]]:
     """Per comparison, `pairs` (no rule, comparison) phase pairs. `set_rule(None)` removes the
@@ -109,13 +119,18 @@ def ratios(pairs: list[tuple[Phase, Phase]], field: str) -> list[float]:
     return [getattr(b, field) / getattr(a, field) for a, b in pairs if getattr(a, field) > 0]
 
 
-def render(result: dict[str, list[tuple[Phase, Phase]]], phase_seconds: float) -> list[str]:
+def render(
+    result: dict[str, list[tuple[Phase, Phase]]],
+    phase_seconds: float,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> list[str]:
     pairs = min(len(v) for v in result.values())
     lines = [
         f"### The same, under one continuous load ({pairs} pairs per comparison)",
         "",
         "The load never stops (c=64, each connection with its own routing key, to the model",
-        f"URL); the rule is switched every {phase_seconds:g} s phase (0.3 s settle left out),",
+        f"URL); each {phase_seconds:g} s phase is measured {settle_seconds:g} s after the rule",
+        "was switched (adaptive batching's memory of the old batch sizes runs out first),",
         "no-rule and rule phases paired in alternating order, the comparisons taking turns.",
         "Each cell: the median of the per-pair ratios (rule phase / its no-rule neighbour),",
         "with the median's 95% confidence interval. The A/A row (no rule in both phases) is",

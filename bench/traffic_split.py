@@ -40,7 +40,7 @@ from bench.loadgen import HttpTarget, LevelOptions, run_level
 from bench.probes import ServerProbe
 from bench.servers import RunningServer, tfgate_spec
 from bench.stats import Window, percentile_ns
-from bench.traffic_flip import AA_CONTROL, Phase, flip
+from bench.traffic_flip import AA_CONTROL, SETTLE_SECONDS, Phase, flip
 from bench.traffic_flip import render as render_flip
 from bench.workloads import Workload
 
@@ -184,8 +184,9 @@ async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]
             alternate_per_request=mode.clients == "urls per request",
             per_connection_header="X-Tfgate-Routing-Key" if mode.routing_keys else "",
         )
-    level = LevelOptions(concurrency=CONCURRENCY, warmup_seconds=1.0, window_seconds=2.0,
-                         min_windows=3, max_windows=4)
+    # the warmup outlasts adaptive batching's memory of the previous mode's batch sizes
+    level = LevelOptions(concurrency=CONCURRENCY, warmup_seconds=SETTLE_SECONDS,
+                         window_seconds=2.0, min_windows=3, max_windows=4)
     rows: list[dict[str, object]] = []
     names = list(MODES)
     probe = ServerProbe(server.pid, metrics_port=server.spec.rest_port)

@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from bench.traffic_flip import Phase, flip, median_with_interval, ratios, render
+from app.serving import adaptive_batching
+from app.serving.adaptive_batching import AdaptiveCap, GatewayCpuMeter
+from bench.traffic_flip import SETTLE_SECONDS, Phase, flip, median_with_interval, ratios, render
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
 
@@ -73,3 +75,38 @@ def test_render_states_each_comparison_against_no_rule() -> None:
     assert "| A/A | 1.000x (1.000-1.000) | 1.000x (1.000-1.000) | 1.000x (1.000-1.000) |" in text
     assert "| rule | 0.980x (0.980-0.980) | 1.020x (1.020-1.020) | 1.017x (1.017-1.017) |" in text
     assert ratios([(same, dearer)], "gateway_cpu_us") == [1.02]
+
+
+def test_settle_outlasts_adaptive_batchings_memory_of_the_clients_a_switch_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Switching from no rule to a keyed split moves 27 of 64 clients to the other version:
+    until the latest version's queue forgets its peak of 64, its 37 clients' batches are cut
+    at 32. The flip must measure only after that (a 0.3 s settle measured the transient)."""
+    now = [100.0]
+    monkeypatch.setattr(adaptive_batching.time, "monotonic", lambda: now[0])
+    meter = GatewayCpuMeter()
+    meter.seconds_per_row = 0.001  # the gateway is the bottleneck: the rule may cut
+    latest, other = AdaptiveCap(meter), AdaptiveCap(meter)
+    for cap in (latest, other):
+        cap.batch_done(32, 0.0001, 32)
+    latest.outstanding(64)  # no rule: every client on the latest version
+    switched_at = now[0]
+    uncut_at = None
+    while now[0] - switched_at <= 3.0:
+        now[0] += 0.01
+        latest.outstanding(37)
+        other.outstanding(27)
+        others = other.recent_peak()
+        if latest.limit(256, (), others) == 256 and uncut_at is None:
+            uncut_at = now[0] - switched_at
+        elif latest.limit(256, (), others) != 256:
+            uncut_at = None
+    assert uncut_at is not None and uncut_at > 0.3  # the transient the old settle measured
+    assert uncut_at <= SETTLE_SECONDS, uncut_at
+
+
+def test_render_says_how_long_after_a_switch_phases_are_measured() -> None:
+    same = Phase(1000.0, 100.0, 120.0)
+    text = "\n".join(render({"A/A": [(same, same)] * 6}, 1.0, 1.2))
+    assert "each 1 s phase is measured 1.2 s after the rule" in text
