@@ -230,7 +230,7 @@ def router_micros(routing_key: str | None, calls: int = 100_000) -> float:
         started = time.perf_counter()
         for _ in range(calls):
             live, arm = router.choose(MODEL, routing_key)  # type: ignore[misc]
-            router.record(live, arm, True, 0.001, request_id, counter, routing_key)
+            router.record(live, arm, True, 0.001, request_id, counter)
             counter += 1
         best = min(best, (time.perf_counter() - started) / calls)
     return best * 1e6

@@ -288,7 +288,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable, metadata, routed = self.service.resolve_routed(
             model_spec_from_proto(first), routing["routing_key"]
         )
-        with self.service.arm_observed(routed, **routing):
+        with self.service.arm_observed(routed, routing["request_id"]):
             tasks = multi_inference.check_tasks(request, metadata, self.service)
             results = await multi_inference.run(
                 self.service,

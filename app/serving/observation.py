@@ -65,7 +65,6 @@ class RequestObservation:
         "model",
         "request_id",
         "routed",
-        "routing_key",
         "service",
         "started",
     )
@@ -76,7 +75,6 @@ class RequestObservation:
         model: str,
         api: str,
         entrypoint: Entrypoint,
-        routing_key: str | None,
         request_id: str | None,
         id_counter: int | None,
     ) -> None:
@@ -84,7 +82,6 @@ class RequestObservation:
         self.model = model
         self.api = api
         self.entrypoint = entrypoint
-        self.routing_key = routing_key
         self.request_id = request_id
         self.id_counter = id_counter
         self.routed: tuple[LiveRule, int] | None = None
@@ -126,7 +123,6 @@ class RequestObservation:
             elapsed,
             self.request_id,
             self.id_counter,
-            self.routing_key,
         )
 
 
@@ -147,12 +143,9 @@ class ArmRecorder(RequestObservation):
         self,
         traffic: TrafficRouter,
         routed: tuple[LiveRule, int],
-        routing_key: str | None,
         request_id: str | None,
     ) -> None:
-        super().__init__(
-            _ArmOnly(traffic), "", "", Entrypoint.GRPC, routing_key, request_id, None
-        )
+        super().__init__(_ArmOnly(traffic), "", "", Entrypoint.GRPC, request_id, None)
         self.routed = routed
 
 

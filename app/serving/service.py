@@ -136,7 +136,7 @@ class ServingService:
         what a traffic outcome names the request by; `id_counter` its counter when the
         gateway made it up (core/request_ids.py)."""
         with RequestObservation(
-            self, spec.name, api, entrypoint, routing_key, request_id, id_counter
+            self, spec.name, api, entrypoint, request_id, id_counter
         ) as seen:
             servable, metadata, routed = seen.routed_to(self.resolve_routed(spec, routing_key))
             signature = self._predict_signature(metadata, spec.signature_name, entrypoint)
@@ -176,11 +176,11 @@ class ServingService:
         return servable, metadata, None
 
     def arm_observed(
-        self, routed: tuple[LiveRule, int] | None, routing_key: str | None, request_id: str | None
+        self, routed: tuple[LiveRule, int] | None, request_id: str | None
     ) -> contextlib.AbstractContextManager[None]:
         if routed is None or self.traffic is None:
             return NOT_ROUTED
-        return ArmRecorder(self.traffic, routed, routing_key, request_id)
+        return ArmRecorder(self.traffic, routed, request_id)
 
     def _offer_shadow(
         self,
@@ -306,7 +306,7 @@ class ServingService:
         id_counter: int | None = None,
     ) -> ClassifyResult:
         with RequestObservation(
-            self, spec.name, "classify", entrypoint, routing_key, request_id, id_counter
+            self, spec.name, "classify", entrypoint, request_id, id_counter
         ) as seen:
             servable, metadata, routed = seen.routed_to(self.resolve_routed(spec, routing_key))
             signature = self._example_signature(metadata, spec.signature_name, CLASSIFY_METHOD)
@@ -361,7 +361,7 @@ class ServingService:
         id_counter: int | None = None,
     ) -> RegressResult:
         with RequestObservation(
-            self, spec.name, "regress", entrypoint, routing_key, request_id, id_counter
+            self, spec.name, "regress", entrypoint, request_id, id_counter
         ) as seen:
             servable, metadata, routed = seen.routed_to(self.resolve_routed(spec, routing_key))
             signature = self._example_signature(metadata, spec.signature_name, REGRESS_METHOD)

@@ -245,13 +245,20 @@ class TrafficRouter:
         cumulative = live.cumulative or live.cumulative_weights(self.clock)
         if routing_key:  # where the key hashes (sticky)
             arm = live.key_arms.get(routing_key)
-            if arm is None:
-                arm = assign.arm_in(assign.key_point(live.rule_id, routing_key), cumulative)
-                if live.cumulative is not None:  # weights fixed until weights_changed()
-                    if len(live.key_arms) >= KEY_ARMS_KEPT:
-                        live.key_arms = {}
-                    live.key_arms[routing_key] = arm
-            return live.routes[arm]
+            if arm is not None:
+                return live.routes[arm]
+            arm = assign.arm_in(assign.key_point(live.rule_id, routing_key), cumulative)
+            if live.cumulative is not None:  # weights fixed until weights_changed()
+                if len(live.key_arms) >= KEY_ARMS_KEPT:
+                    live.key_arms = {}
+                live.key_arms[routing_key] = arm
+            # Remembered for outcomes only when the arm is worked out afresh: while the rule
+            # keeps the key's arm, that arm is also where the key hashes now, which is
+            # report_outcome's fallback; a weight change forgets the kept arms, so the key's
+            # next request is remembered again. The request path skips one store per request.
+            route = live.routes[arm]
+            self._recent_keys.remember(routing_key, route)
+            return route
         # a seeded or random draw: assign.arm_in's search inline (it runs per routed request);
         # rounding at the top and an all-zero table go through arm_in itself
         point = live.rng.random()
@@ -268,12 +275,11 @@ class TrafficRouter:
         seconds: float,
         request_id: str | None,
         id_counter: int | None,
-        routing_key: str | None,
     ) -> None:
         """Count a finished request on its arm and remember the arm under the request's id
-        (`id_counter`: the id's counter when the gateway made it up) and routing key.
-        Positional, and the arm's counters updated in place rather than through a method: it
-        runs once per routed request."""
+        (`id_counter`: the id's counter when the gateway made it up); routing keys are
+        remembered by choose(). Positional, and the arm's counters updated in place rather
+        than through a method: it runs once per routed request."""
         stats = live.stats[arm]
         stats.latencies_seconds[stats.requests & LATENCY_SLOT_MASK] = seconds
         stats.requests += 1
@@ -284,8 +290,6 @@ class TrafficRouter:
             self._recent_own_ids.remember(id_counter, route)
         elif request_id:
             self._recent_requests.remember(request_id, route)
-        if routing_key:
-            self._recent_keys.remember(routing_key, route)
         if (
             live.rule.rollback is not None
             and not live.rolled_back

@@ -30,7 +30,7 @@ def _service() -> tuple[types.SimpleNamespace, list[tuple[str, str, Code]]]:
 def _observe(service: types.SimpleNamespace, request_id: str | None = None,
              id_counter: int | None = None) -> RequestObservation:
     return RequestObservation(
-        service, "m", "predict", Entrypoint.REST, None, request_id, id_counter  # type: ignore[arg-type]
+        service, "m", "predict", Entrypoint.REST, request_id, id_counter  # type: ignore[arg-type]
     )
 
 
@@ -101,9 +101,9 @@ def _routed() -> tuple[TrafficRouter, tuple]:
 
 def test_arm_recorder_counts_success_and_failure_on_the_arm() -> None:
     router, routed = _routed()
-    with ArmRecorder(router, routed, "key", "req-1"):
+    with ArmRecorder(router, routed, "req-1"):
         pass
-    with pytest.raises(ServingError), ArmRecorder(router, routed, None, None):
+    with pytest.raises(ServingError), ArmRecorder(router, routed, None):
         raise ServingError(Code.INVALID_ARGUMENT, "bad input")
     stats = routed[0].stats[0]
     assert (stats.requests, stats.errors) == (2, 1)
@@ -114,7 +114,7 @@ def test_arm_recorder_leaves_an_abandoned_request_uncounted() -> None:
     router, routed = _routed()
 
     async def abandoned() -> None:
-        with ArmRecorder(router, routed, None, None):
+        with ArmRecorder(router, routed, None):
             await asyncio.sleep(10)
 
     _abandon(abandoned)

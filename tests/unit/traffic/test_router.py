@@ -13,6 +13,7 @@ import pytest
 from app.core.errors import Code, ServingError
 from app.traffic import assign
 from app.traffic import router as router_module
+from app.traffic.recent import RecentTable
 from app.traffic.router import TrafficRouter
 from app.traffic.rules import parse_rule
 from app.traffic.shadow import ShadowDispatcher, agreement
@@ -48,11 +49,9 @@ def test_ramp_follows_the_clock_and_rollback_sticks() -> None:
     clock.now += 10
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {1}  # type: ignore[index]
     for _ in range(16):
-        router.record(live, 0, ok=True, seconds=0.01, request_id=None, id_counter=None,
-                      routing_key=None)
+        router.record(live, 0, ok=True, seconds=0.01, request_id=None, id_counter=None)
     for _ in range(16):
-        router.record(live, 1, ok=False, seconds=0.01, request_id=None, id_counter=None,
-                      routing_key=None)
+        router.record(live, 1, ok=False, seconds=0.01, request_id=None, id_counter=None)
     assert live.rolled_back and rolled == ["m"]
     assert live.rollback_reason is not None and live.rollback_reason.startswith("arm cand")
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {0}  # type: ignore[index]
@@ -68,7 +67,7 @@ def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:
     live = router.set_rule("m", _rule())
     for i in range(10):
         router.record(live, i % 2, ok=True, seconds=0.001, request_id=f"r{i}",
-                      id_counter=None, routing_key=None)
+                      id_counter=None)
     assert len(router._recent_requests) <= 2 * 4  # the oldest generation forgotten
     with pytest.raises(ServingError) as gone:
         router.report_outcome("m", request_id="r0", conversion=True)
@@ -92,16 +91,13 @@ def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:
 def test_a_changed_rule_keeps_the_counts_of_unchanged_arms() -> None:
     router = TrafficRouter(Clock())
     live = router.set_rule("m", _rule())
-    router.record(live, 0, ok=True, seconds=0.001, request_id=None, id_counter=None,
-                  routing_key=None)
-    router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None,
-                  routing_key=None)
+    router.record(live, 0, ok=True, seconds=0.001, request_id=None, id_counter=None)
+    router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None)
     changed = router.set_rule("m", parse_rule({"arms": [
         {"name": "base", "version": 1, "weight": 3}, {"name": "cand", "version": 3}]}))
     assert changed.stats[0].requests == 1 and changed.stats[1].requests == 0
     # the old rule object keeps counting what it routed: no request is lost
-    router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None,
-                  routing_key=None)
+    router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None)
     assert live.stats[1].requests == 2
 
 
@@ -196,7 +192,7 @@ def test_outcomes_by_the_gateways_own_request_ids(monkeypatch) -> None:  # type:
     ids = [text for text, _ in made]
     for i, (request_id, counter) in enumerate(made):
         router.record(live, i % 2, ok=True, seconds=0.001, request_id=request_id,
-                      id_counter=counter, routing_key=None)
+                      id_counter=counter)
     assert len(router._recent_requests) == 0  # nothing kept per id
     _, arm = router.report_outcome("m", request_id=ids[5], conversion=True)
     assert arm == 1 and live.stats[1].conversions == 1
@@ -217,8 +213,7 @@ def test_a_client_sent_id_shaped_like_ours_is_found_by_its_text() -> None:
     router = TrafficRouter(Clock())
     live = router.set_rule("m", _rule())
     echoed, _ = new_request_id()
-    router.record(live, 1, ok=True, seconds=0.001, request_id=echoed, id_counter=None,
-                  routing_key=None)
+    router.record(live, 1, ok=True, seconds=0.001, request_id=echoed, id_counter=None)
     assert router.report_outcome("m", request_id=echoed, conversion=True)[1] == 1
 
 
@@ -275,3 +270,35 @@ def test_the_kept_key_arms_are_bounded(monkeypatch) -> None:  # type: ignore[no-
     for i in range(100):
         router.choose("m", f"user-{i}")
         assert len(live.key_arms) <= 8
+
+
+def test_a_keys_outcome_counts_for_the_arm_that_served_it_across_a_weight_change() -> None:
+    """choose() remembers a key's arm when it works it out afresh, not on every request; an
+    outcome after a weight change (here a rollback) still goes to the arm that served."""
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule(rollback={"min_requests": 16,
+                                                "max_error_rate_increase": 0.1}))
+    stores: list[str] = []
+
+    class CountedTable(RecentTable):  # type: ignore[type-arg]
+        def remember(self, key: str, value: object) -> None:
+            stores.append(key)
+            super().remember(key, value)
+
+    router._recent_keys = CountedTable(100)
+    key = next(f"user-{i}" for i in range(1000) if router.choose("m", f"user-{i}")[1] == 1)  # type: ignore[index]
+    assert stores[-1] == key  # its first request worked the arm out: remembered
+    stores.clear()
+    for _ in range(100):
+        assert router.choose("m", key)[1] == 1  # type: ignore[index]
+    assert stores == []  # the kept arm: nothing stored per request
+    for arm, ok in ((0, True), (1, False)):
+        for _ in range(16):
+            router.record(live, arm, ok, 0.001, None, None)
+    assert live.rolled_back  # the weights are now base 1, cand 0
+    _, arm = router.report_outcome("m", routing_key=key, conversion=True)
+    assert arm == 1 and live.stats[1].conversions == 1  # the arm that served it
+    assert router.choose("m", key)[1] == 0  # type: ignore[index]
+    assert stores == [key]  # worked out afresh under the new weights: remembered
+    _, arm = router.report_outcome("m", routing_key=key, conversion=True)
+    assert arm == 0
