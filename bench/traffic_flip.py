@@ -21,9 +21,12 @@ whole). Traffic goes to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
+import json
 import math
+import pathlib
 import statistics
 from collections.abc import Callable
 
@@ -115,6 +118,28 @@ def median_with_interval(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), ordered[low], ordered[high]
 
 
+def rank_sum_p(first: list[float], second: list[float]) -> float:
+    """Two-sided p-value of the Wilcoxon rank-sum (Mann-Whitney) test that the two samples
+    come from one distribution: the normal approximation, mid-ranks for ties (no tie
+    correction of the variance; with real-valued ratios ties are rare). Both need >= 1 value."""
+    pooled = sorted([(v, 0) for v in first] + [(v, 1) for v in second])
+    rank_sum_first = 0.0
+    start = 0
+    while start < len(pooled):
+        end = start
+        while end + 1 < len(pooled) and pooled[end + 1][0] == pooled[start][0]:
+            end += 1
+        mid_rank = (start + end) / 2 + 1
+        rank_sum_first += mid_rank * sum(1 for _, group in pooled[start : end + 1] if group == 0)
+        start = end + 1
+    n1, n2 = len(first), len(second)
+    u = rank_sum_first - n1 * (n1 + 1) / 2
+    spread = math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+    if spread == 0:
+        return 1.0
+    return math.erfc(abs(u - n1 * n2 / 2) / spread / math.sqrt(2))
+
+
 def ratios(pairs: list[tuple[Phase, Phase]], field: str) -> list[float]:
     return [getattr(b, field) / getattr(a, field) for a, b in pairs if getattr(a, field) > 0]
 
@@ -134,15 +159,40 @@ def render(
         "no-rule and rule phases paired in alternating order, the comparisons taking turns.",
         "Each cell: the median of the per-pair ratios (rule phase / its no-rule neighbour),",
         "with the median's 95% confidence interval. The A/A row (no rule in both phases) is",
-        "the method's own noise.",
+        "the method's own noise; the last column is the rank-sum test of each row's throughput",
+        "ratios against the A/A row's (a small p: the rule's phases differ from the noise).",
         "",
-        "| against no rule | throughput | gateway CPU per request | server CPU per request |",
-        "|---|---|---|---|",
+        "| against no rule | throughput | gateway CPU per request | server CPU per request |"
+        " throughput vs A/A: p |",
+        "|---|---|---|---|---|",
     ]
+    control = ratios(result[AA_CONTROL], "throughput") if AA_CONTROL in result else []
     for name, measured in result.items():
         cells = []
         for field in FIELDS:
             middle, low, high = median_with_interval(ratios(measured, field))
             cells.append(f"{middle:.3f}x ({low:.3f}-{high:.3f})")
+        if name == AA_CONTROL or not control:
+            cells.append("-")
+        else:
+            cells.append(f"{rank_sum_p(control, ratios(measured, 'throughput')):.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render a saved run (bench/results/traffic_flip.json) again."""
+    parser = argparse.ArgumentParser(prog="python -m bench.traffic_flip", description=__doc__)
+    parser.add_argument("results", nargs="?", default="bench/results/traffic_flip.json")
+    parser.add_argument("--phase-seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    saved = json.loads(pathlib.Path(args.results).read_text())
+    result = {
+        name: [(Phase(**a), Phase(**b)) for a, b in pairs] for name, pairs in saved.items()
+    }
+    print("\n".join(render(result, args.phase_seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

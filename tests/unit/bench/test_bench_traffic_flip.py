@@ -10,7 +10,16 @@ import pytest
 
 from app.serving import adaptive_batching
 from app.serving.adaptive_batching import AdaptiveCap, GatewayCpuMeter
-from bench.traffic_flip import SETTLE_SECONDS, Phase, flip, median_with_interval, ratios, render
+from bench.traffic_flip import (
+    AA_CONTROL,
+    SETTLE_SECONDS,
+    Phase,
+    flip,
+    median_with_interval,
+    rank_sum_p,
+    ratios,
+    render,
+)
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
 
@@ -110,3 +119,26 @@ def test_render_says_how_long_after_a_switch_phases_are_measured() -> None:
     same = Phase(1000.0, 100.0, 120.0)
     text = "\n".join(render({"A/A": [(same, same)] * 6}, 1.0, 1.2))
     assert "each 1 s phase is measured 1.2 s after the rule" in text
+
+
+def test_rank_sum_p_matches_the_normal_approximation() -> None:
+    # no overlap, n = 5 + 5: U = 0, z = 12.5 / sqrt(25 * 11 / 12) = 2.611
+    assert rank_sum_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(0.00902, abs=1e-4)
+    assert rank_sum_p([6, 7, 8, 9, 10], [1, 2, 3, 4, 5]) == pytest.approx(0.00902, abs=1e-4)
+    assert rank_sum_p([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)  # ties take mid-ranks
+    assert rank_sum_p([1, 3, 5, 7], [2, 4, 6, 8]) > 0.5
+
+
+def test_render_tests_each_comparison_against_the_aa_control() -> None:
+    same = Phase(1000.0, 100.0, 120.0)
+    noise = [(same, Phase(1000.0 + d, 100.0, 120.0)) for d in (-6, -3, 0, 2, 4, 7)]
+    dearer = [(same, Phase(950.0 + d, 100.0, 120.0)) for d in (-6, -3, 0, 2, 4, 7)]
+    text = "\n".join(render({AA_CONTROL: noise, "rule": dearer}, 1.0))
+    control_row = next(line for line in text.splitlines() if line.startswith(f"| {AA_CONTROL}"))
+    rule_row = next(line for line in text.splitlines() if line.startswith("| rule"))
+    assert control_row.endswith("| - |")
+    # every rule phase below every control phase: U = 0 for 6 + 6, p = 0.0039
+    assert rule_row.endswith("| 0.00 |")
+    noisier = [(same, Phase(1000.0 - d, 100.0, 120.0)) for d in (-6, -3, 0, 2, 4, 7)]
+    text = "\n".join(render({AA_CONTROL: noise, "rule": noisier}, 1.0))
+    assert text.splitlines()[-1].endswith("| 0.58 |")  # the same spread, mirrored
