@@ -44,6 +44,12 @@ ROLLBACK_CHECK_EVERY = 16  # requests between rollback checks (a check sorts lat
 BANDIT_REFRESH_OUTCOMES = 20  # outcomes between Thompson re-draws of the weights
 
 
+def model_key(model: str, routing_key: str) -> str:
+    """A routing key as the table of recent keys files it: per model (the name, a NUL, the
+    key), so one user's key sent to two models with rules keeps an arm for each."""
+    return f"{model}\0{routing_key}"
+
+
 @dataclasses.dataclass
 class ShadowStats:
     sent: int = 0
@@ -257,7 +263,7 @@ class TrafficRouter:
             # report_outcome's fallback; a weight change forgets the kept arms, so the key's
             # next request is remembered again. The request path skips one store per request.
             route = live.routes[arm]
-            self._recent_keys.remember(routing_key, route)
+            self._recent_keys.remember(model_key(model, routing_key), route)
             return route
         # a seeded or random draw: assign.arm_in's search inline (it runs per routed request);
         # rounding at the top and an all-zero table go through arm_in itself
@@ -361,7 +367,7 @@ class TrafficRouter:
             if found is None:
                 found = self._recent_requests.get(request_id)
         else:
-            found = self._recent_keys.get(str(routing_key))
+            found = self._recent_keys.get(model_key(model, str(routing_key)))
         if found is not None and found[0] is not live and routing_key is not None:
             found = None  # a key last routed by a replaced rule: where it hashes now
         if found is not None:

@@ -14,7 +14,7 @@ from app.core.errors import Code, ServingError
 from app.traffic import assign
 from app.traffic import router as router_module
 from app.traffic.recent import RecentTable
-from app.traffic.router import TrafficRouter
+from app.traffic.router import TrafficRouter, model_key
 from app.traffic.rules import parse_rule
 from app.traffic.shadow import ShadowDispatcher, agreement
 
@@ -287,7 +287,7 @@ def test_a_keys_outcome_counts_for_the_arm_that_served_it_across_a_weight_change
 
     router._recent_keys = CountedTable(100)
     key = next(f"user-{i}" for i in range(1000) if router.choose("m", f"user-{i}")[1] == 1)  # type: ignore[index]
-    assert stores[-1] == key  # its first request worked the arm out: remembered
+    assert stores[-1] == model_key("m", key)  # its first request worked the arm out
     stores.clear()
     for _ in range(100):
         assert router.choose("m", key)[1] == 1  # type: ignore[index]
@@ -299,6 +299,21 @@ def test_a_keys_outcome_counts_for_the_arm_that_served_it_across_a_weight_change
     _, arm = router.report_outcome("m", routing_key=key, conversion=True)
     assert arm == 1 and live.stats[1].conversions == 1  # the arm that served it
     assert router.choose("m", key)[1] == 0  # type: ignore[index]
-    assert stores == [key]  # worked out afresh under the new weights: remembered
+    assert stores == [model_key("m", key)]  # worked out afresh under the new weights
     _, arm = router.report_outcome("m", routing_key=key, conversion=True)
     assert arm == 0
+
+
+def test_a_key_sent_to_two_models_keeps_an_arm_for_each() -> None:
+    router = TrafficRouter(Clock())
+    rollback = {"min_requests": 16, "max_error_rate_increase": 0.1}
+    live_a = router.set_rule("a", _rule(rollback=rollback))
+    router.set_rule("b", _rule())
+    key = next(f"user-{i}" for i in range(1000) if router.choose("a", f"user-{i}")[1] == 1)  # type: ignore[index]
+    router.choose("b", key)  # the same user, another model: remembered apart
+    for arm, ok in ((0, True), (1, False)):
+        for _ in range(16):
+            router.record(live_a, arm, ok, 0.001, None, None)
+    assert live_a.rolled_back  # model a's key now hashes to arm 0
+    _, arm = router.report_outcome("a", routing_key=key, conversion=True)
+    assert arm == 1  # the arm of model a that served the key
