@@ -8,9 +8,9 @@ Phases of `phase_seconds` alternate between no rule and a comparison's state, in
 order (ABBA), with `settle_seconds` after each change left out: longer than adaptive batching
 remembers a queue's outstanding rows (SETTLE_SECONDS), because a switch from no rule to a
 keyed split moves 27 of the 64 clients off the latest version's queue, and until that queue's
-old peak of 64 is forgotten its 37 clients' batches are cut into 32 + 5 (a 0.3 s settle
-measured this transient, 0.950x, not the split: 0.983x with a 1.2 s settle, the same
-session). A pair is one no-rule phase
+old peak of 64 is forgotten its 37 clients' batches are cut into 32 + 5 (with a 0.3 s
+settle the keyed split read 0.93-0.95x of no rule, measuring that transient; with 1.2 s,
+0.98x). A pair is one no-rule phase
 and its neighbouring comparison phase; its ratios (throughput, gateway CPU per request,
 server CPU per request) are what the rule changed, measured seconds apart. Three
 comparisons take turns: no rule against no rule (the method's own noise), a one-arm rule
