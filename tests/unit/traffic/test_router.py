@@ -32,6 +32,22 @@ def _rule(**extra: object):  # type: ignore[no-untyped-def]
                                 {"name": "cand", "version": 2}], **extra})
 
 
+ROLLBACK = {"min_requests": 16, "max_error_rate_increase": 0.1}
+
+
+def _fail_the_candidate(router: TrafficRouter, live) -> None:  # type: ignore[no-untyped-def]
+    """16 good requests on the baseline, 16 failed ones on the candidate: under ROLLBACK,
+    enough to roll the rule back."""
+    for arm, ok in ((0, True), (1, False)):
+        for _ in range(16):
+            router.record(live, arm, ok, 0.01, None, None)
+
+
+def _key_on_arm(router: TrafficRouter, model: str, arm: int) -> str:
+    """The first routing key the model's rule sends to `arm` (choose() has routed it once)."""
+    return next(f"user-{i}" for i in range(1000) if router.choose(model, f"user-{i}")[1] == arm)  # type: ignore[index]
+
+
 def test_no_rule_means_no_choice() -> None:
     assert TrafficRouter().choose("m", "key") is None
 
@@ -43,15 +59,12 @@ def test_ramp_follows_the_clock_and_rollback_sticks() -> None:
     router.rollback_observers.append(lambda live: rolled.append(live.model))
     live = router.set_rule("m", _rule(
         ramp={"candidate": "cand", "steps_percent": [0, 100], "step_seconds": 10},
-        rollback={"min_requests": 16, "max_error_rate_increase": 0.1},
+        rollback=ROLLBACK,
     ))
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {0}  # type: ignore[index]
     clock.now += 10
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {1}  # type: ignore[index]
-    for _ in range(16):
-        router.record(live, 0, ok=True, seconds=0.01, request_id=None, id_counter=None)
-    for _ in range(16):
-        router.record(live, 1, ok=False, seconds=0.01, request_id=None, id_counter=None)
+    _fail_the_candidate(router, live)
     assert live.rolled_back and rolled == ["m"]
     assert live.rollback_reason is not None and live.rollback_reason.startswith("arm cand")
     assert {router.choose("m", f"k{i}")[1] for i in range(50)} == {0}  # type: ignore[index]
@@ -276,8 +289,7 @@ def test_a_keys_outcome_counts_for_the_arm_that_served_it_across_a_weight_change
     """choose() remembers a key's arm when it works it out afresh, not on every request; an
     outcome after a weight change (here a rollback) still goes to the arm that served."""
     router = TrafficRouter(Clock())
-    live = router.set_rule("m", _rule(rollback={"min_requests": 16,
-                                                "max_error_rate_increase": 0.1}))
+    live = router.set_rule("m", _rule(rollback=ROLLBACK))
     stores: list[str] = []
 
     class CountedTable(RecentTable):  # type: ignore[type-arg]
@@ -286,15 +298,13 @@ def test_a_keys_outcome_counts_for_the_arm_that_served_it_across_a_weight_change
             super().remember(key, value)
 
     router._recent_keys = CountedTable(100)
-    key = next(f"user-{i}" for i in range(1000) if router.choose("m", f"user-{i}")[1] == 1)  # type: ignore[index]
+    key = _key_on_arm(router, "m", 1)
     assert stores[-1] == model_key("m", key)  # its first request worked the arm out
     stores.clear()
     for _ in range(100):
         assert router.choose("m", key)[1] == 1  # type: ignore[index]
     assert stores == []  # the kept arm: nothing stored per request
-    for arm, ok in ((0, True), (1, False)):
-        for _ in range(16):
-            router.record(live, arm, ok, 0.001, None, None)
+    _fail_the_candidate(router, live)
     assert live.rolled_back  # the weights are now base 1, cand 0
     _, arm = router.report_outcome("m", routing_key=key, conversion=True)
     assert arm == 1 and live.stats[1].conversions == 1  # the arm that served it
@@ -306,14 +316,11 @@ def test_a_keys_outcome_counts_for_the_arm_that_served_it_across_a_weight_change
 
 def test_a_key_sent_to_two_models_keeps_an_arm_for_each() -> None:
     router = TrafficRouter(Clock())
-    rollback = {"min_requests": 16, "max_error_rate_increase": 0.1}
-    live_a = router.set_rule("a", _rule(rollback=rollback))
+    live_a = router.set_rule("a", _rule(rollback=ROLLBACK))
     router.set_rule("b", _rule())
-    key = next(f"user-{i}" for i in range(1000) if router.choose("a", f"user-{i}")[1] == 1)  # type: ignore[index]
+    key = _key_on_arm(router, "a", 1)
     router.choose("b", key)  # the same user, another model: remembered apart
-    for arm, ok in ((0, True), (1, False)):
-        for _ in range(16):
-            router.record(live_a, arm, ok, 0.001, None, None)
+    _fail_the_candidate(router, live_a)
     assert live_a.rolled_back  # model a's key now hashes to arm 0
     _, arm = router.report_outcome("a", routing_key=key, conversion=True)
     assert arm == 1  # the arm of model a that served the key
