@@ -20,6 +20,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 from bench import micro, report, servers
 from bench.loadgen import GrpcTarget, HttpTarget, LevelOptions, run_level
@@ -316,14 +317,7 @@ def write_outputs(options: SuiteOptions, results: SuiteResults) -> None:
     report.write_raw_csv(results.levels, out / "levels_raw.csv")
     (out / "results.json").write_text(json.dumps(dataclasses.asdict(results), indent=1))
     plot_dir = options.docs_path.parent / "benchmarks" if options.docs_path else out
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    plots = {}
-    for model in options.models:
-        path = plot_dir / f"{model}.png"
-        if report.plot_workload(table, model, report.inprocess_by_size(results, model), path):
-            plots[model] = path
-            if plot_dir != out:
-                (out / path.name).write_bytes(path.read_bytes())
+    plots = draw_plots(results, table, options.models, plot_dir, out)
     if options.docs_path:
         options.docs_path.write_text(docs.render(results, table, plots, options.docs_path))
     _say(f"done in {results.seconds / 60:.1f} min: {out}")
@@ -338,9 +332,32 @@ def rerender_docs(out_dir: pathlib.Path, docs_path: pathlib.Path) -> None:
     levels = [LevelResult(**level) for level in data.pop("levels")]
     results = SuiteResults(levels=levels, **data)
     table = report.medians(results.levels)
-    plot_dir = docs_path.parent / "benchmarks"
-    plots = {p.stem: p for p in sorted(plot_dir.glob("*.png"))}
+    models = tuple(m for m in MODELS if any(w == m for _, _, w, _ in table))
+    plots = draw_plots(results, table, models, docs_path.parent / "benchmarks", out_dir)
     docs_path.write_text(docs.render(results, table, plots, docs_path))
+
+
+def draw_plots(
+    results: SuiteResults,
+    table: dict[report.Key, report.Median],
+    models: Sequence[str],
+    plot_dir: pathlib.Path,
+    out_dir: pathlib.Path,
+) -> dict[str, pathlib.Path]:
+    """One PNG per 1-row workload into plot_dir (copied to out_dir), drawn from `table`: a
+    re-render draws them again, so the plots never show another run than the tables. Without
+    matplotlib (the `bench` extra) there are none, and that is said, not skipped quietly."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    for model in models:
+        path = plot_dir / f"{model}.png"
+        if not report.plot_workload(table, model, report.inprocess_by_size(results, model), path):
+            _say("matplotlib is not installed (pip install '.[bench]'): no plots in the docs")
+            return {}
+        plots[model] = path
+        if plot_dir != out_dir:
+            (out_dir / path.name).write_bytes(path.read_bytes())
+    return plots
 
 
 def _say(text: str) -> None:
