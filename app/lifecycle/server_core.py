@@ -33,7 +33,8 @@ from app.lifecycle.traffic_rules import TrafficRules
 from app.settings import model_config
 from app.settings.model_config import ModelConfig
 from app.settings.settings import SettingsError
-from app.traffic.router import LiveRule, TrafficRouter
+from app.traffic.live_rule import LiveRule
+from app.traffic.router import TrafficRouter
 from app.traffic.rules import TrafficRule
 
 log = logging.getLogger("tfgate.server_core")

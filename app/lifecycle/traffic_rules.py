@@ -17,7 +17,8 @@ from typing import Any
 from app.core.errors import Code, ServingError
 from app.lifecycle.registry import Registry
 from app.lifecycle.state_file import StateFile
-from app.traffic.router import LiveRule, TrafficRouter
+from app.traffic.live_rule import LiveRule
+from app.traffic.router import TrafficRouter
 from app.traffic.rules import TrafficRule, parse_rule
 
 log = logging.getLogger("tfgate.server_core")

@@ -19,7 +19,8 @@ from typing import NamedTuple, Protocol
 from app.core.errors import Code, ServingError
 from app.core.signatures import ServableMetadata
 from app.core.types import ServableId
-from app.traffic.router import LiveRule, TrafficRouter
+from app.traffic.live_rule import LiveRule
+from app.traffic.router import TrafficRouter
 
 
 class Entrypoint(enum.Enum):

@@ -48,7 +48,8 @@ from app.serving.signature_checks import (
     select_outputs,
     string_tensor,
 )
-from app.traffic.router import LiveRule, TrafficRouter
+from app.traffic.live_rule import LiveRule
+from app.traffic.router import TrafficRouter
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"

@@ -1,5 +1,5 @@
 """Traffic rules: the typed, validated shape of `[models.NAME.traffic]` and of the admin
-API's PUT body. Pure data; the live state of a rule is traffic/router.py's.
+API's PUT body. Pure data; the live state of a rule is traffic/live_rule.py's.
 
 A rule splits the requests that name no version or label (TF Serving's "latest") among
 arms; each arm names a version or a label and a weight. Optional parts: a canary ramp of
