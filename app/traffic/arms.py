@@ -23,7 +23,7 @@ LATENCY_SLOT_MASK = LATENCY_WINDOW - 1
 @dataclasses.dataclass
 class ArmStats:
     """requests, errors and latencies_seconds are updated in place by traffic/router.py's
-    record() (per routed request); outcomes through the methods below."""
+    write_records() (per routed request); outcomes through the methods below."""
 
     requests: int = 0
     errors: int = 0

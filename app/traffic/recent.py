@@ -8,8 +8,8 @@ reference to a route made once per arm, so a routed request leaves no object beh
 c=64, one-arm rule, 8 alternating runs against no rule), though each insertion is cheap.
 Ids the clients chose, and routing keys, go into `RecentTable`.
 
-Data path position: traffic/router.py's `record()` remembers every routed request here, so
-the write runs once per request on the event loop and must cost next to nothing: two
+Data path position: traffic/router.py's `write_records()` remembers every routed request
+here, so the write runs once per request on the event loop and must cost next to nothing: two
 plain dicts used as generations (a write is one dict store; when the young generation is
 full it becomes the old one and the previous old one is dropped whole) instead of an
 OrderedDict's store + move_to_end + popitem per request. At least the last `keep` keys are

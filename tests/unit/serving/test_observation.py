@@ -52,6 +52,7 @@ def test_an_unrouted_request_reaches_the_observers_only() -> None:
     with _observe(service):
         pass
     assert seen == [("m", "predict", Code.OK)]
+    service.traffic.write_records()
     assert service.traffic.rules["m"].stats[0].requests == 0
 
 
@@ -63,6 +64,7 @@ def test_a_routed_request_counts_on_its_arm_under_the_gateways_id_counter() -> N
     with pytest.raises(ServingError), _observe(service) as observed:
         observed.routed_to((None, None, service.traffic.choose("m", None)))  # type: ignore[arg-type]
         raise ServingError(Code.INVALID_ARGUMENT, "bad input")
+    service.traffic.write_records()
     stats = service.traffic.rules["m"].stats[0]
     assert (stats.requests, stats.errors, len(stats.recent_latencies_seconds())) == (2, 1, 2)
     assert [code for *_, code in seen] == [Code.OK, Code.INVALID_ARGUMENT]
@@ -77,6 +79,7 @@ def test_an_unexpected_failure_is_internal_and_an_error_of_the_arm() -> None:
         observed.routed_to((None, None, service.traffic.choose("m", None)))  # type: ignore[arg-type]
         raise KeyError("bug")
     assert seen == [("m", "predict", Code.INTERNAL)]
+    service.traffic.write_records()
     assert service.traffic.rules["m"].stats[0].errors == 1
 
 
@@ -90,6 +93,7 @@ def test_an_abandoned_request_is_cancelled_and_not_counted_on_the_arm() -> None:
 
     _abandon(abandoned)
     assert seen == [("m", "predict", Code.CANCELLED)]
+    service.traffic.write_records()
     assert service.traffic.rules["m"].stats[0].requests == 0
 
 
@@ -105,6 +109,7 @@ def test_arm_recorder_counts_success_and_failure_on_the_arm() -> None:
         pass
     with pytest.raises(ServingError), ArmRecorder(router, routed, None):
         raise ServingError(Code.INVALID_ARGUMENT, "bad input")
+    router.write_records()
     stats = routed[0].stats[0]
     assert (stats.requests, stats.errors) == (2, 1)
     assert router.report_outcome("m", request_id="req-1", conversion=True)[1] == 0
@@ -118,4 +123,5 @@ def test_arm_recorder_leaves_an_abandoned_request_uncounted() -> None:
             await asyncio.sleep(10)
 
     _abandon(abandoned)
+    router.write_records()
     assert routed[0].stats[0].requests == 0

@@ -37,10 +37,11 @@ ROLLBACK = {"min_requests": 16, "max_error_rate_increase": 0.1}
 
 def _fail_the_candidate(router: TrafficRouter, live) -> None:  # type: ignore[no-untyped-def]
     """16 good requests on the baseline, 16 failed ones on the candidate: under ROLLBACK,
-    enough to roll the rule back."""
+    enough to roll the rule back once they are counted (as any reader of the rule would)."""
     for arm, ok in ((0, True), (1, False)):
         for _ in range(16):
             router.record(live, arm, ok, 0.01, None, None)
+    router.write_records()
 
 
 def _key_on_arm(router: TrafficRouter, model: str, arm: int) -> str:
@@ -72,6 +73,36 @@ def test_ramp_follows_the_clock_and_rollback_sticks() -> None:
     assert described["state"]["rolled_back"] is True
     assert [a["weight"] for a in described["arms"]] == [1.0, 0.0]
     assert described["arms"][1]["stats"]["errors"] == 16
+
+
+def test_recorded_requests_are_counted_in_writes_of_a_bounded_queue() -> None:
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule())
+    for _ in range(router_module.RECORDS_PER_WRITE - 1):
+        router.record(live, 0, True, 0.001, None, None)
+    assert live.stats[0].requests == 0  # queued: the request path only appends
+    router.record(live, 0, True, 0.001, None, None)
+    assert live.stats[0].requests == router_module.RECORDS_PER_WRITE
+    assert not router._unwritten
+
+
+def test_every_reader_counts_the_queued_requests_first() -> None:
+    router = TrafficRouter(Clock())
+    live = router.set_rule("m", _rule(rollback=ROLLBACK))
+    router.record(live, 1, True, 0.001, "queued-id", None)
+    assert router.report_outcome("m", request_id="queued-id", conversion=True)[1] == 1
+    router.record(live, 1, True, 0.001, None, None)
+    assert router.describe("m")["arms"][1]["stats"]["requests"] == 2
+    router.record(live, 1, True, 0.001, None, None)
+    rows = dict(router.metric_rows())
+    assert rows[("m", "cand", "2")]["requests"] == 3
+    # a rollback the queued requests call for is decided before a reader answers
+    for reader in (router.summary, router.persisted):
+        live = router.set_rule("m", _rule(id=reader.__name__, rollback=ROLLBACK))
+        for arm, ok in ((0, True), (1, False)):
+            for _ in range(16):
+                router.record(live, arm, ok, 0.01, None, None)
+        assert reader("m")["rolled_back"] is True  # type: ignore[index]
 
 
 def test_outcomes_by_request_id_and_key_and_bounded_memory(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -111,6 +142,7 @@ def test_a_changed_rule_keeps_the_counts_of_unchanged_arms() -> None:
     assert changed.stats[0].requests == 1 and changed.stats[1].requests == 0
     # the old rule object keeps counting what it routed: no request is lost
     router.record(live, 1, ok=True, seconds=0.001, request_id=None, id_counter=None)
+    router.write_records()
     assert live.stats[1].requests == 2
 
 
