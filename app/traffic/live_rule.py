@@ -69,8 +69,8 @@ class LiveRule:
         candidate = rule.candidate_name
         self.candidate = self.names.index(candidate) if candidate is not None else None
         self.stats = [ArmStats() for _ in self.arms]
-        # What choose() hands out and record() remembers: one tuple per arm, made once, so
-        # the request path allocates none.
+        # What choose() hands out and write_records() remembers: one tuple per arm, made
+        # once, so the request path allocates none.
         self.routes: tuple[tuple[LiveRule, int], ...] = tuple(
             (self, index) for index in range(len(self.arms))
         )
