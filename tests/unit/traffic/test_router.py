@@ -35,12 +35,17 @@ def _rule(**extra: object):  # type: ignore[no-untyped-def]
 ROLLBACK = {"min_requests": 16, "max_error_rate_increase": 0.1}
 
 
-def _fail_the_candidate(router: TrafficRouter, live) -> None:  # type: ignore[no-untyped-def]
-    """16 good requests on the baseline, 16 failed ones on the candidate: under ROLLBACK,
-    enough to roll the rule back once they are counted (as any reader of the rule would)."""
+def _queue_a_failing_candidate(router: TrafficRouter, live) -> None:  # type: ignore[no-untyped-def]
+    """16 good requests on the baseline, 16 failed ones on the candidate, recorded (queued):
+    under ROLLBACK, enough to roll the rule back once they are counted."""
     for arm, ok in ((0, True), (1, False)):
         for _ in range(16):
             router.record(live, arm, ok, 0.01, None, None)
+
+
+def _fail_the_candidate(router: TrafficRouter, live) -> None:  # type: ignore[no-untyped-def]
+    """The same, counted (as any reader of the rule would count them first)."""
+    _queue_a_failing_candidate(router, live)
     router.write_records()
 
 
@@ -99,9 +104,7 @@ def test_every_reader_counts_the_queued_requests_first() -> None:
     # a rollback the queued requests call for is decided before a reader answers
     for reader in (router.summary, router.persisted):
         live = router.set_rule("m", _rule(id=reader.__name__, rollback=ROLLBACK))
-        for arm, ok in ((0, True), (1, False)):
-            for _ in range(16):
-                router.record(live, arm, ok, 0.01, None, None)
+        _queue_a_failing_candidate(router, live)
         assert reader("m")["rolled_back"] is True  # type: ignore[index]
 
 
