@@ -519,16 +519,31 @@ async def run_level(
         await driver.stop(options.drain_seconds)
 
 
+class ClosedLoad:
+    """A running closed loop: what completed (recorder) and where its connections post."""
+
+    def __init__(self, driver: _HttpDriver) -> None:
+        self.recorder = driver.recorder
+        self._driver = driver
+
+    def post_to(self, paths: Sequence[str | None]) -> None:
+        """Connection i posts to paths[i] from its next request on (None: the target's own
+        path), keeping its headers: clients changing what they address under the same
+        load (bench/traffic_flip.py's client-side split)."""
+        target = self._driver.target
+        for index, conn in enumerate(self._driver.connections):
+            conn.requests = [target.request_bytes(paths[index % len(paths)], index)]
+
+
 @contextlib.asynccontextmanager
-async def closed_loop(target: HttpTarget, concurrency: int) -> AsyncIterator[Recorder]:
+async def closed_loop(target: HttpTarget, concurrency: int) -> AsyncIterator[ClosedLoad]:
     """A closed loop of `concurrency` keep-alive connections that runs until the block ends;
-    the recorder's cut() gives what completed since the last cut (bench/traffic_flip.py
-    switches server state under one continuous load)."""
-    recorder = Recorder()
-    driver = _HttpDriver(target, recorder)
+    its recorder's cut() gives what completed since the last cut (bench/traffic_flip.py
+    switches server state, or where the clients post, under one continuous load)."""
+    driver = _HttpDriver(target, Recorder())
     await driver.connect(concurrency)
     driver.start_closed()
     try:
-        yield recorder
+        yield ClosedLoad(driver)
     finally:
         await driver.stop(1.0)

@@ -12,11 +12,13 @@ old peak of 64 is forgotten its 37 clients' batches are cut into 32 + 5 (with a 
 settle the keyed split read 0.93-0.95x of no rule, measuring that transient; with 1.2 s,
 0.98x). A pair is one no-rule phase
 and its neighbouring comparison phase; its ratios (throughput, gateway CPU per request,
-server CPU per request) are what the rule changed, measured seconds apart. Three
+server CPU per request) are what the change cost, measured seconds apart. Four
 comparisons take turns: no rule against no rule (the method's own noise), a one-arm rule
-(every request drawn, counted and remembered, all on one version) and a 50/50 split keyed
+(every request drawn, counted and remembered, all on one version), a 50/50 split keyed
 per user (the A/B test of users; each version's queue keeps its own clients, so batches stay
-whole). Traffic goes to 127.0.0.1 only.
+whole), and, with no rule, the same users posting to the version URL their key hashes to
+(the same split done by the clients: what serving two versions costs without the rule's
+work). Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -38,10 +40,22 @@ from bench.workloads import Workload
 CONCURRENCY = 64
 AA_CONTROL = "no rule, again (A/A control)"
 FIELDS = ("throughput", "gateway_cpu_us", "server_cpu_us")
+# tested against the A/A control: throughput, and the gateway's CPU (it bounds this workload)
+TESTED_FIELDS = ("throughput", "gateway_cpu_us")
 # Left out after each switch: adaptive batching keeps a queue's outstanding-row peak for up to
 # two windows (serving/adaptive_batching.py), so batches take that long to follow a change in
 # which clients feed which version's queue; a margin on top.
 SETTLE_SECONDS = 2 * PEAK_WINDOW_SECONDS + 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """What a comparison's phases change against no rule: the traffic rule in force, or,
+    with `connection_paths` and no rule, where the clients post (connection i to
+    connection_paths[i]: clients doing the split themselves, over version URLs)."""
+
+    rule: dict | None = None
+    connection_paths: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +87,7 @@ async def flip(
     port: int,
     pid: int,
     path: str,
-    comparisons: dict[str, dict | None],
+    comparisons: dict[str, Comparison],
     set_rule: Callable[[dict | None], None],
     *,
     pairs: int,
@@ -82,26 +96,28 @@ async def flip(
     warmup_seconds: float = 3.0,
 ) -> dict[str, list[tuple[Phase, Phase]]]:
     """Per comparison, `pairs` (no rule, comparison) phase pairs. `set_rule(None)` removes the
-    rule; `comparisons` maps a name to the rule of its phases (None: none, the control)."""
+    rule; a no-rule phase has every connection post to `path`."""
     target = HttpTarget(
         "127.0.0.1", port, path, Workload("dnn").rest_body(),
         per_connection_header="X-Tfgate-Routing-Key",
     )
     names = list(comparisons)
     result: dict[str, list[tuple[Phase, Phase]]] = {name: [] for name in names}
-    async with closed_loop(target, CONCURRENCY) as recorder:
+    async with closed_loop(target, CONCURRENCY) as load:
 
         def cut() -> int:
-            return len(recorder.cut().latencies_ns)
+            return len(load.recorder.cut().latencies_ns)
 
         await asyncio.sleep(warmup_seconds)  # batch sizes settle
         for index in range(pairs * len(names)):
             name = names[index % len(names)]
             measured: dict[bool, Phase] = {}
-            with_rule_first = (index // len(names)) % 2 == 1
-            for with_rule in (with_rule_first, not with_rule_first):
-                await asyncio.to_thread(set_rule, comparisons[name] if with_rule else None)
-                measured[with_rule] = await _phase(cut, pid, phase_seconds, settle_seconds)
+            with_change_first = (index // len(names)) % 2 == 1
+            for changed in (with_change_first, not with_change_first):
+                state = comparisons[name] if changed else Comparison()
+                await asyncio.to_thread(set_rule, state.rule)
+                load.post_to(state.connection_paths or (None,))
+                measured[changed] = await _phase(cut, pid, phase_seconds, settle_seconds)
             result[name].append((measured[False], measured[True]))
         await asyncio.to_thread(set_rule, None)
     return result
@@ -159,23 +175,25 @@ def render(
         "no-rule and rule phases paired in alternating order, the comparisons taking turns.",
         "Each cell: the median of the per-pair ratios (rule phase / its no-rule neighbour),",
         "with the median's 95% confidence interval. The A/A row (no rule in both phases) is",
-        "the method's own noise; the last column is the rank-sum test of each row's throughput",
-        "ratios against the A/A row's (a small p: the rule's phases differ from the noise).",
+        "the method's own noise; the last two columns are the rank-sum tests of each row's",
+        "throughput and gateway CPU ratios against the A/A row's (a small p: the phases differ",
+        "from the noise).",
         "",
         "| against no rule | throughput | gateway CPU per request | server CPU per request |"
-        " throughput vs A/A: p |",
-        "|---|---|---|---|---|",
+        " throughput vs A/A: p | gateway CPU vs A/A: p |",
+        "|---|---|---|---|---|---|",
     ]
-    control = ratios(result[AA_CONTROL], "throughput") if AA_CONTROL in result else []
     for name, measured in result.items():
         cells = []
         for field in FIELDS:
             middle, low, high = median_with_interval(ratios(measured, field))
             cells.append(f"{middle:.3f}x ({low:.3f}-{high:.3f})")
-        if name == AA_CONTROL or not control:
-            cells.append("-")
-        else:
-            cells.append(f"{rank_sum_p(control, ratios(measured, 'throughput')):.2f}")
+        for field in TESTED_FIELDS:
+            if name == AA_CONTROL or AA_CONTROL not in result:
+                cells.append("-")
+            else:
+                control = ratios(result[AA_CONTROL], field)
+                cells.append(f"{rank_sum_p(control, ratios(measured, field)):.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -40,7 +40,8 @@ from bench.loadgen import HttpTarget, LevelOptions, run_level
 from bench.probes import ServerProbe
 from bench.servers import RunningServer, tfgate_spec
 from bench.stats import Window, percentile_ns
-from bench.traffic_flip import AA_CONTROL, SETTLE_SECONDS, Phase, flip
+from bench.traffic_flip import AA_CONTROL, SETTLE_SECONDS, Comparison, Phase, flip, rank_sum_p
+from bench.traffic_flip import ratios as ratios_of
 from bench.traffic_flip import render as render_flip
 from bench.workloads import Workload
 
@@ -167,15 +168,24 @@ def summarize(windows: list[Window], snapshots: list[dict[str, float]]) -> dict[
     }
 
 
-async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]]:
-    body = Workload(MODEL).rest_body()
-    version_paths = tuple(f"/v1/models/{MODEL}/versions/{v}:predict" for v in (1, 2))
+VERSION_PATHS = tuple(f"/v1/models/{MODEL}/versions/{v}:predict" for v in (1, 2))
+
+
+def keyed_version_paths() -> tuple[str, ...]:
+    """Connection i -> the version URL its routing key "client-<i>" hashes to under
+    SPLIT_RULE: clients splitting per user exactly as the keyed rule does."""
     weights = [float(arm["weight"]) for arm in SPLIT_RULE["arms"]]  # type: ignore[index]
-    keyed_paths = tuple(  # connection i -> the version its routing key hashes to
-        version_paths[assign.arm_for_key(str(SPLIT_RULE["id"]), f"client-{i}", weights)]
+    return tuple(
+        VERSION_PATHS[assign.arm_for_key(str(SPLIT_RULE["id"]), f"client-{i}", weights)]
         for i in range(CONCURRENCY)
     )
-    paths = {"latest": (), "urls per request": version_paths, "urls per client": keyed_paths}
+
+
+async def measure(server: RunningServer, repeats: int) -> list[dict[str, object]]:
+    body = Workload(MODEL).rest_body()
+    paths = {
+        "latest": (), "urls per request": VERSION_PATHS, "urls per client": keyed_version_paths()
+    }
 
     def target_of(mode: Mode) -> HttpTarget:
         return HttpTarget(
@@ -250,6 +260,35 @@ def ratios(
         if pair.get(against):
             per_repeat.append(pair[mode] / pair[against])
     return per_repeat
+
+
+# Under one continuous load (bench/traffic_flip.py), against no rule: the method's noise, the
+# rule's own work on one version, the keyed split, and the same split done by the clients.
+FLIP_COMPARISONS = {
+    AA_CONTROL: Comparison(),
+    ONE_ARM: Comparison(ONE_ARM_RULE),
+    SPLIT_KEYED: Comparison(SPLIT_RULE),
+    CLIENTS_PER_CLIENT: Comparison(connection_paths=keyed_version_paths()),
+}
+
+
+def flip_against_clients(flipped: dict[str, list[tuple[Phase, Phase]]]) -> str:
+    """The keyed split's flip ratios tested against the clients' own split's: what the
+    server-side split costs beyond serving the same two versions to the same users."""
+    if SPLIT_KEYED not in flipped or CLIENTS_PER_CLIENT not in flipped:
+        return ""
+    cells = []
+    for field, label in (("throughput", "throughput"), ("gateway_cpu_us", "gateway CPU")):
+        rule = ratios_of(flipped[SPLIT_KEYED], field)
+        clients = ratios_of(flipped[CLIENTS_PER_CLIENT], field)
+        cells.append(
+            f"{label} {statistics.median(rule):.3f}x against {statistics.median(clients):.3f}x"
+            f" (rank-sum p = {rank_sum_p(clients, rule):.2f})"
+        )
+    return (
+        "The keyed split against the clients' own split (same users, same versions, no rule),"
+        " both against no rule under the same load: " + "; ".join(cells) + "."
+    )
 
 
 def ratio(rows: list[dict[str, object]], mode: str, against: str = "no rule") -> float:
@@ -336,6 +375,8 @@ def render(
         "",
         *render_flip(flipped, FLIP_PHASE_SECONDS),
         "",
+        flip_against_clients(flipped),
+        "",
     ]
     return "\n".join(lines)
 
@@ -365,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = asyncio.run(measure(server, args.repeats))
             flipped = asyncio.run(flip(
                 server.spec.rest_port, server.pid, server.spec.path(MODEL),
-                {AA_CONTROL: None, ONE_ARM: ONE_ARM_RULE, SPLIT_KEYED: SPLIT_RULE},
+                FLIP_COMPARISONS,
                 lambda rule: set_rule(server, rule),
                 pairs=max(6, args.flip_pairs), phase_seconds=FLIP_PHASE_SECONDS,
             ))

@@ -56,9 +56,23 @@ class ModelRecord:
     def available_versions(self) -> list[int]:
         return sorted(self._available())
 
-    def latest_available_version(self) -> int | None:
-        """The newest AVAILABLE version (per request: a max, not a sort)."""
-        return max(self._available(), default=None)
+    def default_record(self) -> VersionRecord | None:
+        """What a request naming no version or label runs on: the pinned version while it
+        is AVAILABLE, else the newest AVAILABLE one (None: none is). Runs per request that
+        names none (TF Serving's "latest"): one pass over the versions, no generator, no
+        sort (a third of the time max() over a generator took)."""
+        versions = self.versions
+        if self.pinned is not None:
+            record = versions.get(self.pinned)
+            if record is not None and record.state is VersionState.AVAILABLE:
+                return record
+        newest: VersionRecord | None = None
+        for version, record in versions.items():
+            if record.state is VersionState.AVAILABLE and (
+                newest is None or version > newest.version
+            ):
+                newest = record
+        return newest
 
     def _available(self) -> Iterator[int]:
         return (v for v, r in self.versions.items() if r.state is VersionState.AVAILABLE)
@@ -227,15 +241,12 @@ class Registry:
             version: int | None = self._label_version(spec.name, spec.label)
         else:
             version = spec.version
-        latest = version is None
         model = self.models.get(spec.name)
         record: VersionRecord | None = None
         if model is not None:
-            if version is None:
-                version = self._default_version(model)
-            if version is not None:
-                record = model.versions.get(version)
+            record = model.default_record() if version is None else model.versions.get(version)
         if record is None or record.state is not VersionState.AVAILABLE or record.metadata is None:
+            latest = version is None
             request = f"Latest({spec.name})" if latest else f"Specific({spec.name}, {version})"
             raise ServingError(Code.NOT_FOUND, f"Servable not found for request: {request}")
         return ServableId(spec.name, record.version), record.metadata
@@ -247,14 +258,6 @@ class Registry:
                 Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}"
             )
         return model.labels[label]
-
-    @staticmethod
-    def _default_version(model: ModelRecord) -> int | None:
-        if model.pinned is not None:
-            record = model.versions.get(model.pinned)
-            if record is not None and record.state is VersionState.AVAILABLE:
-                return model.pinned
-        return model.latest_available_version()
 
     def acquire(self, servable: ServableId) -> None:
         """Count a request in flight on a version, so its unload waits for it."""

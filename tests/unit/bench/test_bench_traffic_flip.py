@@ -13,6 +13,7 @@ from app.serving.adaptive_batching import AdaptiveCap, GatewayCpuMeter
 from bench.traffic_flip import (
     AA_CONTROL,
     SETTLE_SECONDS,
+    Comparison,
     Phase,
     flip,
     median_with_interval,
@@ -24,10 +25,14 @@ from bench.traffic_flip import (
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
 
 
-async def _answer_everything(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _answer_everything(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paths: list[bytes] | None = None
+) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            if paths is not None:
+                paths.append(head.split(b" ")[1])
             length = next(
                 int(line.split(b":")[1]) for line in head.split(b"\r\n")
                 if line.lower().startswith(b"content-length")
@@ -52,7 +57,8 @@ def test_flip_pairs_each_comparison_with_a_no_rule_phase_in_alternating_order() 
         try:
             return await flip(
                 port, os.getpid(), "/v1/models/dnn:predict",
-                {"control": None, "a": rule_a, "b": rule_b}, set_rule,
+                {"control": Comparison(), "a": Comparison(rule_a), "b": Comparison(rule_b)},
+                set_rule,
                 pairs=2, phase_seconds=0.05, settle_seconds=0.01, warmup_seconds=0.05,
             )
         finally:
@@ -66,6 +72,44 @@ def test_flip_pairs_each_comparison_with_a_no_rule_phase_in_alternating_order() 
     for pairs in result.values():
         for no_rule, compared in pairs:
             assert no_rule.throughput > 0 and compared.throughput > 0
+
+
+def test_a_client_side_comparison_moves_the_connections_to_its_paths_and_back() -> None:
+    """Connection i posts to connection_paths[i] in the comparison's phases (no rule), and to
+    the model URL again in the no-rule phases."""
+    rules_set: list[dict | None] = []
+    phase_paths: list[set[bytes]] = []
+    seen: list[bytes] = []
+    model_url = b"/v1/models/dnn:predict"
+    versions = ("/v1/models/dnn/versions/1:predict", "/v1/models/dnn/versions/2:predict")
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(
+            lambda r, w: _answer_everything(r, w, seen), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+
+        def set_rule(rule: dict | None) -> None:
+            rules_set.append(rule)
+            if seen:  # what the previous phase's requests addressed
+                phase_paths.append(set(seen[len(seen) // 2 :]))
+            seen.clear()
+
+        try:
+            await flip(
+                port, os.getpid(), model_url.decode(),
+                {"clients": Comparison(connection_paths=versions * 32)}, set_rule,
+                pairs=2, phase_seconds=0.1, settle_seconds=0.05, warmup_seconds=0.05,
+            )
+        finally:
+            server.close()
+
+    asyncio.run(scenario())
+    assert rules_set == [None] * 5  # a client-side comparison sets no rule
+    # phases: none, clients, clients, none (ABBA); the warmup's requests precede them
+    assert phase_paths[1:] == [
+        {model_url}, {v.encode() for v in versions}, {v.encode() for v in versions}, {model_url}
+    ]
 
 
 def test_median_with_interval_uses_the_binomial_order_statistics() -> None:
@@ -136,9 +180,13 @@ def test_render_tests_each_comparison_against_the_aa_control() -> None:
     text = "\n".join(render({AA_CONTROL: noise, "rule": dearer}, 1.0))
     control_row = next(line for line in text.splitlines() if line.startswith(f"| {AA_CONTROL}"))
     rule_row = next(line for line in text.splitlines() if line.startswith("| rule"))
-    assert control_row.endswith("| - |")
-    # every rule phase below every control phase: U = 0 for 6 + 6, p = 0.0039
-    assert rule_row.endswith("| 0.00 |")
+    assert control_row.endswith("| - | - |")
+    # every rule phase below every control phase: U = 0 for 6 + 6, p = 0.0039; the gateway
+    # CPU is the same in every phase of both rows (all ties: p = 1)
+    assert rule_row.endswith("| 0.00 | 1.00 |")
     noisier = [(same, Phase(1000.0 - d, 100.0, 120.0)) for d in (-6, -3, 0, 2, 4, 7)]
     text = "\n".join(render({AA_CONTROL: noise, "rule": noisier}, 1.0))
-    assert text.splitlines()[-1].endswith("| 0.58 |")  # the same spread, mirrored
+    assert text.splitlines()[-1].endswith("| 0.58 | 1.00 |")  # the same spread, mirrored
+    dearer_cpu = [(same, Phase(1000.0, 103.0 + d / 10, 120.0)) for d in (-6, -3, 0, 2, 4, 7)]
+    text = "\n".join(render({AA_CONTROL: noise, "rule": dearer_cpu}, 1.0))
+    assert text.splitlines()[-1].endswith("| 0.00 |")

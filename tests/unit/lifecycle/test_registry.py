@@ -156,6 +156,31 @@ def test_pin_wins_over_latest_but_not_over_explicit_version() -> None:
     assert registry.resolve(ModelSpec("m", version=3))[0].version == 3
 
 
+def test_latest_is_the_newest_available_version_whatever_the_order_versions_arrived() -> None:
+    # versions enter in discovery order, not numeric order; the newest (9) still loads
+    registry = _registry([])
+    model = registry.models["m"]
+    for version in (7, 9, 2):
+        model.versions[version] = VersionRecord(version, f"/m/{version}", state=A)
+        model.versions[version].metadata = _metadata()
+    model.versions[9].state = L
+    assert registry.resolve(ModelSpec("m"))[0].version == 7
+    model.versions[9].state = A
+    assert registry.resolve(ModelSpec("m"))[0].version == 9
+
+
+def test_pin_on_a_version_that_is_not_available_falls_back_to_the_newest() -> None:
+    registry = _registry([1, 3])
+    model = registry.models["m"]
+    model.pinned = 1
+    model.versions[1].state = U
+    assert registry.resolve(ModelSpec("m"))[0].version == 3
+    model.versions[3].state = U
+    with pytest.raises(ServingError) as info:
+        registry.resolve(ModelSpec("m"))
+    assert info.value.message == "Servable not found for request: Latest(m)"
+
+
 def test_label_to_unavailable_version_refused_unless_allowed() -> None:
     registry = _registry([1], (("next", 2),))
     assert "next" not in registry.models["m"].labels
