@@ -4,9 +4,9 @@ Data path position: under app/rpc/h2/server.py (which accepts connections) and a
 app/rpc/h2/call.py (which runs each call's servicer). GrpcH2Connection cuts the bytes a
 client sends into frames (RFC 9113) and hands them to its base class InboundFrames
 (app/rpc/h2/inbound.py: checks, flow control, flood guards); here it opens an H2Call per
-stream, feeds streaming handlers through a bounded queue, and writes each call's response
-as HEADERS, DATA and trailers (or one trailers-only HEADERS for an error), pausing reading
-while the client does not read. It also enforces the call deadline (grpc-timeout), the
+stream and feeds streaming handlers through a bounded queue; its base class OutboundFrames
+(app/rpc/h2/outbound.py) writes each call's response and releases the call. It pauses
+reading while the client does not read, and enforces the call deadline (grpc-timeout), the
 server's concurrent call cap, the handshake and idle timeouts and the connection cap, and
 ends with GOAWAY at shutdown.
 """
@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -51,14 +50,11 @@ from app.rpc.h2.limits import (
     Budget,
     H2Limits,
 )
+from app.rpc.h2.outbound import OutboundFrames
 from app.rpc.h2.replies import (
-    DEADLINE_EXCEEDED,
     GRPC_CONTENT_TYPE,
     LIMIT_EXCEEDED,
     METHOD_NOT_FOUND,
-    RESPONSE_HEADERS,
-    header_frames,
-    status_block,
 )
 
 log = logging.getLogger("tfgate.grpc")
@@ -83,8 +79,9 @@ class ConnectionOwner(Protocol):
     def call_released(self) -> None: ...
 
 
-class GrpcH2Connection(InboundFrames, asyncio.Protocol):
-    """One client connection: frames in (InboundFrames), frames out, one task per call."""
+class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
+    """One client connection: frames in (InboundFrames), frames out (OutboundFrames), one
+    task per call."""
 
     def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
@@ -375,127 +372,6 @@ class GrpcH2Connection(InboundFrames, asyncio.Protocol):
         while (call.outbox or self.writing_paused) and not call.ended:
             call.writable = asyncio.get_running_loop().create_future()
             await call.writable
-
-    # -- frames out -----------------------------------------------------------------------
-
-    def send_message(self, call: H2Call, body: bytes, *, flush: bool = True) -> None:
-        """Queue one response message (after the response headers, the first time); a
-        unary reply passes flush=False so its headers, message and trailers leave in one
-        write when end_call() follows."""
-        if call.ended:
-            return
-        if not call.headers_sent:
-            call.headers_sent = True
-            call.head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.stream_id, RESPONSE_HEADERS)
-        call.outbox.append(memoryview(b"\x00" + len(body).to_bytes(4, "big") + body))
-        if flush:
-            self._flush(call)
-
-    def end_call(
-        self, call: H2Call, code: grpc.StatusCode, details: str = "",
-        trailing: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
-        """Decide the call's status; the trailers follow whatever data is still queued."""
-        if call.ended:
-            return
-        self._mark_ended(call)
-        try:
-            call.trailers = status_block(call.headers_sent, code, details, trailing)
-        except Exception:  # e.g. trailing metadata that is not str/bytes
-            log.exception("gRPC status of stream %d cannot be encoded", call.stream_id)
-            call.trailers = status_block(
-                call.headers_sent, grpc.StatusCode.UNKNOWN, "Status cannot be encoded", ())
-        call.headers_sent = True
-        self._flush(call)
-
-    def _flush(self, call: H2Call) -> None:
-        """Send the call's queued data as far as the windows allow, then its trailers."""
-        transport = self.transport
-        if transport is None:
-            return
-        chunks = []
-        if call.head is not None:  # headers are not flow-controlled
-            chunks.append(call.head)
-            call.head = None
-        outbox = call.outbox
-        while outbox:
-            room = min(len(outbox[0]), self.send_window, call.send_window, self.peer_max_frame)
-            if room <= 0:
-                self.blocked[call.stream_id] = call
-                break
-            piece = outbox.popleft()
-            if room < len(piece):
-                outbox.appendleft(piece[room:])
-                piece = piece[:room]
-            self.send_window -= room
-            call.send_window -= room
-            chunks.append(h2.frame(h2.DATA, 0, call.stream_id, piece))
-        if not outbox:
-            self.blocked.pop(call.stream_id, None)
-            if call.writable is not None and not call.writable.done():
-                call.writable.set_result(None)
-            if call.trailers is not None:
-                chunks += header_frames(call.stream_id, call.trailers, self.peer_max_frame)
-                if not call.remote_closed:  # the client may stop sending (gRPC's HTTP/2 spec)
-                    chunks.append(h2.frame(h2.RST_STREAM, 0, call.stream_id, h2.u32(h2.NO_ERROR)))
-                    self._remember_reset(call.stream_id)
-                transport.writelines(chunks)
-                self._release(call)  # after the write: releasing may close the connection
-                return
-        if chunks:
-            transport.writelines(chunks)
-
-    def _release(self, call: H2Call) -> None:
-        self._unbuffer(call)
-        if self.calls.pop(call.stream_id, None) is not None:
-            self.server.active_calls -= 1
-            if not self.calls and self.loop is not None:
-                self.idle_since = self.loop.time()
-        self.blocked.pop(call.stream_id, None)
-        call.outbox.clear()
-        # Bytes the client sent that were never consumed still count in the connection's
-        # window: given back, or a connection would shrink with every abandoned stream.
-        self._grant_connection(call.held)
-        call.held = 0
-        if call.writable is not None and not call.writable.done():
-            call.writable.set_result(None)
-        # The context's writer refers back to the call: without this, every call (with its
-        # request bytes) would wait for the cyclic garbage collector to be freed.
-        call.context = None
-        if self.going_away and not self.calls:
-            self._close_with(h2.NO_ERROR, goaway=False)
-        self.server.call_released()
-
-    def _mark_ended(self, call: H2Call, code: grpc.StatusCode | None = None) -> None:
-        call.ended = True
-        if call.deadline_timer is not None:
-            call.deadline_timer.cancel()
-        if call.context is not None:
-            call.context.mark_done(code)
-
-    def _end_now(self, call: H2Call, code: grpc.StatusCode, details: str) -> None:
-        """The server ends a call whose handler may still run: what was not sent never will
-        be, the status goes out, the handler is cancelled."""
-        call.outbox.clear()
-        self.end_call(call, code, details)
-        if call.task is not None:
-            call.task.cancel()
-
-    def _deadline_passed(self, call: H2Call) -> None:
-        if not call.ended:
-            self._end_now(call, grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
-
-    def _cancel(self, call: H2Call) -> None:
-        """The client reset the stream or went away: the handler is cancelled, no reply."""
-        if not call.ended:
-            self._mark_ended(call, grpc.StatusCode.CANCELLED)
-        if call.task is not None:
-            call.task.cancel()
-        self._release(call)
-
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
 
     # -- shutdown -------------------------------------------------------------------------
 

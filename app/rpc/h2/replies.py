@@ -1,6 +1,6 @@
 """The reply side of a gRPC call on tfgate's HTTP/2 server, as header blocks.
 
-Data path position: app/rpc/h2/connection.py writes these after a servicer answers: the
+Data path position: app/rpc/h2/outbound.py writes these after a servicer answers: the
 response headers, the trailers with the call's status (or a trailers-only block when no
 message was sent), split into HEADERS + CONTINUATION frames to fit the client's frame size.
 Blocks are literals that never touch the client's hpack table, so the constant ones are
