@@ -9,8 +9,9 @@ back, rotating which goes first (MODES): no rule; a one-arm rule (draw and count
 version); the two client-side splits TF Serving users do today over version URLs (per
 request, and per client); and the rule's 50/50 split without and with a routing key per
 client. Each rule row is judged against the rule-free row that sends the same traffic
-(AGAINST); rules are set through the admin API. Then bench/traffic_flip.py switches the
-rule on and off under one continuous load (--flip-pairs). Writes
+(AGAINST); rules are set through the admin API. Then bench/traffic_flip.py switches each
+comparison of FLIP_COMPARISONS (a rule, or the clients' own keyed split over version URLs)
+on and off under one continuous load (--flip-pairs). Writes
 bench/results/traffic_split.json, traffic_flip.json and bench/traffic_section.md, which
 bench/docs.py includes in docs/benchmarks.md. Traffic goes to 127.0.0.1 only; the server is stopped at the end.
 """
