@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from app.settings.flags import FLAGS
 from bench.report import Key, Median, by_repeat, inprocess_by_size, ratio, throughput
+from bench.servers import grpc_transports
 from bench.stats import SuiteResults
 from bench.targets import evaluate
 from bench.workloads import (
@@ -38,25 +39,30 @@ SECTIONS = [
         "traffic_section.md",
     )
 ]
+ALT = ("alt", "grpc")  # bench/suite.py ALT_GRPC: the tuned tfgate on the other gRPC transport
 SERVERS = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("bentoml", "rest"),
            ("constant", "rest"), ("constant", "grpc")]
 LABELS = {("tfgate", "rest"): "tfgate REST", ("tfgate", "grpc"): "tfgate gRPC",
           ("naive", "rest"): "naive", ("bentoml", "rest"): "BentoML",
           ("constant", "rest"): "constant REST", ("constant", "grpc"): "constant gRPC",
-          ("stock", "rest"): "tfgate stock config"}
+          ("stock", "rest"): "tfgate stock config", ALT: "tfgate gRPC, alt transport"}
 
 
+
+
+TRANSPORTS = {
+    "grpcio": "grpc.aio (`--grpc_implementation=grpcio`)",
+    "h2": "tfgate's own HTTP/2 server (`--grpc_implementation=h2`)",
+}
 
 
 def grpc_transport(tfgate_args: Sequence[str]) -> str:
-    """Which gRPC server tfgate ran with: the last --grpc_implementation, else the default."""
-    chosen = [a.split("=", 1)[1] for a in tfgate_args if a.startswith("--grpc_implementation=")]
-    name = chosen[-1] if chosen else FLAG_DEFAULTS["grpc_implementation"]
-    described = {
-        "grpcio": "grpc.aio (`--grpc_implementation=grpcio`)",
-        "h2": "tfgate's own HTTP/2 server (`--grpc_implementation=h2`, experimental)",
-    }.get(name, f"`--grpc_implementation={name}`")
-    return described if chosen else f"{described}, the default"
+    """Which gRPC server tfgate ran with, and which one `alt` ran for the side by side."""
+    main, other = grpc_transports(tfgate_args)
+    described = TRANSPORTS.get(main, f"`--grpc_implementation={main}`")
+    if main == FLAG_DEFAULTS["grpc_implementation"]:
+        described += ", the default"
+    return f"{described}; `alt` is the same tuned tfgate on {TRANSPORTS.get(other, other)}"
 
 
 def large_limits(results: SuiteResults, model: str, batch: int) -> dict[int, float]:
@@ -154,6 +160,40 @@ def stock_table(results: SuiteResults, table: dict[Key, Median]) -> list[str]:
     return lines
 
 
+def transport_table(results: SuiteResults, table: dict[Key, Median]) -> list[str]:
+    """tfgate's gRPC on both transports at FORMAT_CONCURRENCY (1 row) and on the large
+    workload, with REST's gateway CPU beside them (issue 21 item 4: gRPC's per call must not
+    exceed REST's per request)."""
+    main, other = grpc_transports(results.tfgate_args)
+    lv = results.levels
+    lines = [
+        f"| workload | c | {main} req/s | {other} req/s | {main}/{other} | p99 ms {main} / "
+        f"{other} | gateway CPU us/call {main} / {other} | REST gateway CPU us/req "
+        f"| mean batch {main} / {other} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    models = sorted({k[2] for k in table if k[:2] == ALT and k[2] != LARGE.name},
+                    key=lambda m: ("tiny", "dnn", "cnn").index(m)
+                    if m in ("tiny", "dnn", "cnn") else 9)
+    rows = [(m, FORMAT_CONCURRENCY) for m in models]
+    if (*ALT, LARGE.name, LARGE_CONCURRENCY) in table:
+        rows.append((LARGE.name, LARGE_CONCURRENCY))
+    for name, c in rows:
+        ours, alt = table.get(("tfgate", "grpc", name, c)), table.get((*ALT, name, c))
+        rest = table.get(("tfgate", "rest", name, c))
+        both = [m for m in (ours, alt) if m is not None]
+        if len(both) < 2:
+            continue
+        cells = [name, str(c), _fmt(ours.throughput), _fmt(alt.throughput),
+                 _x(ratio(lv, ("tfgate", "grpc"), ALT, name, c, throughput)),
+                 " / ".join(_fmt(m.p99_us / 1e3, 1) for m in both),
+                 " / ".join(_fmt(m.values["gateway_cpu_us_per_request"]) for m in both),
+                 _fmt(rest.values["gateway_cpu_us_per_request"]) if rest else "-",
+                 " / ".join(_fmt(m.values["batch_size_mean"], 1) for m in both)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[str], dict]:
     inproc = inprocess_by_size(results, LARGE.model)
     size_max = LARGE.rows * LARGE_CONCURRENCY
@@ -179,7 +219,7 @@ def large_table(results: SuiteResults, table: dict[Key, Median]) -> tuple[list[s
         "|---|---|---|---|---|---|---|---|",
     ]
     ratios = {}
-    for server in (("tfgate", "grpc"), ("constant", "grpc"), ("tfgate", "rest"),
+    for server in (("tfgate", "grpc"), ALT, ("constant", "grpc"), ("tfgate", "rest"),
                    ("constant", "rest"), ("naive", "rest")):
         m = table.get((*server, LARGE.name, LARGE_CONCURRENCY))
         if m is None:
@@ -243,8 +283,7 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
         "- Ceilings: `constant REST` and `constant gRPC` are one uvicorn + grpc.aio process "
         "(bench/baselines/fastapi_servers.py) that reads each request and sends a fixed reply "
         "without running a model: the most a Python HTTP or grpc.aio front does on these cores "
-        "(with `--grpc_implementation=h2` tfgate's gRPC is its own HTTP/2 server, so it can "
-        "pass the gRPC one).",
+        "(tfgate's own HTTP/2 gRPC server is not grpc.aio, so it can pass the gRPC one).",
         "- Load: bench/loadgen.py, closed loop (N requests always outstanding, one per "
         "keep-alive connection; gRPC: N concurrent unary calls over raw HTTP/2 "
         "(bench/grpc_h2.py, ~100 us of client CPU per 64-row call where grpc.aio's client "
@@ -274,6 +313,16 @@ def render(results: SuiteResults, table: dict[Key, Median], plots: dict[str, pat
                 "tfgate with the tuned benchmark files and with the stock batching file (no "
                 "per-model TOML), against naive, on the same workload printed two ways.", "",
                 *stock_lines, ""]
+    transport_lines = transport_table(results, table)
+    if len(transport_lines) > 2:
+        main, other = grpc_transports(results.tfgate_args)
+        out += ["## gRPC transports side by side", "",
+                f"The same tuned tfgate twice, once per gRPC transport ({main}: "
+                f"{TRANSPORTS.get(main, main)}; {other}: {TRANSPORTS.get(other, other)}), "
+                "measured back to back in each repeat; the ratio is the median of per-repeat "
+                "ratios. Gateway CPU is the gateway process's CPU time over the measured "
+                "windows per answered call (the worker's is apart).", "",
+                *transport_lines, ""]
     out += ["## Large requests: dnn, 64 rows per request, concurrency 8", "", *large_lines, "",
             *_micro(results), "", "## Raw data", "",
             "bench/results/: perf_*.csv (perf_analyzer's CSV columns, then tfgate's), "

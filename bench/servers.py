@@ -20,7 +20,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 
+from app.settings.flags import FLAGS
 from bench.probes import children
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -124,6 +126,19 @@ def tfgate_spec(
         *extra_args,
     ]
     return ServerSpec(name, argv, rest, "/v1/models/{model}:predict", grpc_port, True)
+
+
+GRPC_TRANSPORTS = ("h2", "grpcio")  # --grpc_implementation's values
+DEFAULT_TRANSPORT = next(f.default for f in FLAGS if f.name == "grpc_implementation")
+
+
+def grpc_transports(tfgate_args: Sequence[str]) -> tuple[str, str]:
+    """(the gRPC transport tfgate runs with, the other one): the last
+    --grpc_implementation in `tfgate_args`, else the flag's default."""
+    chosen = [a.split("=", 1)[1] for a in tfgate_args if a.startswith("--grpc_implementation=")]
+    main = chosen[-1] if chosen else DEFAULT_TRANSPORT
+    other = next(t for t in GRPC_TRANSPORTS if t != main)
+    return main, other
 
 
 def fastapi_spec(mode: str, model_root: pathlib.Path) -> ServerSpec:

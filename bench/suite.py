@@ -2,10 +2,11 @@
 
 Order: export the SavedModels -> codec and IPC micro-benchmarks -> in-process limits ->
 start tfgate (tuned: bench/batching_parameters.pbtxt + bench/tfgate.toml), tfgate "stock" (the
-batching file TF Serving users typically write, bench/batching_stock.pbtxt, no TOML), the naive
-server, the constant-reply server (REST and gRPC ceilings) and BentoML side by side -> for each
-repeat, workload and concurrency, run every server back to back (so ratios come from the same
-minutes of the same machine); at FORMAT_CONCURRENCY the stock server too, and each model's
+batching file TF Serving users typically write, bench/batching_stock.pbtxt, no TOML), tfgate
+"alt" (tuned, on the other gRPC transport), the naive server, the constant-reply server (REST
+and gRPC ceilings) and BentoML side by side -> for each repeat, workload and concurrency, run
+every server back to back (so ratios come from the same minutes of the same machine); at
+FORMAT_CONCURRENCY the stock server and alt's gRPC too, and each model's
 bodies in the EXTRA_FORMATS number formats as well (tfgate, stock, naive) -> large requests ->
 stop everything -> write bench/results/ (perf_analyzer CSVs, raw CSV, results.json, PNG plots)
 and docs/benchmarks.md.
@@ -41,6 +42,7 @@ BATCHING_FILE = ROOT / "bench" / "batching_parameters.pbtxt"
 CONFIG_FILE = ROOT / "bench" / "tfgate.toml"  # per-model batching overrides
 STOCK_BATCHING_FILE = ROOT / "bench" / "batching_stock.pbtxt"  # no TOML beside it
 FORMAT_SERVERS = ("tfgate", "stock", "naive")
+ALT_GRPC = "alt"  # tuned tfgate on the gRPC transport the main one does not run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +120,11 @@ def machine_info() -> dict:
     }
 
 
-def start_servers(
-    options: SuiteOptions, model_root: pathlib.Path, work: pathlib.Path, results: SuiteResults
-) -> dict[str, servers.RunningServer]:
-    specs = [
+def server_specs(
+    options: SuiteOptions, model_root: pathlib.Path, work: pathlib.Path
+) -> list[servers.ServerSpec]:
+    """The servers measured side by side, BentoML apart (start_servers adds it if it runs)."""
+    return [
         servers.tfgate_spec(
             model_root, work, BATCHING_FILE,
             [f"--config={CONFIG_FILE}", *options.tfgate_args],
@@ -129,9 +132,22 @@ def start_servers(
         servers.tfgate_spec(
             model_root, work, STOCK_BATCHING_FILE, [*options.tfgate_args], name="stock"
         ),
+        # the tuned tfgate again on the other gRPC transport: both transports side by side
+        servers.tfgate_spec(
+            model_root, work, BATCHING_FILE,
+            [f"--config={CONFIG_FILE}", *options.tfgate_args,
+             f"--grpc_implementation={servers.grpc_transports(options.tfgate_args)[1]}"],
+            name=ALT_GRPC,
+        ),
         servers.fastapi_spec("naive", model_root),
         servers.fastapi_spec("constant", model_root),
     ]
+
+
+def start_servers(
+    options: SuiteOptions, model_root: pathlib.Path, work: pathlib.Path, results: SuiteResults
+) -> dict[str, servers.RunningServer]:
+    specs = server_specs(options, model_root, work)
     if options.bentoml:
         reason = servers.bentoml_available()
         if reason is None:
@@ -158,12 +174,14 @@ Level = tuple[int, Workload, int, str, str]
 
 def plan_levels(options: SuiteOptions, names: list[str]) -> list[Level]:
     """(repeat, workload, concurrency, server, protocol), interleaving servers per level."""
-    pairs = [(n, "rest") for n in names]
+    pairs = [(n, "rest") for n in names if n != ALT_GRPC]
     for name in ("tfgate", "constant"):  # the servers with a gRPC port
         if name in names:
             pairs.insert(pairs.index((name, "rest")) + 1, (name, "grpc"))
-    large = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("constant", "rest"),
-             ("constant", "grpc")]
+    if ALT_GRPC in names and "tfgate" in names:  # right after the main transport's gRPC
+        pairs.insert(pairs.index(("tfgate", "grpc")) + 1, (ALT_GRPC, "grpc"))
+    large = [("tfgate", "rest"), ("tfgate", "grpc"), (ALT_GRPC, "grpc"), ("naive", "rest"),
+             ("constant", "rest"), ("constant", "grpc")]
     plan = []
     for repeat in range(options.repeats):
         for model in options.models:
@@ -185,9 +203,10 @@ def plan_levels(options: SuiteOptions, names: list[str]) -> list[Level]:
 
 
 def _measured_at(name: str, concurrency: int) -> bool:
-    """The stock server only at FORMAT_CONCURRENCY; the constant-reply ceilings from it up
+    """The stock server and the other gRPC transport only at FORMAT_CONCURRENCY; the
+    constant-reply ceilings from it up
     (below it they are far from limiting anything; cut to keep the suite's time)."""
-    if name == "stock":
+    if name in ("stock", ALT_GRPC):
         return concurrency == FORMAT_CONCURRENCY
     if name == "constant":
         return concurrency >= FORMAT_CONCURRENCY

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 
 from bench.report import Key, Median, inprocess_by_size, ratio, throughput
+from bench.servers import grpc_transports
 from bench.stats import LevelResult, SuiteResults
+from bench.workloads import LARGE, LARGE_CONCURRENCY
 
 REST, GRPC = ("tfgate", "rest"), ("tfgate", "grpc")
+ALT = ("alt", "grpc")  # the tuned tfgate on the other gRPC transport (bench/suite.py)
 STOCK = ("stock", "rest")  # tfgate with bench/batching_stock.pbtxt and no TOML
 NAIVE, BENTO, CONSTANT = ("naive", "rest"), ("bentoml", "rest"), ("constant", "rest")
 
@@ -60,10 +63,33 @@ def evaluate(results: SuiteResults, table: dict[Key, Median], large: dict) -> li
                       _check(g, g >= 0.7)))
     lines.append(_row("large requests REST >= 35% of in-process (64 rows)", f"{r:.0%}",
                       _check(r, r >= 0.35)))
+    lines.extend(_transport_rows(results))
     ipc = results.ipc.get("ipc_ms_median", math.nan)
     lines.append(_row("4 MB tensor IPC gateway -> worker -> gateway < 2 ms", f"{ipc:.2f} ms",
                       _check(ipc, ipc < 2)))
     return lines
+
+
+def _gateway_cpu(r: LevelResult) -> float:
+    return r.gateway_cpu_us_per_request
+
+
+def _transport_rows(results: SuiteResults) -> list[str]:
+    """Issue 21 item 4 (1-row gRPC costs the gateway no more CPU per call than REST per
+    request, on the default transport) and issue 19's condition for h2 as the default (ahead
+    of grpc.aio side by side, 1 row and large)."""
+    lv = results.levels
+    main, _ = grpc_transports(results.tfgate_args)
+    cpu = ratio(lv, GRPC, REST, "dnn", 64, _gateway_cpu)
+    rows = [_row(f"1-row gRPC ({main}) gateway CPU per call <= REST's per request (dnn c=64)",
+                 f"{cpu:.2f}x REST's", _check(cpu, cpu <= 1.0))]
+    h2, aio = (GRPC, ALT) if main == "h2" else (ALT, GRPC)
+    one = ratio(lv, h2, aio, "dnn", 64, throughput)
+    large = ratio(lv, h2, aio, LARGE.name, LARGE_CONCURRENCY, throughput)
+    rows.append(_row("gRPC: h2 transport ahead of grpc.aio (dnn 1 row c=64; large)",
+                     f"{one:.2f}x; {large:.2f}x",
+                     _check(one + large, one > 1.0 and large > 1.0)))
+    return rows
 
 
 def _stock_rows(lv: list[LevelResult]) -> list[str]:

@@ -7,11 +7,10 @@ server the way TF Serving's server.cc does: listening addresses, INT32_MAX messa
 grpc.health.v1 behind --enable_grpc_healthcheck_service, and server reflection (always on;
 a tfgate addition).
 
-Two servers carry the same servicers: grpc.aio (the default, on gRPC's C core) and tfgate's
-own HTTP/2 one (app/rpc/h2/server.py, --grpc_implementation=h2: it costs a fraction of
-grpc.aio's CPU per call, but is experimental and not yet hardened against hostile clients, so
-it is for trusted networks only). --grpc_channel_arguments are grpc core's, so they select
-grpc.aio.
+Two servers carry the same servicers: tfgate's own HTTP/2 one (app/rpc/h2/server.py, the
+default, --grpc_implementation=h2: about half grpc.aio's CPU per call, held to grpc core's
+limits by tests/adversarial/) and grpc.aio (--grpc_implementation=grpcio, on gRPC's C core).
+--grpc_channel_arguments are grpc core's, so they select grpc.aio.
 """
 
 from __future__ import annotations
@@ -304,10 +303,7 @@ async def start(server: Server) -> grpc.aio.Server | GrpcH2Server:
         log.info("gRPC served by grpc.aio (%s)", why)
     else:
         grpc_server = await _start_h2(server, addresses)
-        log.warning(
-            "gRPC served by tfgate's HTTP/2 server (--grpc_implementation=h2): experimental, "
-            "for trusted networks only"
-        )
+        log.info("gRPC served by tfgate's HTTP/2 server (--grpc_implementation=h2)")
     for _, description in addresses:
         log.info("Running gRPC ModelServer at %s ...", description)
     return grpc_server

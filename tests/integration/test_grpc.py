@@ -157,8 +157,8 @@ def wait_for_channel(channel: grpc.Channel, server: ServerProcess, timeout: floa
         raise AssertionError(f"gRPC did not become ready:\n{server.log()}") from None
 
 
-# Every test here runs against both gRPC servers: grpc.aio (the default, with grpc core's
-# channel arguments given) and tfgate's experimental HTTP/2 one (--grpc_implementation=h2).
+# Every test here runs against both gRPC servers: tfgate's HTTP/2 one (the default,
+# --grpc_implementation=h2) and grpc.aio (selected by giving grpc core's channel arguments).
 GRPC_SERVERS = {
     "h2": ["--grpc_implementation=h2"],
     "grpcio": [

@@ -210,5 +210,5 @@ def test_installed_server_serves_rest_and_grpc_and_exits_0_on_sigterm(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log_path.read_text(errors="replace")[-5000:]
     log = log_path.read_text(errors="replace")
-    # The default transport, grpc.aio (the h2 one is experimental).
-    assert "gRPC served by grpc.aio (--grpc_implementation=grpcio)" in log, log[-3000:]
+    # The default transport: tfgate's own HTTP/2 server (app/rpc/h2).
+    assert "gRPC served by tfgate's HTTP/2 server (--grpc_implementation=h2)" in log, log[-3000:]

@@ -3,8 +3,8 @@
 Data path position: the gRPC front. A call arrives as HTTP/2 frames on a connection
 (GrpcH2Connection), its request message is handed to the servicer registered for its path
 (app/rpc/services.py and the others, unchanged), and the servicer's response goes back as
-HEADERS, DATA and trailers. app/rpc/server.py builds this server with
---grpc_implementation=h2 (experimental, for trusted networks only) and grpc.aio's by default.
+HEADERS, DATA and trailers. app/rpc/server.py builds this server by default
+(--grpc_implementation=h2) and grpc.aio's with --grpc_implementation=grpcio.
 
 Why it exists: grpc.aio spends ~330 us of CPU per call on this machine before tfgate's own
 code runs (its C core, a poller thread handing completions to the loop, Cython wrappers);
