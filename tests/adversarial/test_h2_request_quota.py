@@ -13,6 +13,7 @@ the attackers are gone. Everything on 127.0.0.1, bounded in time and count.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import pytest
 
 from app.core.protos import predict_pb2, prediction_service_pb2_grpc
 from app.rpc.h2 import frames as h2
-from app.rpc.h2.limits import H2Limits
+from app.rpc.h2.limits import CONNECTION_WINDOW_BYTES, H2Limits
 from tests.adversarial.h2_client import (
     RawClient,
     Response,
@@ -51,6 +52,7 @@ RESOURCE_EXHAUSTED = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
 DIGEST = "/adv.Toy/Digest"  # unary: sha256 of the request (a short reply)
 HOLD = "/adv.Toy/Hold"  # streaming, never reads its requests
 CHAT = "/adv.Toy/Chat"  # streaming, echoes each request
+PARK = "/adv.Quota/Park"  # unary, keeps its request for a minute (or until cancelled)
 
 
 # --- in process: the accounting --------------------------------------------------------
@@ -59,11 +61,18 @@ QUOTA_BYTES = 3 * MiB
 LIMIT_BYTES = MiB  # the receive limit
 
 
+async def park(request: bytes, context: object) -> bytes:
+    await asyncio.sleep(60)
+    return b""
+
+
 @pytest.fixture(scope="module")
 def quota_server() -> Iterator[InProcess]:
     served = InProcess(H2Limits(max_receive_message_bytes=LIMIT_BYTES,
                                 max_buffered_request_bytes=QUOTA_BYTES))
     try:
+        served.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "adv.Quota", {"Park": grpc.unary_unary_rpc_method_handler(park)})])
         served.run(served.server.listen("127.0.0.1:0", None))  # one quota for both listeners
         yield served
     finally:
@@ -94,6 +103,15 @@ def wait_held(served: InProcess, expected: int, timeout_seconds: float = 5.0) ->
         time.sleep(0.02)
 
 
+async def _open_calls(served: InProcess) -> int:
+    return sum(len(conn.calls) for conn in served.server.connections)
+
+
+async def _windows(served: InProcess) -> set[int]:
+    """The connections' receive windows, each with the credit it has yet to send back."""
+    return {conn.receive_window + conn.granted for conn in served.server.connections}
+
+
 def start_unary(raw: RawClient, stream_id: int, body_bytes: int, sent_bytes: int) -> int:
     """A unary Digest call declaring a `body_bytes` message, of which the first `sent_bytes`
     are sent (no END_STREAM); returns the bytes sent, prefix included."""
@@ -121,6 +139,14 @@ def test_unary_bytes_count_until_the_message_is_complete(quota_server: InProcess
         response = raw.response(1)
         assert response.trailers["grpc-status"] == "0"
         assert wait_held(quota_server, 0) == 0
+        # Handed to a handler that keeps it: no longer the transport's, while the call runs.
+        raw.headers(3, request_fields(PARK))
+        raw.send(h2.DATA, 0, 3, b"\x00" + (900 * KiB).to_bytes(4, "big") + bytes(600 * KiB))
+        assert wait_held(quota_server, 5 + 600 * KiB) == 5 + 600 * KiB
+        raw.send(h2.DATA, h2.END_STREAM, 3, bytes(300 * KiB))
+        assert wait_held(quota_server, 0) == 0
+        assert quota_server.run(_open_calls(quota_server)) == 1  # Park still has it
+        raw.send(h2.RST_STREAM, 0, 3, h2.u32(h2.CANCEL))
 
 
 def test_streaming_messages_count_until_the_handler_takes_them(quota_server: InProcess) -> None:
@@ -133,17 +159,22 @@ def test_streaming_messages_count_until_the_handler_takes_them(quota_server: InP
         assert wait_held(quota_server, 5 * len(message) + 1000) == 5 * len(message) + 1000
         raw.send(h2.RST_STREAM, 0, 1, h2.u32(h2.CANCEL))
         assert wait_held(quota_server, 0) == 0
-    # Chat takes each message and echoes it: nothing stays counted.
+    # Chat takes each message and echoes it: once it has, nothing stays counted though
+    # the call goes on.
     with RawClient(quota_server.port, {h2.SETTINGS_INITIAL_WINDOW_SIZE: h2.MAX_WINDOW}) as raw:
         raw.send(h2.WINDOW_UPDATE, 0, 0, h2.u32(h2.MAX_WINDOW - h2.DEFAULT_WINDOW))
         raw.headers(1, request_fields(CHAT))
-        for _ in range(9):
+        for _ in range(10):
             raw.send(h2.DATA, 0, 1, message)
-        raw.send(h2.DATA, h2.END_STREAM, 1, message)
-        response = raw.response(1)
-        assert response.trailers["grpc-status"] == "0"
-        assert response.data == message * 10
+        echoed = 0
+        while echoed < 10 * len(message):
+            frame = raw.next_frame()
+            assert frame is not None, f"{echoed} bytes echoed"
+            echoed += len(frame.payload) if frame.kind == h2.DATA else 0
         assert wait_held(quota_server, 0) == 0
+        assert quota_server.run(_open_calls(quota_server)) == 1
+        raw.send(h2.DATA, h2.END_STREAM, 1, b"")
+        assert raw.response(1).trailers["grpc-status"] == "0"
 
 
 def test_a_client_reset_gives_the_bytes_back(quota_server: InProcess) -> None:
@@ -195,6 +226,8 @@ def test_a_unary_call_past_the_quota_is_resource_exhausted(quota_server: InProce
             holder.send(h2.DATA, h2.END_STREAM, stream_id, bytes(100))
             assert holder.response(stream_id).trailers["grpc-status"] == "0"
         assert wait_held(quota_server, 0) == 0
+        # Every byte either connection sent, refused or dropped ones too, is credited back.
+        assert quota_server.run(_windows(quota_server)) == {CONNECTION_WINDOW_BYTES}
     assert quota_server.server.request_quota.refused_calls == refusals_before + 1
     # With the room back, the same call from a fresh connection is served.
     with RawClient(second_port(quota_server)) as fresh:
