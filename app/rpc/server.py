@@ -29,14 +29,17 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from app.core.errors import StartupError
 from app.core.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
 from app.ops.health import server_ready
+from app.ops.metric_types import CallbackCounter, CallbackGauge
 from app.rpc.admin import AdminServicer
 from app.rpc.h2.limits import H2Limits
+from app.rpc.h2.quota import RequestQuota
 from app.rpc.h2.server import GrpcH2Server
 from app.rpc.services import ModelServicer, PredictionServicer
 from app.rpc.v2_service import SERVICE_NAME as V2_SERVICE
 from app.rpc.v2_service import V2InferenceServicer
 from app.settings import model_config
-from app.settings.settings import request_tensor_limit_bytes
+from app.settings.settings import MESSAGE_HEADROOM_BYTES as MESSAGE_HEADROOM_BYTES
+from app.settings.settings import grpc_receive_limit_bytes, request_tensor_limit_bytes
 from proto import admin_pb2, admin_pb2_grpc, open_inference_pb2_grpc
 
 if TYPE_CHECKING:
@@ -51,8 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tfgate.grpc")
 
 INT32_MAX = 2**31 - 1
-# Room in a request message beyond its tensors' bytes: ModelSpec, aliases, TensorProto framing.
-MESSAGE_HEADROOM_BYTES = 4 << 20
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -99,7 +100,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     Serving allows INT32_MAX): tensors past the limit are refused after decoding anyway, so
     buffering a larger message only costs memory; grpc core answers RESOURCE_EXHAUSTED.
     """
-    max_message = min(INT32_MAX, request_tensor_limit_bytes(settings) + MESSAGE_HEADROOM_BYTES)
+    max_message = grpc_receive_limit_bytes(settings)
     options: dict[str, Any] = {
         "grpc.max_send_message_length": INT32_MAX,
         "grpc.max_receive_message_length": max_message,
@@ -318,6 +319,7 @@ def h2_limits(settings: Settings) -> H2Limits:
         idle_timeout_seconds=settings.grpc_idle_timeout_seconds,
         handshake_timeout_seconds=settings.grpc_handshake_timeout_seconds,
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        max_buffered_request_bytes=settings.grpc_max_buffered_request_bytes,
         max_receive_message_bytes=(
             receive_bytes if isinstance(receive_bytes, int) and receive_bytes >= 0
             else INT32_MAX
@@ -328,6 +330,7 @@ def h2_limits(settings: Settings) -> H2Limits:
 async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2Server:
     settings = server.settings
     h2_server = GrpcH2Server(max(0, settings.grpc_max_threads), h2_limits(settings))
+    add_request_buffer_metrics(server.metrics, h2_server.request_quota)
     health = _add_health_and_reflection(settings, h2_server, _add_servicers(server, h2_server))
     context = server_ssl_context(settings.ssl_config_file)
     for address, _ in addresses:
@@ -340,6 +343,25 @@ async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2S
             ) from None
     await _mark_serving(health)
     return h2_server
+
+
+def add_request_buffer_metrics(metrics: Metrics, quota: RequestQuota) -> None:
+    """The h2 transport's server-wide request buffer on /metrics, read at scrape time."""
+    metrics.add(CallbackGauge(
+        "tfgate_grpc_buffered_request_bytes",
+        "Request bytes the h2 gRPC transport holds before handlers take them (partly "
+        "received unary messages, queued streaming messages), all connections together; "
+        "at most --grpc_max_buffered_request_bytes.",
+        (),
+        lambda: [((), float(quota.held_bytes))],
+    ))
+    metrics.add(CallbackCounter(
+        "tfgate_grpc_request_buffer_refusals_total",
+        "gRPC calls the h2 transport failed with RESOURCE_EXHAUSTED because their request "
+        "bytes would pass --grpc_max_buffered_request_bytes.",
+        (),
+        lambda: [((), float(quota.refused_calls))],
+    ))
 
 
 class GenericHandlersOnly:

@@ -228,6 +228,15 @@ FLAGS: tuple[Flag, ...] = (
         "tfgate: HTTP/2 MAX_CONCURRENT_STREAMS the h2 gRPC server advertises and enforces per "
         "connection (streams beyond it: RST_STREAM REFUSED_STREAM).",
     ),
+    Flag(
+        "grpc_max_buffered_request_bytes",
+        int,
+        1 << 30,
+        "tfgate: request bytes the h2 gRPC server holds for all connections together (partly "
+        "received unary messages, streaming messages waiting for their handler); a call whose "
+        "DATA would pass it gets RESOURCE_EXHAUSTED. With h2 it must be at least the largest "
+        "request message plus 64 MiB (startup fails otherwise).",
+    ),
     Flag("log_format", str, "text", "tfgate: text or json."),
     Flag(
         "cache_url",

@@ -34,6 +34,15 @@ from app.settings.flags import FLAGS, FLAGS_BY_NAME, Flag
 
 __all__ = ["ConfigFileError", "Settings", "SettingsError", "load_settings"]
 
+INT32_MAX = 2**31 - 1
+# Room in a gRPC request message beyond its tensors' bytes: ModelSpec, aliases, TensorProto
+# framing (grpc_receive_limit_bytes()).
+MESSAGE_HEADROOM_BYTES = 4 << 20
+# What --grpc_max_buffered_request_bytes must allow beyond one whole request message: one
+# HTTP/2 connection window's worth (app/rpc/h2/limits.py CONNECTION_WINDOW_BYTES) of other
+# calls' bytes, so a message of the largest size can always be received.
+BUFFERED_REQUEST_ROOM_BYTES = 64 << 20
+
 
 # The flag values as a typed model: one field per flag, with its kind and default. Strict, so a
 # value set after parsing (main.fit_connection_caps) must have the flag's type.
@@ -265,6 +274,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--max_request_tensor_bytes must not be negative")
     if flags["grpc_idle_timeout_seconds"] < 0:
         raise SettingsError("--grpc_idle_timeout_seconds must not be negative")
+    _validate_request_buffer_quota(settings)
     for name in (
         "grpc_max_connections",
         "grpc_handshake_timeout_seconds",
@@ -275,6 +285,34 @@ def validate(settings: Settings) -> None:
     ):
         if flags[name] <= 0:
             raise SettingsError(f"--{name} must be positive")
+
+
+def _validate_request_buffer_quota(settings: Settings) -> None:
+    """--grpc_max_buffered_request_bytes is positive (0 is not "unlimited"), and when the h2
+    transport serves gRPC it holds at least one request message of the largest size plus
+    BUFFERED_REQUEST_ROOM_BYTES: a smaller quota would refuse messages the receive limit
+    allows, so startup stops instead of raising it silently."""
+    quota_bytes = settings.flags.grpc_max_buffered_request_bytes
+    if quota_bytes <= 0:
+        raise SettingsError("--grpc_max_buffered_request_bytes must be positive")
+    if settings.flags.grpc_implementation != "h2" or settings.flags.grpc_channel_arguments:
+        return  # grpc.aio serves: grpc core's resource quota applies instead
+    message_bytes = grpc_receive_limit_bytes(settings)
+    needed_bytes = message_bytes + BUFFERED_REQUEST_ROOM_BYTES
+    if quota_bytes < needed_bytes:
+        raise SettingsError(
+            f"--grpc_max_buffered_request_bytes={quota_bytes} is too small: it must hold "
+            f"one request message of the largest size ({message_bytes} bytes, from "
+            f"--max_request_tensor_bytes / --worker_arena_bytes plus 4 MiB) plus 64 MiB, "
+            f"at least {needed_bytes}"
+        )
+
+
+def grpc_receive_limit_bytes(settings: Settings) -> int:
+    """The largest gRPC request message served: the request tensor limit plus
+    MESSAGE_HEADROOM_BYTES (TF Serving allows INT32_MAX; tensors past the limit are refused
+    after decoding anyway, so buffering a larger message only costs memory)."""
+    return min(INT32_MAX, request_tensor_limit_bytes(settings) + MESSAGE_HEADROOM_BYTES)
 
 
 def request_tensor_limit_bytes(settings: Settings) -> int:

@@ -82,6 +82,7 @@ class H2Call:
         "held",
         "outbox",
         "queued_bytes",
+        "quota_bytes",
         "receive_window",
         "remote_closed",
         "requests",
@@ -116,6 +117,10 @@ class H2Call:
         self.held = 0
         self.queued_bytes = 0
         self.end_queued = False
+        # Request bytes this call holds in the server's quota (app/rpc/h2/quota.py): a unary
+        # call's body until its message is complete; a streaming call's body and queued
+        # messages until its handler takes them. Given back, all of it, when the call ends.
+        self.quota_bytes = 0
         self.outbox: collections.deque[memoryview] = collections.deque()
         self.trailers: bytes | None = None  # sent once the outbox is empty
         self.headers_sent = False

@@ -51,6 +51,7 @@ from app.rpc.h2.limits import (
     H2Limits,
 )
 from app.rpc.h2.outbound import OutboundFrames
+from app.rpc.h2.quota import RequestQuota
 from app.rpc.h2.replies import (
     GRPC_CONTENT_TYPE,
     LIMIT_EXCEEDED,
@@ -70,6 +71,7 @@ class ConnectionOwner(Protocol):
     module builds connections, so this one names the owner instead of importing it."""
 
     limits: H2Limits
+    request_quota: RequestQuota  # request bytes all its connections hold together
     registry: MethodLookup
     connections: set[Any]  # the open connections, for shutdown
     closing: bool
@@ -86,6 +88,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
     def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.limits = server.limits
+        self.quota = server.request_quota
         self.message_limit_bytes = server.limits.max_receive_message_bytes
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -323,6 +326,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         else:
             data = last
         self._unbuffer(call)  # complete: what was withheld is consumed now
+        self._return_quota(call, call.quota_bytes)  # and handed to the handler
         try:
             messages, used = take_messages(data, self.message_limit_bytes)
             if len(messages) != 1 or used != len(data):

@@ -5,8 +5,10 @@ and hands each to InboundFrames._on_frame() (this module, its base class); what 
 starts or feeds (a call, its request bytes) goes back to the connection's call methods.
 Here live RFC 9113's rules for what a client may send (connection errors end with GOAWAY
 through ProtocolError, stream errors reset one stream), flow control on the receive side
-(credit is given back only for consumed bytes), and the flood guards of app/rpc/h2/limits.py
-(Rapid Reset, PING/SETTINGS floods, control replies to a client that does not read).
+(credit is given back only for consumed bytes), the server-wide quota on buffered request
+bytes (app/rpc/h2/quota.py: taken here as DATA is buffered, given back as it leaves), and the
+flood guards of app/rpc/h2/limits.py (Rapid Reset, PING/SETTINGS floods, control replies to a
+client that does not read).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.rpc.h2.limits import (
     H2Limits,
     request_header_error,
 )
+from app.rpc.h2.quota import RequestQuota
 
 log = logging.getLogger("tfgate.grpc")
 
@@ -53,6 +56,7 @@ class InboundFrames:
 
     if TYPE_CHECKING:  # kept by GrpcH2Connection
         limits: H2Limits
+        quota: RequestQuota  # the server's, shared by all its connections
         peer: str
         calls: dict[int, H2Call]
         last_stream_id: int
@@ -82,6 +86,7 @@ class InboundFrames:
         def _end_of_request(self, call: H2Call, last: bytes = b"") -> None: ...
         def _queue_requests(self, call: H2Call) -> None: ...
         def end_call(self, call: H2Call, code: grpc.StatusCode, details: str = "") -> None: ...
+        def _end_now(self, call: H2Call, code: grpc.StatusCode, details: str) -> None: ...
         def _flush(self, call: H2Call) -> None: ...
         def _cancel(self, call: H2Call) -> None: ...
         def _write(self, data: bytes) -> None: ...
@@ -215,9 +220,15 @@ class InboundFrames:
             raise ProtocolError(h2.FLOW_CONTROL_ERROR, "DATA past the stream window")
         call.receive_window -= size
         data = _strip(flags, payload)
+        # A unary request's last frame is not buffered: it completes the message, which goes
+        # straight to the handler. Anything else is held, so it must fit the server's quota.
+        unary_end = call.requests is None and flags & h2.END_STREAM
+        if not unary_end and not self._hold_request(call, len(data)):
+            self._grant_connection(size)  # dropped, like the rest of the refused call's DATA
+            return
         if call.requests is None:
             self._buffer_unary(call, size)
-            if flags & h2.END_STREAM:
+            if unary_end:
                 self._end_of_request(call, data)
                 return
             call.body += data
@@ -350,6 +361,37 @@ class InboundFrames:
         self._grant_connection(call.held)
         call.held = 0
 
+    def _hold_request(self, call: H2Call, size: int) -> bool:
+        """`size` request bytes of the call are about to be buffered: counted in the server's
+        quota, or (False) the call is refused with RESOURCE_EXHAUSTED and its buffered bytes
+        released at once. Its later DATA is dropped but credited (RFC 9113 flow control: the
+        connection and the client's other calls carry on)."""
+        if self.quota.take(size):
+            call.quota_bytes += size
+            return True
+        self._end_now(call, grpc.StatusCode.RESOURCE_EXHAUSTED, self.quota.refuse(self.peer))
+        return False
+
+    def _return_quota(self, call: H2Call, size: int) -> None:
+        """`size` of the call's counted bytes left the transport (handed to its handler)."""
+        size = min(size, call.quota_bytes)  # nothing is given back twice, nor after the end
+        call.quota_bytes -= size
+        self.quota.give_back(size)
+
+    def _drop_requests(self, call: H2Call) -> None:
+        """The call ended: the request bytes still held for it are freed and leave the
+        quota. (A unary message already handed to its handler is not held any more: its
+        body, which the handler may still read, stays.)"""
+        if not call.quota_bytes:
+            return
+        self._return_quota(call, call.quota_bytes)
+        call.body = bytearray()  # rebound, not cleared: safe even with views still open
+        requests = call.requests
+        if requests is not None:  # the handler is done or cancelled: it takes no more
+            while not requests.empty():
+                requests.get_nowait()
+            call.queued_bytes = 0
+
     def _grant(self, call: H2Call, size: int) -> None:
         """`size` bytes of the call's data are consumed: both windows get them back (the
         stream's in batches, and only while the client still sends on it)."""
@@ -377,6 +419,7 @@ class InboundFrames:
     def request_taken(self, call: H2Call, size: int) -> None:
         """A streaming handler took a request message of `size` bytes off its queue."""
         call.queued_bytes -= size
+        self._return_quota(call, size)
         if not call.ended:
             self._queue_requests(call)
 

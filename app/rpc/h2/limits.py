@@ -58,13 +58,16 @@ REQUEST_PSEUDO_HEADERS = frozenset({":method", ":scheme", ":path", ":authority"}
 
 @dataclass(frozen=True)
 class H2Limits:
-    """What one gRPC server (all its listeners) allows. 0 disables a count or time limit."""
+    """What one gRPC server (all its listeners) allows. 0 disables a count or time limit,
+    except max_buffered_request_bytes, which is always on (app/rpc/h2/quota.py)."""
 
     max_connections: int = 1024
     idle_timeout_seconds: float = 300.0
     handshake_timeout_seconds: float = 10.0
     max_concurrent_streams: int = 256
     max_receive_message_bytes: int = INT32_MAX
+    # Request bytes all connections together may hold before they reach a handler.
+    max_buffered_request_bytes: int = 1 << 30
 
 
 class Budget:

@@ -4,8 +4,9 @@ Data path position: app/rpc/h2/call.py's serve() hands a call's response message
 to GrpcH2Connection, whose base class OutboundFrames (this module) writes them as HEADERS,
 DATA (as far as the client's flow-control windows allow; the rest waits in the call's outbox
 until a WINDOW_UPDATE, app/rpc/h2/inbound.py) and trailers, or one trailers-only HEADERS for
-an error; then the call is released: its stream, its unconsumed window credit and its slot
-under the server's concurrent call cap. Deadlines and client resets end calls here too.
+an error; then the call is released: its stream, its unconsumed window credit, the request
+bytes it still holds in the server's quota and its slot under the server's concurrent call
+cap. Deadlines and client resets end calls here too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class OutboundFrames:
         idle_since: float
 
         def _unbuffer(self, call: H2Call) -> None: ...
+        def _drop_requests(self, call: H2Call) -> None: ...
         def _grant_connection(self, size: int) -> None: ...
         def _remember_reset(self, stream_id: int) -> None: ...
         def _close_with(self, code: int, *, goaway: bool = True,
@@ -115,6 +117,7 @@ class OutboundFrames:
 
     def _release(self, call: H2Call) -> None:
         self._unbuffer(call)
+        self._drop_requests(call)  # request bytes still held leave the server's quota
         if self.calls.pop(call.stream_id, None) is not None:
             self.server.active_calls -= 1
             if not self.calls and self.loop is not None:

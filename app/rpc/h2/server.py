@@ -20,9 +20,10 @@ handlers (reflection streams both ways, health Watch streams replies), and a cap
 concurrent calls (--grpc_max_threads). Against hostile clients (app/rpc/h2/limits.py):
 a connection cap, handshake and idle timeouts, MAX_CONCURRENT_STREAMS, the receive message
 limit checked on each length prefix, capped decompression off the loop, credit returned
-only for consumed bytes, reading paused while the client does not read, budgets for resets
-(Rapid Reset) and control frames (ENHANCE_YOUR_CALM), RFC 9113's connection and stream
-errors. Not here: grpc core's channel arguments (with
+only for consumed bytes, one server-wide quota on buffered request bytes
+(--grpc_max_buffered_request_bytes, app/rpc/h2/quota.py), reading paused while the client
+does not read, budgets for resets (Rapid Reset) and control frames (ENHANCE_YOUR_CALM),
+RFC 9113's connection and stream errors. Not here: grpc core's channel arguments (with
 --grpc_channel_arguments tfgate serves with grpc.aio instead).
 """
 
@@ -39,6 +40,7 @@ from typing import Any, NamedTuple
 
 from app.rpc.h2.connection import GrpcH2Connection
 from app.rpc.h2.limits import H2Limits
+from app.rpc.h2.quota import RequestQuota
 
 
 class _CallDetails(NamedTuple):
@@ -95,6 +97,8 @@ class GrpcH2Server:
     ) -> None:
         self.registry = MethodRegistry()
         self.limits = limits or H2Limits()
+        # One count of buffered request bytes for every listener and connection.
+        self.request_quota = RequestQuota(self.limits.max_buffered_request_bytes)
         self.max_concurrent_calls = max_concurrent_calls or 0
         self.active_calls = 0
         self.connections: set[GrpcH2Connection] = set()

@@ -264,3 +264,36 @@ def test_grpc_transport_limits_flags() -> None:
 def test_grpc_transport_limits_are_validated(flag: str) -> None:
     with pytest.raises(SettingsError, match="--grpc_"):
         load_settings(["--model_base_path=/m", flag])
+
+
+def test_grpc_max_buffered_request_bytes_reaches_the_h2_limits() -> None:
+    from app.rpc.server import h2_limits
+
+    assert h2_limits(load_settings(["--model_base_path=/m"])).max_buffered_request_bytes == 1 << 30
+    settings = load_settings(["--model_base_path=/m", "--grpc_implementation=h2",
+                              f"--grpc_max_buffered_request_bytes={200 << 20}"])
+    assert h2_limits(settings).max_buffered_request_bytes == 200 << 20
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_grpc_max_buffered_request_bytes_must_be_positive(value: int) -> None:
+    with pytest.raises(SettingsError, match="--grpc_max_buffered_request_bytes must be positive"):
+        load_settings(["--model_base_path=/m", f"--grpc_max_buffered_request_bytes={value}"])
+
+
+def test_grpc_max_buffered_request_bytes_must_hold_one_message_with_h2() -> None:
+    # The largest message by default: the 64 MiB arena plus 4 MiB; plus 64 MiB of room.
+    needed = (64 << 20) + (4 << 20) + (64 << 20)
+    h2 = ["--model_base_path=/m", "--grpc_implementation=h2"]
+    assert load_settings([*h2, f"--grpc_max_buffered_request_bytes={needed}"])
+    with pytest.raises(SettingsError, match=(
+            rf"--grpc_max_buffered_request_bytes={needed - 1} is too small: .*"
+            rf"\({(68 << 20)} bytes, .* at least {needed}")):
+        load_settings([*h2, f"--grpc_max_buffered_request_bytes={needed - 1}"])
+    # A larger arena raises the bound, past the 1 GiB default: refused, not raised silently.
+    with pytest.raises(SettingsError, match="at least 1145044992"):
+        load_settings([*h2, f"--worker_arena_bytes={1 << 30}"])
+    # grpc.aio ignores the flag: no lower bound there (grpc core's quota applies).
+    assert load_settings(["--model_base_path=/m", "--grpc_max_buffered_request_bytes=1"])
+    assert load_settings([*h2, "--grpc_channel_arguments=a=1",
+                          "--grpc_max_buffered_request_bytes=1"])
