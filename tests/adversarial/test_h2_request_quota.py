@@ -91,6 +91,21 @@ def counts(served: InProcess) -> tuple[int, int]:
     return served.run(read())
 
 
+def frames_held(served: InProcess, expected: int, timeout_seconds: float = 5.0) -> int:
+    """The incomplete-frame quota's count once it reads `expected` (or the last reading); the
+    connections' shares always add up to it."""
+    async def read() -> tuple[int, int]:
+        shares = sum(conn.partial_frame_bytes for conn in served.server.connections)
+        return served.server.frame_quota.held_bytes, shares
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        held, shares = served.run(read())
+        assert held == shares, (held, shares)
+        if held == expected or time.monotonic() > deadline:
+            return held
+        time.sleep(0.02)
+
+
 def wait_held(served: InProcess, expected: int, timeout_seconds: float = 5.0) -> int:
     """The quota's count once it reads `expected` (or the last reading); the open calls'
     shares always add up to it."""
@@ -235,6 +250,47 @@ def test_a_unary_call_past_the_quota_is_resource_exhausted(quota_server: InProce
         fresh.send(h2.DATA, h2.END_STREAM, 1, bytes(400 * KiB))
         assert fresh.response(1).trailers["grpc-status"] == "0"
     assert wait_held(quota_server, 0) == 0
+
+
+def test_incomplete_frames_count_and_close_the_connection_past_their_quota(
+    quota_server: InProcess,
+) -> None:
+    """Each connection trickles one large DATA frame and never finishes it: the bytes waiting
+    in the read buffers count in the frame quota (an eighth of the request quota, but at
+    least four of the largest frames: 4 x (1 MiB + 9) here), the connection whose frame does
+    not fit is closed with ENHANCE_YOUR_CALM, and closing the others gives everything back.
+    Calls are not refused for it."""
+    assert quota_server.server.frame_quota.limit_bytes == 4 * (MiB + h2.FRAME_HEADER_BYTES)
+    sent_bytes = 1000 * KiB
+    head = MiB.to_bytes(3, "big") + bytes([h2.DATA, 0]) + (1).to_bytes(4, "big")
+    clients = [RawClient(quota_server.port) for _ in range(5)]
+    try:
+        for number, raw in enumerate(clients[:4], 1):
+            raw.send_raw(head + bytes(sent_bytes))
+            held = number * (len(head) + sent_bytes)
+            assert frames_held(quota_server, held) == held
+        clients[4].send_raw(head + bytes(sent_bytes))  # a fifth does not fit
+        assert clients[4].goaway_code() == h2.ENHANCE_YOUR_CALM
+        held = 4 * (len(head) + sent_bytes)
+        assert frames_held(quota_server, held) == held
+        assert wait_held(quota_server, 0) == 0  # the request quota is not touched
+    finally:
+        for raw in clients:
+            raw.close()
+    assert frames_held(quota_server, 0) == 0
+    with RawClient(quota_server.port) as raw:  # a fresh client is served
+        raw.call(1, DIGEST, grpc_message(b"ok"))
+        assert raw.response(1).trailers["grpc-status"] == "0"
+    # A frame that completes moves its bytes to its call: nothing stays in the frame quota.
+    with RawClient(quota_server.port) as raw:
+        raw.headers(1, request_fields(DIGEST))
+        message = grpc_message(bytes(200 * KiB))
+        data = h2.frame(h2.DATA, h2.END_STREAM, 1, message)
+        raw.send_raw(data[:150 * KiB])
+        assert frames_held(quota_server, 150 * KiB) == 150 * KiB
+        raw.send_raw(data[150 * KiB:])
+        assert raw.response(1).trailers["grpc-status"] == "0"
+        assert frames_held(quota_server, 0) == 0
 
 
 def test_a_streaming_call_past_the_quota_is_refused_and_its_queue_freed(

@@ -72,6 +72,7 @@ class ConnectionOwner(Protocol):
 
     limits: H2Limits
     request_quota: RequestQuota  # request bytes all its connections hold together
+    frame_quota: RequestQuota  # incomplete frames in its connections' read buffers
     registry: MethodLookup
     connections: set[Any]  # the open connections, for shutdown
     closing: bool
@@ -89,11 +90,13 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.quota = server.request_quota
+        self.frame_quota = server.frame_quota
         self.message_limit_bytes = server.limits.max_receive_message_bytes
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.peer = ""
         self.buffer = bytearray()
+        self.partial_frame_bytes = 0  # what the buffer's incomplete frame holds in the quota
         self.preface_seen = False
         self.settings_seen = False  # the client's first frame must be SETTINGS
         self.decoder = h2.HeaderDecoder(MAX_HEADER_LIST_BYTES)
@@ -156,6 +159,8 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.frame_quota.give_back(self.partial_frame_bytes)
+        self.partial_frame_bytes = 0
         if self.timer is not None:
             self.timer.cancel()
         self.server.connections.discard(self)
@@ -181,6 +186,9 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
+        if self.partial_frame_bytes:  # the frame may complete now: its call takes its bytes
+            self.frame_quota.give_back(self.partial_frame_bytes)
+            self.partial_frame_bytes = 0
         pos = 0
         try:
             if not self.preface_seen:
@@ -217,6 +225,26 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
             self._close_with(h2.INTERNAL_ERROR)
             return
         del buffer[:pos]
+        if buffer:
+            self._hold_partial_frame(len(buffer))
+
+    def _hold_partial_frame(self, size: int) -> None:
+        """An incomplete frame (up to MAX_FRAME_BYTES) waits in the read buffer until the next
+        read: it counts in the server's frame quota (quota.INCOMPLETE_FRAME_SHARE of
+        --grpc_max_buffered_request_bytes), so many connections each trickling one large
+        frame cannot pin memory outside a bound. When that has no room the connection is
+        closed (ENHANCE_YOUR_CALM): the bytes belong to no call that could be refused."""
+        quota = self.frame_quota
+        if not quota.take(size):
+            log.warning(
+                "gRPC connection from %s: an incomplete frame of %d bytes does not fit the "
+                "server's incomplete-frame quota (%d bytes held, quota %d); closing the "
+                "connection", self.peer, size, quota.held_bytes, quota.limit_bytes,
+            )
+            del self.buffer[:]
+            self._close_with(h2.ENHANCE_YOUR_CALM)
+            return
+        self.partial_frame_bytes = size
 
     def _first_frame(self, kind: int, flags: int) -> None:
         """RFC 9113 section 3.4: the preface ends with the client's SETTINGS."""
