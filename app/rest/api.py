@@ -28,7 +28,7 @@ from app.codec.tensor import request_budget
 from app.core.errors import Code, ServingError
 from app.core.request_ids import new_request_id
 from app.core.types import INT64_MAX, ModelSpec
-from app.rest.edge import body_too_large_text
+from app.rest.edge import body_too_large_text, send_whole
 from app.serving.auth import InferenceAuth, credential_from
 from app.serving.observation import MAX_ROUTING_KEY_CHARS
 from app.serving.service import Entrypoint, ServingService
@@ -125,9 +125,10 @@ class TfServingRestApi:
         headers.extend(extra)
         if self.enable_cors:
             headers.extend(CORS_HEADERS)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if not send_whole(send, status, headers, body):  # uvicorn's cycle: one write
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         if self.access_log:
             latency_ms = round((time.perf_counter() - started) * 1000, 3)
             access_log.info(
