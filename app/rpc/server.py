@@ -39,7 +39,11 @@ from app.rpc.v2_service import SERVICE_NAME as V2_SERVICE
 from app.rpc.v2_service import V2InferenceServicer
 from app.settings import model_config
 from app.settings.settings import MESSAGE_HEADROOM_BYTES as MESSAGE_HEADROOM_BYTES
-from app.settings.settings import grpc_receive_limit_bytes, request_tensor_limit_bytes
+from app.settings.settings import (
+    grpc_receive_limit_bytes,
+    request_buffer_quota_bytes,
+    request_tensor_limit_bytes,
+)
 from proto import admin_pb2, admin_pb2_grpc, open_inference_pb2_grpc
 
 if TYPE_CHECKING:
@@ -319,7 +323,7 @@ def h2_limits(settings: Settings) -> H2Limits:
         idle_timeout_seconds=settings.grpc_idle_timeout_seconds,
         handshake_timeout_seconds=settings.grpc_handshake_timeout_seconds,
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
-        max_buffered_request_bytes=settings.grpc_max_buffered_request_bytes,
+        max_buffered_request_bytes=request_buffer_quota_bytes(settings),
         max_receive_message_bytes=(
             receive_bytes if isinstance(receive_bytes, int) and receive_bytes >= 0
             else INT32_MAX

@@ -231,11 +231,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "grpc_max_buffered_request_bytes",
         int,
-        1 << 30,
+        0,
         "tfgate: request bytes the h2 gRPC server holds for all connections together (partly "
         "received unary messages, streaming messages waiting for their handler); a call whose "
-        "DATA would pass it gets RESOURCE_EXHAUSTED. With h2 it must be at least the largest "
-        "request message plus 64 MiB (startup fails otherwise).",
+        "DATA would pass it gets RESOURCE_EXHAUSTED. 0: 1 GiB, or the largest request message "
+        "plus 64 MiB when that is more; a value set must be at least that sum (startup fails "
+        "otherwise).",
     ),
     Flag("log_format", str, "text", "tfgate: text or json."),
     Flag(

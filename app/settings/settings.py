@@ -42,6 +42,8 @@ MESSAGE_HEADROOM_BYTES = 4 << 20
 # HTTP/2 connection window's worth (app/rpc/h2/limits.py CONNECTION_WINDOW_BYTES) of other
 # calls' bytes, so a message of the largest size can always be received.
 BUFFERED_REQUEST_ROOM_BYTES = 64 << 20
+# The quota when --grpc_max_buffered_request_bytes is 0 (request_buffer_quota_bytes()).
+DEFAULT_REQUEST_BUFFER_BYTES = 1 << 30
 
 
 # The flag values as a typed model: one field per flag, with its kind and default. Strict, so a
@@ -288,15 +290,15 @@ def validate(settings: Settings) -> None:
 
 
 def _validate_request_buffer_quota(settings: Settings) -> None:
-    """--grpc_max_buffered_request_bytes is positive (0 is not "unlimited"), and when the h2
-    transport serves gRPC it holds at least one request message of the largest size plus
-    BUFFERED_REQUEST_ROOM_BYTES: a smaller quota would refuse messages the receive limit
-    allows, so startup stops instead of raising it silently."""
+    """--grpc_max_buffered_request_bytes is 0 (automatic) or, when the h2 transport serves
+    gRPC, at least one request message of the largest size plus BUFFERED_REQUEST_ROOM_BYTES: a
+    smaller quota would refuse messages the receive limit allows, so startup stops instead of
+    raising a value the operator chose."""
     quota_bytes = settings.flags.grpc_max_buffered_request_bytes
-    if quota_bytes <= 0:
-        raise SettingsError("--grpc_max_buffered_request_bytes must be positive")
-    if settings.flags.grpc_implementation != "h2" or settings.flags.grpc_channel_arguments:
-        return  # grpc.aio serves: grpc core's resource quota applies instead
+    if quota_bytes < 0:
+        raise SettingsError("--grpc_max_buffered_request_bytes must be positive (or 0: automatic)")
+    if quota_bytes == 0 or not _serves_h2(settings):
+        return  # automatic, or grpc.aio serves: grpc core's resource quota applies instead
     message_bytes = grpc_receive_limit_bytes(settings)
     needed_bytes = message_bytes + BUFFERED_REQUEST_ROOM_BYTES
     if quota_bytes < needed_bytes:
@@ -306,6 +308,21 @@ def _validate_request_buffer_quota(settings: Settings) -> None:
             f"--max_request_tensor_bytes / --worker_arena_bytes plus 4 MiB) plus 64 MiB, "
             f"at least {needed_bytes}"
         )
+
+
+def _serves_h2(settings: Settings) -> bool:
+    return settings.flags.grpc_implementation == "h2" and not settings.flags.grpc_channel_arguments
+
+
+def request_buffer_quota_bytes(settings: Settings) -> int:
+    """The h2 transport's server-wide quota: --grpc_max_buffered_request_bytes, or with 0
+    DEFAULT_REQUEST_BUFFER_BYTES, raised to one largest request message plus
+    BUFFERED_REQUEST_ROOM_BYTES when a large --worker_arena_bytes needs more."""
+    quota_bytes = settings.flags.grpc_max_buffered_request_bytes
+    if quota_bytes:
+        return quota_bytes
+    return max(DEFAULT_REQUEST_BUFFER_BYTES,
+               grpc_receive_limit_bytes(settings) + BUFFERED_REQUEST_ROOM_BYTES)
 
 
 def grpc_receive_limit_bytes(settings: Settings) -> int:

@@ -275,10 +275,18 @@ def test_grpc_max_buffered_request_bytes_reaches_the_h2_limits() -> None:
     assert h2_limits(settings).max_buffered_request_bytes == 200 << 20
 
 
-@pytest.mark.parametrize("value", [0, -1])
-def test_grpc_max_buffered_request_bytes_must_be_positive(value: int) -> None:
+def test_the_automatic_quota_grows_with_the_largest_message() -> None:
+    """0 (the default): 1 GiB, or one largest message + 64 MiB when a large arena needs more,
+    so raising --worker_arena_bytes alone never stops startup."""
+    from app.rpc.server import h2_limits
+
+    big = load_settings(["--model_base_path=/m", f"--worker_arena_bytes={1 << 30}"])
+    assert h2_limits(big).max_buffered_request_bytes == (1 << 30) + (4 << 20) + (64 << 20)
+
+
+def test_grpc_max_buffered_request_bytes_must_not_be_negative() -> None:
     with pytest.raises(SettingsError, match="--grpc_max_buffered_request_bytes must be positive"):
-        load_settings(["--model_base_path=/m", f"--grpc_max_buffered_request_bytes={value}"])
+        load_settings(["--model_base_path=/m", "--grpc_max_buffered_request_bytes=-1"])
 
 
 def test_grpc_max_buffered_request_bytes_must_hold_one_message_with_h2() -> None:
@@ -290,10 +298,12 @@ def test_grpc_max_buffered_request_bytes_must_hold_one_message_with_h2() -> None
             rf"--grpc_max_buffered_request_bytes={needed - 1} is too small: .*"
             rf"\({(68 << 20)} bytes, .* at least {needed}")):
         load_settings([*h2, f"--grpc_max_buffered_request_bytes={needed - 1}"])
-    # A larger arena raises the bound, past the 1 GiB default: refused, not raised silently.
+    # A larger arena raises the bound past a value set: refused, not raised silently.
     with pytest.raises(SettingsError, match="at least 1145044992"):
-        load_settings([*h2, f"--worker_arena_bytes={1 << 30}"])
+        load_settings([*h2, f"--worker_arena_bytes={1 << 30}",
+                       f"--grpc_max_buffered_request_bytes={1 << 30}"])
     # grpc.aio ignores the flag: no lower bound there (grpc core's quota applies).
-    assert load_settings(["--model_base_path=/m", "--grpc_max_buffered_request_bytes=1"])
+    assert load_settings(["--model_base_path=/m", "--grpc_implementation=grpcio",
+                          "--grpc_max_buffered_request_bytes=1"])
     assert load_settings([*h2, "--grpc_channel_arguments=a=1",
                           "--grpc_max_buffered_request_bytes=1"])
