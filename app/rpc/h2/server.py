@@ -21,9 +21,10 @@ concurrent calls (--grpc_max_threads). Against hostile clients (app/rpc/h2/limit
 a connection cap, handshake and idle timeouts, MAX_CONCURRENT_STREAMS, the receive message
 limit checked on each length prefix, capped decompression off the loop, credit returned
 only for consumed bytes, reading paused while the client does not read, budgets for resets
-(Rapid Reset) and control frames (ENHANCE_YOUR_CALM), RFC 9113's connection and stream
-errors. Not here: grpc core's channel arguments (with
---grpc_channel_arguments tfgate serves with grpc.aio instead).
+(Rapid Reset) and control frames (ENHANCE_YOUR_CALM), grpc core's ping-abuse policy and
+server keepalive PINGs (app/rpc/h2/keepalive.py), RFC 9113's connection and stream errors.
+Not here: grpc core's channel arguments (with --grpc_channel_arguments tfgate serves with
+grpc.aio instead).
 """
 
 from __future__ import annotations
