@@ -256,6 +256,14 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         if wake < math.inf and self.loop is not None:
             self.timer = self.loop.call_at(wake, self._on_timer)
 
+    def _rearm_timer(self) -> None:
+        """For the one event that moves a deadline earlier: our keepalive PING's ACK (the
+        next PING is due a keepalive time on, which may come before the ACK's deadline)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._arm_timer(self.read_at)
+
     def _on_timer(self) -> None:
         self.timer = None
         if self.transport is None or self.loop is None:

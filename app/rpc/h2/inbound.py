@@ -92,6 +92,7 @@ class InboundFrames:
         def _flush(self, call: H2Call) -> None: ...
         def _cancel(self, call: H2Call) -> None: ...
         def _write(self, data: bytes) -> None: ...
+        def _rearm_timer(self) -> None: ...
 
     # -- frames in ------------------------------------------------------------------------
 
@@ -129,7 +130,8 @@ class InboundFrames:
             if len(payload) != 8:
                 raise ProtocolError(h2.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
             if flags & h2.ACK:
-                self.keepalive.acked(payload, self.read_at)
+                if self.keepalive.acked(payload, self.read_at):
+                    self._rearm_timer()
             else:
                 self._spend_control()
                 self._control_reply(h2.frame(h2.PING, h2.ACK, 0, payload))

@@ -95,10 +95,14 @@ class Keepalive:
 
     # -- our keepalive PINGs ----------------------------------------------------------------
 
-    def acked(self, payload: bytes, now: float) -> None:
-        if payload == KEEPALIVE_PAYLOAD and self.ping_sent_at is not None:
-            self.ping_sent_at = None
-            self.waiting_since = now
+    def acked(self, payload: bytes, now: float) -> bool:
+        """A PING ACK from the client; True when it answers our keepalive PING (the next
+        check may then be due sooner than the timer armed for the ACK's deadline)."""
+        if payload != KEEPALIVE_PAYLOAD or self.ping_sent_at is None:
+            return False
+        self.ping_sent_at = None
+        self.waiting_since = now
+        return True
 
     def next_check_at(self, read_at: float) -> float:
         """When check() has something to decide (math.inf: never)."""
