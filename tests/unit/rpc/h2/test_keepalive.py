@@ -105,9 +105,10 @@ def test_bytes_but_no_ack_is_a_ping_timeout() -> None:
 def test_the_ack_restarts_the_keepalive_clock() -> None:
     policy = short()
     policy.check(110.0, 100.0, calls_open=True)
-    policy.acked(b"whatever", 110.5)  # not our PING's
+    assert not policy.acked(b"whatever", 110.5)  # not our PING's
     assert policy.next_check_at(read_at=110.5) == 110.0 + keepalive.PING_ACK_TIMEOUT_SECONDS
-    policy.acked(KEEPALIVE_PAYLOAD, 110.5)
+    assert policy.acked(KEEPALIVE_PAYLOAD, 110.5)
+    assert not policy.acked(KEEPALIVE_PAYLOAD, 110.6)  # answered already
     assert policy.next_check_at(read_at=110.5) == 120.5
     assert policy.check(120.5, 110.5, calls_open=True) == SEND_PING
 
