@@ -324,6 +324,12 @@ def h2_limits(settings: Settings) -> H2Limits:
         handshake_timeout_seconds=settings.grpc_handshake_timeout_seconds,
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         max_buffered_request_bytes=request_buffer_quota_bytes(settings),
+        keepalive_time_seconds=settings.grpc_keepalive_time_seconds,
+        keepalive_timeout_seconds=settings.grpc_keepalive_timeout_seconds,
+        min_recv_ping_interval_without_data_seconds=(
+            settings.grpc_min_recv_ping_interval_without_data_seconds),
+        max_ping_strikes=settings.grpc_max_ping_strikes,
+        keepalive_permit_without_calls=settings.grpc_keepalive_permit_without_calls,
         max_receive_message_bytes=(
             receive_bytes if isinstance(receive_bytes, int) and receive_bytes >= 0
             else INT32_MAX

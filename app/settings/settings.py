@@ -274,12 +274,19 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--log_format must be text or json")
     if flags["max_request_tensor_bytes"] < 0:
         raise SettingsError("--max_request_tensor_bytes must not be negative")
-    if flags["grpc_idle_timeout_seconds"] < 0:
-        raise SettingsError("--grpc_idle_timeout_seconds must not be negative")
+    for name in (
+        "grpc_idle_timeout_seconds",
+        "grpc_keepalive_time_seconds",
+        "grpc_min_recv_ping_interval_without_data_seconds",
+        "grpc_max_ping_strikes",
+    ):
+        if flags[name] < 0:
+            raise SettingsError(f"--{name} must not be negative")
     _validate_request_buffer_quota(settings)
     for name in (
         "grpc_max_connections",
         "grpc_handshake_timeout_seconds",
+        "grpc_keepalive_timeout_seconds",
         "rest_max_connections",
         "rest_idle_timeout_seconds",
         "rest_header_timeout_seconds",

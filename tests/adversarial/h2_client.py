@@ -94,6 +94,9 @@ class RawClient:
         self.sock.settimeout(self.timeout_seconds)
         self.sock.sendall(data)
 
+    def ping(self, payload: bytes = b"12345678", *, ack: bool = False) -> None:
+        self.send(h2.PING, h2.ACK if ack else 0, 0, payload)
+
     def headers(self, stream_id: int, fields: Sequence[tuple[str, str]], *,
                 end_stream: bool = False) -> None:
         flags = h2.END_HEADERS | (h2.END_STREAM if end_stream else 0)
@@ -179,8 +182,15 @@ class RawClient:
 
     def goaway_code(self, timeout_seconds: float = 5.0) -> int | None:
         """The error code of the server's GOAWAY (None if none came)."""
+        goaway = self.goaway(timeout_seconds)
+        return None if goaway is None else goaway[0]
+
+    def goaway(self, timeout_seconds: float = 5.0) -> tuple[int, bytes] | None:
+        """The server's GOAWAY as (error code, debug data); None if none came."""
         frame = self.wait_for(lambda f: f.kind == h2.GOAWAY, timeout_seconds)
-        return None if frame is None else int.from_bytes(frame.payload[4:8], "big")
+        if frame is None:
+            return None
+        return int.from_bytes(frame.payload[4:8], "big"), frame.payload[8:]
 
     def eof(self, timeout_seconds: float = 5.0) -> bool:
         """True once the server has closed the connection (frames before it are skipped)."""

@@ -7,8 +7,9 @@ client sends into frames (RFC 9113) and hands them to its base class InboundFram
 stream and feeds streaming handlers through a bounded queue; its base class OutboundFrames
 (app/rpc/h2/outbound.py) writes each call's response and releases the call. It pauses
 reading while the client does not read, and enforces the call deadline (grpc-timeout), the
-server's concurrent call cap, the handshake and idle timeouts and the connection cap, and
-ends with GOAWAY at shutdown.
+server's concurrent call cap, the handshake and idle timeouts, grpc core's keepalive PINGs
+(app/rpc/h2/keepalive.py, on the same one timer) and the connection cap, and ends with
+GOAWAY at shutdown.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -37,6 +40,7 @@ from app.rpc.h2.inbound import (
     InboundFrames,
     ProtocolError,
 )
+from app.rpc.h2.keepalive import KEEPALIVE_PAYLOAD, SEND_PING, WAIT, Keepalive
 from app.rpc.h2.limits import (
     CONNECTION_WINDOW_BYTES,
     CONTROL_BURST,
@@ -123,13 +127,21 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         self.recently_reset: dict[int, None] = {}  # insertion-ordered, bounded
         self.valid_blocks: dict[bytes, list[tuple[str, str]]] = {}  # checked request headers
         self.idle_since = 0.0
-        self.timer: asyncio.TimerHandle | None = None  # handshake, then idle timeout
+        # The handshake timeout, then the idle timeout and keepalive (one timer for both).
+        self.timer: asyncio.TimerHandle | None = None
+        self.clock: Callable[[], float] = time.monotonic  # the loop's, once connected
+        self.read_at = 0.0  # when bytes last came from the client
+        self.keepalive = Keepalive(server.limits)
+        # HEADERS, DATA or WINDOW_UPDATE written since the client's last PING: its ping
+        # strikes start over (checked at its next PING, see InboundFrames._police_ping).
+        self.data_sent = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()
+        self.clock = self.loop.time
         self.peer = peer_name(transport)
         limits = self.limits
         if limits.max_connections and len(self.server.connections) >= limits.max_connections:
@@ -184,6 +196,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
                 call.writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self.read_at = self.clock()
         buffer = self.buffer
         buffer += data
         if self.partial_frame_bytes:  # the frame may complete now: its call takes its bytes
@@ -218,7 +231,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
                     return
         except ProtocolError as exc:
             log.debug("gRPC connection from %s: %s", self.peer, exc)
-            self._close_with(exc.code)
+            self._close_with(exc.code, debug=exc.debug)
             return
         except Exception:
             log.exception("gRPC connection from %s failed; closing it", self.peer)
@@ -253,7 +266,8 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         self.settings_seen = True
         if self.timer is not None:
             self.timer.cancel()
-        self._schedule_idle_check(self.limits.idle_timeout_seconds)
+            self.timer = None
+        self._arm_timer(self.read_at)
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -261,25 +275,47 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         log.debug("gRPC connection from %s: no HTTP/2 preface in time; closing it", self.peer)
         self._close_with(h2.NO_ERROR, goaway=self.preface_seen)
 
-    def _schedule_idle_check(self, delay_seconds: float) -> None:
-        if self.limits.idle_timeout_seconds > 0 and self.loop is not None:
-            self.timer = self.loop.call_later(delay_seconds, self._idle_check)
+    def _arm_timer(self, now: float) -> None:
+        """One timer for the idle timeout and keepalive, at the earlier of the two. Both
+        are checked lazily: what moves a deadline later (a read, a call) does not touch
+        the timer; when it fires early, it is armed again."""
+        wake = self.keepalive.next_check_at(self.read_at)
+        idle_seconds = self.limits.idle_timeout_seconds
+        if idle_seconds > 0:
+            # With calls open the connection is not idle: looked at again an idle time on.
+            wake = min(wake, (now if self.calls else self.idle_since) + idle_seconds)
+        if wake < math.inf and self.loop is not None:
+            self.timer = self.loop.call_at(wake, self._on_timer)
 
-    def _idle_check(self) -> None:
-        """grpc's max_connection_idle: a connection with no call open for the idle timeout
-        is sent GOAWAY and closed (PINGs do not keep it open)."""
+    def _rearm_timer(self) -> None:
+        """For the one event that moves a deadline earlier: our keepalive PING's ACK (the
+        next PING is due a keepalive time on, which may come before the ACK's deadline)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._arm_timer(self.read_at)
+
+    def _on_timer(self) -> None:
+        self.timer = None
         if self.transport is None or self.loop is None:
             return
+        now = self.loop.time()
         idle_seconds = self.limits.idle_timeout_seconds
-        if self.calls:
-            self._schedule_idle_check(idle_seconds)
+        if idle_seconds > 0 and not self.calls and now >= self.idle_since + idle_seconds:
+            # grpc's max_connection_idle: no call open for the idle timeout, GOAWAY and
+            # closed (PINGs do not keep a connection open).
+            log.debug("gRPC connection from %s idle for %ss; closing it", self.peer, idle_seconds)
+            self.go_away()
             return
-        left_seconds = self.idle_since + idle_seconds - self.loop.time()
-        if left_seconds > 0:
-            self._schedule_idle_check(left_seconds)
+        verdict = self.keepalive.check(now, self.read_at, bool(self.calls))
+        if verdict == SEND_PING:
+            self._write(h2.frame(h2.PING, 0, 0, KEEPALIVE_PAYLOAD))
+        elif verdict != WAIT:
+            log.info("gRPC connection from %s: keepalive PING not answered (%s); closing it",
+                     self.peer, verdict)
+            self._close_with(h2.ENHANCE_YOUR_CALM, debug=verdict.encode())
             return
-        log.debug("gRPC connection from %s idle for %ss; closing it", self.peer, idle_seconds)
-        self.go_away()
+        self._arm_timer(now)
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -302,6 +338,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         if method != "POST" or not content_type.startswith(GRPC_CONTENT_TYPE):
             # Not a gRPC request: HTTP's answer, as gRPC servers give it.
             block = h2.literal_block([(":status", "415"), ("content-type", "text/plain")])
+            self.data_sent = True
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
             if not end:  # its DATA may still come: ignored, not a protocol error
                 self._reset_stream(stream_id, h2.NO_ERROR)
@@ -422,15 +459,17 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
             self._end_now(call, grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
         self._close_with(h2.NO_ERROR, goaway=not self.going_away)
 
-    def _close_with(self, code: int, *, goaway: bool = True, settings: bool = False) -> None:
-        """GOAWAY(code) (after our SETTINGS when none were sent yet), then close."""
+    def _close_with(self, code: int, *, goaway: bool = True, settings: bool = False,
+                    debug: bytes = b"") -> None:
+        """GOAWAY(code, debug data) (after our SETTINGS when none were sent yet), then
+        close."""
         if self.transport is None:
             return
         if goaway:
             with contextlib.suppress(Exception):
                 head = h2.frame(h2.SETTINGS, 0, 0) if settings else b""
-                self.transport.write(head + self._goaway(code))
+                self.transport.write(head + self._goaway(code, debug))
         self.transport.close()
 
-    def _goaway(self, code: int) -> bytes:
-        return h2.frame(h2.GOAWAY, 0, 0, h2.u32(self.last_stream_id) + h2.u32(code))
+    def _goaway(self, code: int, debug: bytes = b"") -> bytes:
+        return h2.frame(h2.GOAWAY, 0, 0, h2.u32(self.last_stream_id) + h2.u32(code) + debug)

@@ -6,9 +6,10 @@ starts or feeds (a call, its request bytes) goes back to the connection's call m
 Here live RFC 9113's rules for what a client may send (connection errors end with GOAWAY
 through ProtocolError, stream errors reset one stream), flow control on the receive side
 (credit is given back only for consumed bytes), the server-wide quota on buffered request
-bytes (app/rpc/h2/quota.py: taken here as DATA is buffered, given back as it leaves), and the
+bytes (app/rpc/h2/quota.py: taken here as DATA is buffered, given back as it leaves), the
 flood guards of app/rpc/h2/limits.py (Rapid Reset, PING/SETTINGS floods, control replies to a
-client that does not read).
+client that does not read), and grpc core's ping-abuse policy (app/rpc/h2/keepalive.py: too
+many PINGs with no data sent).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hpack
 
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.call import CallFailed, H2Call, declared_length
+from app.rpc.h2.keepalive import TOO_MANY_PINGS, Keepalive
 from app.rpc.h2.limits import (
     MAX_CONTROL_REPLIES_WHILE_PAUSED,
     RECENTLY_RESET_STREAMS,
@@ -44,11 +46,13 @@ MAX_HEADER_LIST_BYTES = 64 << 10
 
 
 class ProtocolError(Exception):
-    """The peer broke HTTP/2: the connection ends with GOAWAY(code)."""
+    """The peer broke HTTP/2 (or gRPC's rules for it): the connection ends with
+    GOAWAY(code, debug data)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, debug: bytes = b"") -> None:
         super().__init__(message)
         self.code = code
+        self.debug = debug
 
 
 class InboundFrames:
@@ -80,6 +84,9 @@ class InboundFrames:
         control_frames: Budget
         recently_reset: dict[int, None]
         valid_blocks: dict[bytes, list[tuple[str, str]]]
+        read_at: float
+        keepalive: Keepalive
+        data_sent: bool
 
         def _start_call(self, stream_id: int, headers: list[tuple[str, str]],
                         end: bool) -> None: ...
@@ -90,6 +97,7 @@ class InboundFrames:
         def _flush(self, call: H2Call) -> None: ...
         def _cancel(self, call: H2Call) -> None: ...
         def _write(self, data: bytes) -> None: ...
+        def _rearm_timer(self) -> None: ...
 
     # -- frames in ------------------------------------------------------------------------
 
@@ -126,9 +134,13 @@ class InboundFrames:
                 raise ProtocolError(h2.PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
                 raise ProtocolError(h2.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
-            if not flags & h2.ACK:
+            if flags & h2.ACK:
+                if self.keepalive.acked(payload, self.read_at):
+                    self._rearm_timer()
+            else:
                 self._spend_control()
                 self._control_reply(h2.frame(h2.PING, h2.ACK, 0, payload))
+                self._police_ping()
         elif kind == h2.RST_STREAM:
             self._on_rst_stream(stream_id, payload)
         elif kind == h2.PRIORITY_FRAME:
@@ -324,6 +336,18 @@ class InboundFrames:
         if not self.control_frames.spend():
             raise ProtocolError(h2.ENHANCE_YOUR_CALM, "flood of control frames")
 
+    def _police_ping(self) -> None:
+        """grpc core's ping-abuse policy: PINGs closer together than allowed, with no
+        HEADERS, DATA or WINDOW_UPDATE from us in between, are strikes; past the allowed
+        strikes the connection ends with GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"), after
+        the PING's ACK (as grpc core writes them)."""
+        keepalive = self.keepalive
+        if self.data_sent:
+            self.data_sent = False
+            keepalive.reset_strikes()
+        if keepalive.ping_received(self.read_at, bool(self.calls)):
+            raise ProtocolError(h2.ENHANCE_YOUR_CALM, "too many pings", TOO_MANY_PINGS)
+
     def _spend_reset(self) -> None:
         if not self.resets.spend():  # Rapid Reset (CVE-2023-44487)
             raise ProtocolError(h2.ENHANCE_YOUR_CALM, "too many streams reset or refused")
@@ -406,6 +430,7 @@ class InboundFrames:
         call.granted += size
         if call.granted >= STREAM_WINDOW_BYTES // 4:
             call.receive_window += call.granted
+            self.data_sent = True
             self._write(h2.frame(h2.WINDOW_UPDATE, 0, call.stream_id, h2.u32(call.granted)))
             call.granted = 0
 
@@ -413,6 +438,7 @@ class InboundFrames:
         self.granted += size
         if self.granted >= CONNECTION_CREDIT_BYTES:
             self.receive_window += self.granted
+            self.data_sent = True
             self._write(h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.u32(self.granted)))
             self.granted = 0
 

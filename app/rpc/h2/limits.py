@@ -2,7 +2,8 @@
 
 Data path position: beside app/rpc/h2/connection.py, which consults these on every
 connection, frame and request header block. H2Limits holds the configured bounds (from the
---grpc_* flags, see app/rpc/server.py); Budget is the token bucket behind the flood guards
+--grpc_* flags, see app/rpc/server.py; the keepalive and ping policy's are applied by
+app/rpc/h2/keepalive.py); Budget is the token bucket behind the flood guards
 (RST_STREAM for Rapid Reset, CVE-2023-44487; PING/SETTINGS/empty frames); request_header_error()
 applies RFC 9113 section 8.2-8.3 to a request's header fields.
 """
@@ -68,6 +69,12 @@ class H2Limits:
     max_receive_message_bytes: int = INT32_MAX
     # Request bytes all connections together may hold before they reach a handler.
     max_buffered_request_bytes: int = 1 << 30
+    # grpc core's server keepalive and ping-abuse policy, its defaults (app/rpc/h2/keepalive.py).
+    keepalive_time_seconds: float = 7200.0  # 0: no keepalive PINGs
+    keepalive_timeout_seconds: float = 20.0
+    min_recv_ping_interval_without_data_seconds: float = 300.0
+    max_ping_strikes: int = 2  # 0: too-early PINGs never close the connection
+    keepalive_permit_without_calls: bool = False
 
 
 class Budget:

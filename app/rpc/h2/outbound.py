@@ -38,6 +38,7 @@ class OutboundFrames:
         peer_max_frame: int
         going_away: bool
         idle_since: float
+        data_sent: bool
 
         def _unbuffer(self, call: H2Call) -> None: ...
         def _drop_requests(self, call: H2Call) -> None: ...
@@ -110,10 +111,12 @@ class OutboundFrames:
                     chunks.append(h2.frame(h2.RST_STREAM, 0, call.stream_id, h2.u32(h2.NO_ERROR)))
                     self._remember_reset(call.stream_id)
                 transport.writelines(chunks)
+                self.data_sent = True  # HEADERS and DATA: the client's ping strikes reset
                 self._release(call)  # after the write: releasing may close the connection
                 return
         if chunks:
             transport.writelines(chunks)
+            self.data_sent = True
 
     def _release(self, call: H2Call) -> None:
         self._unbuffer(call)

@@ -23,7 +23,8 @@ limit checked on each length prefix, capped decompression off the loop, credit r
 only for consumed bytes, one server-wide quota on buffered request bytes
 (--grpc_max_buffered_request_bytes, app/rpc/h2/quota.py), reading paused while the client
 does not read, budgets for resets (Rapid Reset) and control frames (ENHANCE_YOUR_CALM),
-RFC 9113's connection and stream errors. Not here: grpc core's channel arguments (with
+grpc core's ping-abuse policy and server keepalive PINGs (app/rpc/h2/keepalive.py), RFC
+9113's connection and stream errors. Not here: grpc core's channel arguments (with
 --grpc_channel_arguments tfgate serves with grpc.aio instead).
 """
 
