@@ -3,8 +3,9 @@ and the official tensorflow-serving-api stubs; every test checks the server stay
 legitimate calls keep succeeding, and (where an attack could grow it) that the gateway's RSS
 comes back near its baseline.
 
-The server here runs grpc.aio (the default transport) with short timeouts so the tests stay
-quick; tfgate's own model zoo supplies half_plus_two (y = 0.5x + 2, input x [None, 1]).
+The server here runs grpc.aio unless a module picks the transport (test_tensor_bounds.py runs
+both; the default transport, h2, has its own rows in test_h2_transport.py and
+test_h2_request_quota.py), with short timeouts so the tests stay quick; tfgate's own model zoo supplies half_plus_two (y = 0.5x + 2, input x [None, 1]).
 """
 
 from __future__ import annotations

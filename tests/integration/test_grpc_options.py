@@ -31,7 +31,7 @@ from tests.serverproc import ServerProcess, port_open
 MAX_THREADS = 2
 
 
-# Both gRPC servers: grpc.aio (the default) and tfgate's HTTP/2 one, which implements the
+# Both gRPC servers: grpc.aio and tfgate's HTTP/2 one (the default), which implements the
 # concurrent-call limit, the UNIX socket and tensor_content replies on its own.
 @pytest.fixture(scope="module", params=["grpcio", "h2"])
 def server(request, tfs_testdata, model_zoo, tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]

@@ -91,7 +91,7 @@ def tls_server(
     )
 
 
-# Both gRPC servers: grpc.aio (the default; grpc core's TLS) and tfgate's HTTP/2 one (Python's
+# Both gRPC servers: grpc.aio (grpc core's TLS) and tfgate's HTTP/2 one, the default (Python's
 # ssl with ALPN h2).
 @pytest.fixture(scope="module", params=["grpcio", "h2"])
 def implementation(request) -> str:  # type: ignore[no-untyped-def]
