@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from app.settings.flags import FLAGS
 from bench.report import Key, Median, by_repeat, inprocess_by_size, ratio, throughput
-from bench.servers import grpc_transports
+from bench.servers import ALT, grpc_transports
 from bench.stats import SuiteResults
 from bench.targets import evaluate
 from bench.workloads import (
@@ -39,7 +39,6 @@ SECTIONS = [
         "traffic_section.md",
     )
 ]
-ALT = ("alt", "grpc")  # bench/suite.py ALT_GRPC: the tuned tfgate on the other gRPC transport
 SERVERS = [("tfgate", "rest"), ("tfgate", "grpc"), ("naive", "rest"), ("bentoml", "rest"),
            ("constant", "rest"), ("constant", "grpc")]
 LABELS = {("tfgate", "rest"): "tfgate REST", ("tfgate", "grpc"): "tfgate gRPC",

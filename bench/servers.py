@@ -129,6 +129,10 @@ def tfgate_spec(
 
 
 GRPC_TRANSPORTS = ("h2", "grpcio")  # --grpc_implementation's values
+# The suite's second tuned tfgate, on the gRPC transport the main one does not run, and the
+# (server, protocol) key its gRPC levels are reported under.
+ALT_NAME = "alt"
+ALT = (ALT_NAME, "grpc")
 DEFAULT_TRANSPORT = next(f.default for f in FLAGS if f.name == "grpc_implementation")
 
 

@@ -42,7 +42,7 @@ BATCHING_FILE = ROOT / "bench" / "batching_parameters.pbtxt"
 CONFIG_FILE = ROOT / "bench" / "tfgate.toml"  # per-model batching overrides
 STOCK_BATCHING_FILE = ROOT / "bench" / "batching_stock.pbtxt"  # no TOML beside it
 FORMAT_SERVERS = ("tfgate", "stock", "naive")
-ALT_GRPC = "alt"  # tuned tfgate on the gRPC transport the main one does not run
+ALT_GRPC = servers.ALT_NAME  # tuned tfgate on the gRPC transport the main one does not run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,13 +328,15 @@ def run_suite(options: SuiteOptions) -> SuiteResults:
 
 
 def write_outputs(options: SuiteOptions, results: SuiteResults) -> None:
-    from bench import docs
-
     out = options.out_dir
+    # The measurements first: whatever fails after this, `python -m bench docs` can render
+    # them again from results.json.
+    (out / "results.json").write_text(json.dumps(dataclasses.asdict(results), indent=1))
     table = report.medians(results.levels)
     report.write_csvs(table, out)
     report.write_raw_csv(results.levels, out / "levels_raw.csv")
-    (out / "results.json").write_text(json.dumps(dataclasses.asdict(results), indent=1))
+    from bench import docs
+
     plot_dir = options.docs_path.parent / "benchmarks" if options.docs_path else out
     plots = draw_plots(results, table, options.models, plot_dir, out)
     if options.docs_path:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 
 from bench.report import Key, Median, inprocess_by_size, ratio, throughput
-from bench.servers import grpc_transports
+from bench.servers import ALT, grpc_transports
 from bench.stats import LevelResult, SuiteResults
 from bench.workloads import LARGE, LARGE_CONCURRENCY
 
 REST, GRPC = ("tfgate", "rest"), ("tfgate", "grpc")
-ALT = ("alt", "grpc")  # the tuned tfgate on the other gRPC transport (bench/suite.py)
 STOCK = ("stock", "rest")  # tfgate with bench/batching_stock.pbtxt and no TOML
 NAIVE, BENTO, CONSTANT = ("naive", "rest"), ("bentoml", "rest"), ("constant", "rest")
 

@@ -176,6 +176,7 @@ def send_whole(send: Any, status: int, headers: list[tuple[bytes, bytes]], body:
         or cycle.disconnected
         or cycle.flow.write_paused
         or cycle.scope["method"] == "HEAD"
+        or cycle.access_log  # uvicorn's access log line is written by its send()
     ):
         return False
     parts = [STATUS_LINE[status]]

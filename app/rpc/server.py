@@ -31,6 +31,7 @@ from app.core.protos import model_service_pb2_grpc, prediction_service_pb2_grpc
 from app.ops.health import server_ready
 from app.ops.metric_types import CallbackCounter, CallbackGauge
 from app.rpc.admin import AdminServicer
+from app.rpc.h2.frame_quota import FrameQuota
 from app.rpc.h2.limits import H2Limits
 from app.rpc.h2.quota import RequestQuota
 from app.rpc.h2.server import GrpcH2Server
@@ -340,7 +341,7 @@ def h2_limits(settings: Settings) -> H2Limits:
 async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2Server:
     settings = server.settings
     h2_server = GrpcH2Server(max(0, settings.grpc_max_threads), h2_limits(settings))
-    add_request_buffer_metrics(server.metrics, h2_server.request_quota)
+    add_request_buffer_metrics(server.metrics, h2_server.request_quota, h2_server.frame_quota)
     health = _add_health_and_reflection(settings, h2_server, _add_servicers(server, h2_server))
     context = server_ssl_context(settings.ssl_config_file)
     for address, _ in addresses:
@@ -355,8 +356,11 @@ async def _start_h2(server: Server, addresses: list[tuple[str, str]]) -> GrpcH2S
     return h2_server
 
 
-def add_request_buffer_metrics(metrics: Metrics, quota: RequestQuota) -> None:
-    """The h2 transport's server-wide request buffer on /metrics, read at scrape time."""
+def add_request_buffer_metrics(
+    metrics: Metrics, quota: RequestQuota, frames: FrameQuota
+) -> None:
+    """The h2 transport's server-wide request buffer and incomplete-frame counts on
+    /metrics, read at scrape time."""
     metrics.add(CallbackGauge(
         "tfgate_grpc_buffered_request_bytes",
         "Request bytes the h2 gRPC transport holds before handlers take them (partly "
@@ -371,6 +375,20 @@ def add_request_buffer_metrics(metrics: Metrics, quota: RequestQuota) -> None:
         "bytes would pass --grpc_max_buffered_request_bytes.",
         (),
         lambda: [((), float(quota.refused_calls))],
+    ))
+    metrics.add(CallbackGauge(
+        "tfgate_grpc_incomplete_frame_bytes",
+        "Bytes of incomplete HTTP/2 frames waiting in the h2 gRPC transport's read buffers, "
+        "all connections together (at most one frame each).",
+        (),
+        lambda: [((), float(frames.held_bytes))],
+    ))
+    metrics.add(CallbackCounter(
+        "tfgate_grpc_frame_quota_closes_total",
+        "h2 gRPC connections closed with ENHANCE_YOUR_CALM to keep incomplete frames within "
+        "their quota (a stalled frame evicted, or no room for a new one).",
+        (),
+        lambda: [((), float(frames.closed))],
     ))
 
 

@@ -280,7 +280,7 @@ def validate(settings: Settings) -> None:
         "grpc_min_recv_ping_interval_without_data_seconds",
         "grpc_max_ping_strikes",
     ):
-        if flags[name] < 0:
+        if not flags[name] >= 0:  # NaN too: a NaN interval would arm no timer at all
             raise SettingsError(f"--{name} must not be negative")
     _validate_request_buffer_quota(settings)
     for name in (
@@ -292,7 +292,7 @@ def validate(settings: Settings) -> None:
         "rest_header_timeout_seconds",
         "rest_body_timeout_seconds",
     ):
-        if flags[name] <= 0:
+        if not flags[name] > 0:  # NaN too
             raise SettingsError(f"--{name} must be positive")
 
 

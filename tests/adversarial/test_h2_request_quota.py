@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from app.core.protos import predict_pb2, prediction_service_pb2_grpc
+from app.rpc.h2 import frame_quota
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.limits import CONNECTION_WINDOW_BYTES, H2Limits
 from tests.adversarial.h2_client import (
@@ -66,13 +67,21 @@ async def park(request: bytes, context: object) -> bytes:
     return b""
 
 
+async def spill(requests: object, context: object) -> bytes:
+    """Client streaming, one reply: never reads its requests and answers more than a client's
+    default 64 KiB window, so its trailers wait for credit the client may never give."""
+    await asyncio.sleep(0.3)  # the client's messages are queued by then
+    return bytes(200 * KiB)
+
+
 @pytest.fixture(scope="module")
 def quota_server() -> Iterator[InProcess]:
     served = InProcess(H2Limits(max_receive_message_bytes=LIMIT_BYTES,
                                 max_buffered_request_bytes=QUOTA_BYTES))
     try:
         served.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            "adv.Quota", {"Park": grpc.unary_unary_rpc_method_handler(park)})])
+            "adv.Quota", {"Park": grpc.unary_unary_rpc_method_handler(park),
+                          "Spill": grpc.stream_unary_rpc_method_handler(spill)})])
         served.run(served.server.listen("127.0.0.1:0", None))  # one quota for both listeners
         yield served
     finally:
@@ -252,28 +261,37 @@ def test_a_unary_call_past_the_quota_is_resource_exhausted(quota_server: InProce
     assert wait_held(quota_server, 0) == 0
 
 
-def test_incomplete_frames_count_and_close_the_connection_past_their_quota(
-    quota_server: InProcess,
-) -> None:
+def frame_head(stream_id: int = 1) -> bytes:
+    """The 9-byte header of a 1 MiB DATA frame (whose payload never all comes)."""
+    return MiB.to_bytes(3, "big") + bytes([h2.DATA, 0]) + stream_id.to_bytes(4, "big")
+
+
+def test_incomplete_frames_count_in_their_own_quota(quota_server: InProcess,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Each connection trickles one large DATA frame and never finishes it: the bytes waiting
     in the read buffers count in the frame quota (an eighth of the request quota, but at
-    least four of the largest frames: 4 x (1 MiB + 9) here), the connection whose frame does
-    not fit is closed with ENHANCE_YOUR_CALM, and closing the others gives everything back.
-    Calls are not refused for it."""
+    least four of the largest frames: 4 x (1 MiB + 9) here), not in the request quota. With
+    it full and no frame stalled long enough, the connection that needs room is closed with
+    ENHANCE_YOUR_CALM; once the others have stalled, the oldest is closed to make room
+    instead. Closing them all gives everything back."""
+    monkeypatch.setattr(frame_quota, "STALLED_FRAME_SECONDS", 0.5)
     assert quota_server.server.frame_quota.limit_bytes == 4 * (MiB + h2.FRAME_HEADER_BYTES)
-    sent_bytes = 1000 * KiB
-    head = MiB.to_bytes(3, "big") + bytes([h2.DATA, 0]) + (1).to_bytes(4, "big")
-    clients = [RawClient(quota_server.port) for _ in range(5)]
+    closed_before = quota_server.server.frame_quota.closed
+    piece = frame_head() + bytes(1000 * KiB)
+    clients = [RawClient(quota_server.port) for _ in range(6)]
     try:
         for number, raw in enumerate(clients[:4], 1):
-            raw.send_raw(head + bytes(sent_bytes))
-            held = number * (len(head) + sent_bytes)
-            assert frames_held(quota_server, held) == held
-        clients[4].send_raw(head + bytes(sent_bytes))  # a fifth does not fit
+            raw.send_raw(piece)
+            assert frames_held(quota_server, number * len(piece)) == number * len(piece)
+        clients[4].send_raw(piece)  # no room, and no frame has stalled for 0.5 s yet
         assert clients[4].goaway_code() == h2.ENHANCE_YOUR_CALM
-        held = 4 * (len(head) + sent_bytes)
-        assert frames_held(quota_server, held) == held
+        assert frames_held(quota_server, 4 * len(piece)) == 4 * len(piece)
         assert wait_held(quota_server, 0) == 0  # the request quota is not touched
+        time.sleep(0.6)  # now all four have stalled: the oldest makes room
+        clients[5].send_raw(piece)
+        assert clients[0].goaway_code() == h2.ENHANCE_YOUR_CALM
+        assert frames_held(quota_server, 4 * len(piece)) == 4 * len(piece)
+        assert quota_server.server.frame_quota.closed == closed_before + 2
     finally:
         for raw in clients:
             raw.close()
@@ -284,13 +302,64 @@ def test_incomplete_frames_count_and_close_the_connection_past_their_quota(
     # A frame that completes moves its bytes to its call: nothing stays in the frame quota.
     with RawClient(quota_server.port) as raw:
         raw.headers(1, request_fields(DIGEST))
-        message = grpc_message(bytes(200 * KiB))
-        data = h2.frame(h2.DATA, h2.END_STREAM, 1, message)
+        data = h2.frame(h2.DATA, h2.END_STREAM, 1, grpc_message(bytes(200 * KiB)))
         raw.send_raw(data[:150 * KiB])
         assert frames_held(quota_server, 150 * KiB) == 150 * KiB
         raw.send_raw(data[150 * KiB:])
         assert raw.response(1).trailers["grpc-status"] == "0"
         assert frames_held(quota_server, 0) == 0
+
+
+def test_a_frame_still_arriving_is_not_stalled_however_long_the_upload(
+    quota_server: InProcess, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An incomplete frame's age counts from its own first bytes: a connection whose reads
+    keep completing frames (an upload in progress) is not the one evicted, though it has
+    had an incomplete frame in its buffer longer than the connections that sit on theirs."""
+    monkeypatch.setattr(frame_quota, "STALLED_FRAME_SECONDS", 0.3)
+    piece = frame_head() + bytes(1000 * KiB)
+    frames = [h2.frame(h2.DATA, 0, 1, grpc_message(bytes(200 * KiB - 5))) for _ in range(2)]
+    half = 100 * KiB
+    uploader = RawClient(quota_server.port)
+    stalled = [RawClient(quota_server.port) for _ in range(3)]
+    newcomer = RawClient(quota_server.port)
+    try:
+        uploader.headers(1, request_fields(HOLD))
+        uploader.send_raw(frames[0][:half])  # the oldest incomplete frame...
+        time.sleep(0.1)
+        for raw in stalled:
+            raw.send_raw(piece)
+        time.sleep(0.4)
+        uploader.send_raw(frames[0][half:] + frames[1][:half])  # ...completes; a new one begins
+        held = 3 * len(piece) + half
+        assert frames_held(quota_server, held) == held
+        newcomer.send_raw(piece)  # no room: the oldest stalled frame's connection goes
+        assert stalled[0].goaway_code() == h2.ENHANCE_YOUR_CALM
+        assert uploader.goaway_code(0.3) is None
+        uploader.send_raw(frames[1][half:])
+        held = 3 * len(piece)  # two stalled, the newcomer
+        assert frames_held(quota_server, held) == held
+    finally:
+        for raw in (uploader, *stalled, newcomer):
+            raw.close()
+    assert frames_held(quota_server, 0) == 0
+    assert wait_held(quota_server, 0) == 0
+
+
+def test_an_ended_call_gives_its_bytes_back_before_its_reply_is_written(
+    quota_server: InProcess,
+) -> None:
+    """A client-streaming handler that never read its queued messages ends while its reply
+    waits for window credit the client withholds: the messages leave the quota when the call
+    ends, not when (if ever) the reply has been written."""
+    message = grpc_message(bytes(100 * KiB))
+    with RawClient(quota_server.port) as raw:  # never reads, so never sends WINDOW_UPDATE
+        raw.headers(1, request_fields("/adv.Quota/Spill"))
+        raw.send(h2.DATA, 0, 1, message)
+        raw.send(h2.DATA, 0, 1, message)
+        assert wait_held(quota_server, 2 * len(message), 2.0) == 2 * len(message)
+        assert wait_held(quota_server, 0) == 0  # Spill returned after 0.3 s
+        assert quota_server.run(_open_calls(quota_server)) == 1  # its reply is still queued
 
 
 def test_a_streaming_call_past_the_quota_is_refused_and_its_queue_freed(
@@ -347,7 +416,6 @@ class Attacker(FlowControlledSender):
     def __init__(self, port: int) -> None:
         super().__init__(RawClient(port, timeout_seconds=60))
         self.sent: dict[int, int] = {}
-        self.answers: dict[int, dict[str, str]] = {}
 
     def start(self, streams: list[int]) -> None:
         while self.absorb(0.5):  # the server's SETTINGS and first WINDOW_UPDATE
@@ -371,30 +439,6 @@ class Attacker(FlowControlledSender):
             self.sent[stream_id] += n
             progressed += n
         return progressed
-
-    def absorb(self, timeout_seconds: float) -> bool:
-        """Take one frame from the server into account; False when none came in time."""
-        frame = self.raw.next_frame(timeout_seconds)
-        if frame is None:
-            return False
-        if frame.kind == h2.HEADERS and "grpc-status" in dict(frame.headers):
-            self.answers[frame.stream_id] = dict(frame.headers)
-        elif frame.kind == h2.SETTINGS and not frame.flags & h2.ACK:
-            for key, value in h2.parse_settings(frame.payload):
-                if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
-                    for stream_id in self.windows:
-                        self.windows[stream_id] += value - self.initial_window
-                    self.initial_window = value
-                elif key == h2.SETTINGS_MAX_FRAME_SIZE:
-                    self.max_frame = value
-            self.raw.send(h2.SETTINGS, h2.ACK, 0)
-        elif frame.kind == h2.WINDOW_UPDATE:
-            increment = int.from_bytes(frame.payload, "big") & h2.MAX_WINDOW
-            if frame.stream_id == 0:
-                self.connection_window += increment
-            elif frame.stream_id in self.windows:
-                self.windows[frame.stream_id] += increment
-        return True
 
 
 def attack(attackers: list[Attacker], seconds: float) -> None:
@@ -458,6 +502,8 @@ def refusals_counted(rest_port: int) -> int:
     page = httpx.get(f"http://127.0.0.1:{rest_port}/metrics", timeout=10).text
     match = re.search(r"^tfgate_grpc_request_buffer_refusals_total (\d+)", page, re.M)
     assert match, "no tfgate_grpc_request_buffer_refusals_total on /metrics"
+    for name in ("tfgate_grpc_incomplete_frame_bytes", "tfgate_grpc_frame_quota_closes_total"):
+        assert re.search(rf"^{name} \d+", page, re.M), f"no {name} on /metrics"
     return int(match.group(1))
 
 

@@ -360,7 +360,8 @@ def test_row12_huge_length_prefix_is_refused_on_the_prefix(gateway: ServerProces
 
 class FlowControlledSender:
     """A raw client that honours the server's flow control: it sends DATA only within the
-    windows the server grants, so what it manages to send is what the server accepted."""
+    windows the server grants, so what it manages to send is what the server accepted. It
+    notes the trailers of the streams the server answered (`answers`)."""
 
     def __init__(self, raw: RawClient) -> None:
         self.raw = raw
@@ -368,6 +369,7 @@ class FlowControlledSender:
         self.initial_window = h2.DEFAULT_WINDOW
         self.max_frame = h2.DEFAULT_MAX_FRAME_BYTES
         self.windows: dict[int, int] = {}
+        self.answers: dict[int, dict[str, str]] = {}
 
     def open(self, stream_id: int) -> None:
         self.raw.headers(stream_id, request_fields(PREDICT))
@@ -378,7 +380,9 @@ class FlowControlledSender:
         frame = self.raw.next_frame(timeout_seconds)
         if frame is None:
             return False
-        if frame.kind == h2.SETTINGS and not frame.flags & h2.ACK:
+        if frame.kind == h2.HEADERS and "grpc-status" in dict(frame.headers):
+            self.answers[frame.stream_id] = dict(frame.headers)
+        elif frame.kind == h2.SETTINGS and not frame.flags & h2.ACK:
             for key, value in h2.parse_settings(frame.payload):
                 if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
                     for stream_id in self.windows:

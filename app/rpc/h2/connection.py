@@ -33,6 +33,7 @@ from app.rpc.h2.call import (
     take_messages,
 )
 from app.rpc.h2.context import CallContext, call_metadata, parse_grpc_timeout, peer_name
+from app.rpc.h2.frame_quota import FrameQuota
 from app.rpc.h2.inbound import (
     MAX_FRAME_BYTES,
     MAX_HEADER_LIST_BYTES,
@@ -76,7 +77,7 @@ class ConnectionOwner(Protocol):
 
     limits: H2Limits
     request_quota: RequestQuota  # request bytes all its connections hold together
-    frame_quota: RequestQuota  # incomplete frames in its connections' read buffers
+    frame_quota: FrameQuota  # incomplete frames in its connections' read buffers
     registry: MethodLookup
     connections: set[Any]  # the open connections, for shutdown
     closing: bool
@@ -101,6 +102,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         self.peer = ""
         self.buffer = bytearray()
         self.partial_frame_bytes = 0  # what the buffer's incomplete frame holds in the quota
+        self.partial_since = 0.0  # when that frame's first bytes arrived (loop time)
         self.preface_seen = False
         self.settings_seen = False  # the client's first frame must be SETTINGS
         self.decoder = h2.HeaderDecoder(MAX_HEADER_LIST_BYTES)
@@ -171,7 +173,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.frame_quota.give_back(self.partial_frame_bytes)
+        self.frame_quota.release(self)
         self.partial_frame_bytes = 0
         if self.timer is not None:
             self.timer.cancel()
@@ -199,8 +201,9 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         self.read_at = self.clock()
         buffer = self.buffer
         buffer += data
-        if self.partial_frame_bytes:  # the frame may complete now: its call takes its bytes
-            self.frame_quota.give_back(self.partial_frame_bytes)
+        waited = self.partial_frame_bytes  # an incomplete frame this read may complete
+        if waited:
+            self.frame_quota.release(self)
             self.partial_frame_bytes = 0
         pos = 0
         try:
@@ -239,25 +242,24 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
             return
         del buffer[:pos]
         if buffer:
+            if pos or not waited:  # a new frame began in this read
+                self.partial_since = self.read_at
             self._hold_partial_frame(len(buffer))
 
     def _hold_partial_frame(self, size: int) -> None:
         """An incomplete frame (up to MAX_FRAME_BYTES) waits in the read buffer until the next
-        read: it counts in the server's frame quota (quota.INCOMPLETE_FRAME_SHARE of
-        --grpc_max_buffered_request_bytes), so many connections each trickling one large
-        frame cannot pin memory outside a bound. When that has no room the connection is
-        closed (ENHANCE_YOUR_CALM): the bytes belong to no call that could be refused."""
-        quota = self.frame_quota
-        if not quota.take(size):
-            log.warning(
-                "gRPC connection from %s: an incomplete frame of %d bytes does not fit the "
-                "server's incomplete-frame quota (%d bytes held, quota %d); closing the "
-                "connection", self.peer, size, quota.held_bytes, quota.limit_bytes,
-            )
-            del self.buffer[:]
-            self._close_with(h2.ENHANCE_YOUR_CALM)
-            return
-        self.partial_frame_bytes = size
+        read: it counts in the server's frame quota (app/rpc/h2/frame_quota.py), which makes
+        room by closing connections whose frame stalled, else this one is closed."""
+        if self.frame_quota.hold(self, size, self.read_at):
+            self.partial_frame_bytes = size
+        else:
+            self.evict_stalled_frame()
+
+    def evict_stalled_frame(self) -> None:
+        """Closed for the frame quota (ENHANCE_YOUR_CALM): its incomplete frame is dropped."""
+        self.partial_frame_bytes = 0
+        del self.buffer[:]
+        self._close_with(h2.ENHANCE_YOUR_CALM)
 
     def _first_frame(self, kind: int, flags: int) -> None:
         """RFC 9113 section 3.4: the preface ends with the client's SETTINGS."""

@@ -44,8 +44,8 @@ class OutboundFrames:
         def _drop_requests(self, call: H2Call) -> None: ...
         def _grant_connection(self, size: int) -> None: ...
         def _remember_reset(self, stream_id: int) -> None: ...
-        def _close_with(self, code: int, *, goaway: bool = True,
-                        settings: bool = False) -> None: ...
+        def _close_with(self, code: int, *, goaway: bool = True, settings: bool = False,
+                        debug: bytes = b"") -> None: ...
 
     # -- frames out -----------------------------------------------------------------------
 
@@ -146,6 +146,11 @@ class OutboundFrames:
             call.deadline_timer.cancel()
         if call.context is not None:
             call.context.mark_done(code)
+        # Nothing reads the call's request bytes any more: they leave the quotas now, not
+        # when the reply has been written (a client withholding window credit could hold
+        # them for as long as it liked).
+        self._unbuffer(call)
+        self._drop_requests(call)
 
     def _end_now(self, call: H2Call, code: grpc.StatusCode, details: str) -> None:
         """The server ends a call whose handler may still run: what was not sent never will

@@ -24,12 +24,6 @@ log = logging.getLogger("tfgate.grpc")
 # A full quota is logged at most this often (a flood of refusals must not flood the log);
 # refusals in between are counted and reported with the next line.
 REFUSAL_LOG_INTERVAL_SECONDS = 10.0
-# Incomplete frames waiting in the connections' read buffers get their own count, this
-# fraction of the quota: a connection whose frame does not fit is closed, which must never
-# happen because calls filled the request quota (those are refused one by one instead).
-INCOMPLETE_FRAME_SHARE = 8
-# ...but never fewer than this many whole frames of the largest size advertised.
-INCOMPLETE_FRAMES_MIN = 4
 
 
 class RequestQuota:

@@ -41,9 +41,10 @@ from typing import Any, NamedTuple
 
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.connection import GrpcH2Connection
+from app.rpc.h2.frame_quota import FrameQuota, frame_quota_bytes
 from app.rpc.h2.inbound import MAX_FRAME_BYTES
 from app.rpc.h2.limits import H2Limits
-from app.rpc.h2.quota import INCOMPLETE_FRAME_SHARE, INCOMPLETE_FRAMES_MIN, RequestQuota
+from app.rpc.h2.quota import RequestQuota
 
 
 class _CallDetails(NamedTuple):
@@ -103,10 +104,8 @@ class GrpcH2Server:
         # One count of buffered request bytes for every listener and connection.
         self.request_quota = RequestQuota(self.limits.max_buffered_request_bytes)
         # ...and of incomplete frames in the connections' read buffers (up to one each).
-        self.frame_quota = RequestQuota(max(
-            self.limits.max_buffered_request_bytes // INCOMPLETE_FRAME_SHARE,
-            INCOMPLETE_FRAMES_MIN * (MAX_FRAME_BYTES + h2.FRAME_HEADER_BYTES),
-        ))
+        self.frame_quota = FrameQuota(frame_quota_bytes(
+            self.limits.max_buffered_request_bytes, MAX_FRAME_BYTES + h2.FRAME_HEADER_BYTES))
         self.max_concurrent_calls = max_concurrent_calls or 0
         self.active_calls = 0
         self.connections: set[GrpcH2Connection] = set()
