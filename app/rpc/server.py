@@ -8,9 +8,9 @@ grpc.health.v1 behind --enable_grpc_healthcheck_service, and server reflection (
 a tfgate addition).
 
 Two servers carry the same servicers: tfgate's own HTTP/2 one (app/rpc/h2/server.py, the
-default, --grpc_implementation=h2: about half grpc.aio's CPU per call, held to grpc core's
-limits by tests/adversarial/) and grpc.aio (--grpc_implementation=grpcio, on gRPC's C core).
---grpc_channel_arguments are grpc core's, so they select grpc.aio.
+default, --grpc_implementation=h2: a quarter to a half of grpc.aio's gateway CPU per call,
+held to grpc core's limits by tests/adversarial/) and grpc.aio (--grpc_implementation=grpcio,
+on gRPC's C core). --grpc_channel_arguments are grpc core's, so they select grpc.aio.
 """
 
 from __future__ import annotations

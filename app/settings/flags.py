@@ -259,9 +259,9 @@ FLAGS: tuple[Flag, ...] = (
         "grpc_implementation",
         str,
         "h2",
-        "tfgate: h2 (tfgate's asyncio HTTP/2 gRPC server, about half grpc.aio's CPU per "
-        "call) or grpcio (grpc.aio, on gRPC's C core); --grpc_channel_arguments implies "
-        "grpcio.",
+        "tfgate: h2 (tfgate's asyncio HTTP/2 gRPC server, a quarter to a half of grpc.aio's "
+        "gateway CPU per call) or grpcio (grpc.aio, on gRPC's C core); "
+        "--grpc_channel_arguments implies grpcio.",
     ),
     Flag(
         "grpc_max_concurrent_streams",
