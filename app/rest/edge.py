@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -32,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from app.codec.predict_response import encode_error
+from app.core.throttled_log import ThrottledWarning
 
 log = logging.getLogger("tfgate.http")
 
@@ -92,31 +92,7 @@ def error_app(status: int, message: str) -> Any:
     return app
 
 
-class _RefusalLog:
-    """One warning per LOG_INTERVAL_SECONDS while connections are being refused, with how
-    many were: a flood of refusals must not become a flood of log lines."""
-
-    LOG_INTERVAL_SECONDS = 10.0
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last_logged = -self.LOG_INTERVAL_SECONDS
-
-    def note(self, open_connections: int) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last_logged >= self.LOG_INTERVAL_SECONDS:
-            log.warning(
-                "REST connections refused (503): %d since the last report; %d open, every "
-                "one with a request running (--rest_max_connections)",
-                self.count,
-                open_connections,
-            )
-            self.count = 0
-            self.last_logged = now
-
-
-_refusals = _RefusalLog()
+_refusals = ThrottledWarning(log)  # REST connections refused at the cap
 
 
 class _CoalescingTransport:
@@ -224,7 +200,10 @@ class EdgeHttpProtocol(CoalescingHttpToolsProtocol):
         super().connection_made(transport)
         self._waiting_since = self.loop.time()
         if len(self.connections) > self.limits.max_connections and not self._make_room():
-            _refusals.note(len(self.connections))
+            _refusals.note(
+                "REST connections refused (503): %d since the last report; %d open, every "
+                "one with a request running (--rest_max_connections)", len(self.connections),
+            )
             self._refuse(503, "Too many connections")
             return
         self._arm(self.limits.header_timeout_seconds, self._on_header_timeout)

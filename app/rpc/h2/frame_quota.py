@@ -19,8 +19,9 @@ second; uploads in progress are never cut for frames that stalled.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Protocol
+
+from app.core.throttled_log import ThrottledWarning
 
 log = logging.getLogger("tfgate.grpc")
 
@@ -30,7 +31,6 @@ STALLED_FRAME_SECONDS = 1.0
 INCOMPLETE_FRAME_SHARE = 8
 # ...but never fewer than this many whole frames of the largest size advertised.
 INCOMPLETE_FRAMES_MIN = 4
-CLOSE_LOG_INTERVAL_SECONDS = 10.0
 
 
 class FrameHolder(Protocol):
@@ -46,15 +46,14 @@ class FrameQuota:
     """Bytes of incomplete frames held, at most limit_bytes, and who holds them.
     Event-loop only."""
 
-    __slots__ = ("closed", "held_bytes", "holders", "limit_bytes", "logged_at", "unlogged")
+    __slots__ = ("closed", "closes_log", "held_bytes", "holders", "limit_bytes")
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self.held_bytes = 0
         self.holders: dict[FrameHolder, int] = {}  # holder -> bytes it holds
         self.closed = 0  # connections closed for room (evicted, or refused when none was)
-        self.logged_at = float("-inf")
-        self.unlogged = 0
+        self.closes_log = ThrottledWarning(log)
 
     def hold(self, holder: FrameHolder, size: int, now: float) -> bool:
         """Count `holder`'s incomplete frame of `size` bytes (it holds none at the call).
@@ -78,16 +77,11 @@ class FrameQuota:
 
     def _note_close(self, peer: str, why: str) -> None:
         self.closed += 1
-        self.unlogged += 1
-        now = time.monotonic()
-        if now - self.logged_at >= CLOSE_LOG_INTERVAL_SECONDS:
-            log.warning(
-                "gRPC incomplete frames fill their quota (%d of %d bytes held): %d "
-                "connection(s) closed with ENHANCE_YOUR_CALM, the latest from %s (%s)",
-                self.held_bytes, self.limit_bytes, self.unlogged, peer, why,
-            )
-            self.logged_at = now
-            self.unlogged = 0
+        self.closes_log.note(
+            "gRPC incomplete frames fill their quota: %d connection(s) closed with "
+            "ENHANCE_YOUR_CALM since the last report, the latest from %s (%s; %d of %d bytes "
+            "held)", peer, why, self.held_bytes, self.limit_bytes,
+        )
 
 
 def _started(holder: FrameHolder) -> float:

@@ -17,20 +17,18 @@ resource quota does for grpc.aio. A DATA frame that would pass the quota fails i
 from __future__ import annotations
 
 import logging
-import time
+
+from app.core.throttled_log import ThrottledWarning
 
 log = logging.getLogger("tfgate.grpc")
 
-# A full quota is logged at most this often (a flood of refusals must not flood the log);
-# refusals in between are counted and reported with the next line.
-REFUSAL_LOG_INTERVAL_SECONDS = 10.0
 
 
 class RequestQuota:
     """Request bytes held by the transport (held_bytes), at most limit_bytes; how many calls
     it refused. Event-loop only (no locks)."""
 
-    __slots__ = ("held_bytes", "limit_bytes", "logged_at", "refused_calls", "unlogged")
+    __slots__ = ("held_bytes", "limit_bytes", "refusals_log", "refused_calls")
 
     def __init__(self, limit_bytes: int) -> None:
         if limit_bytes < 1:
@@ -38,8 +36,7 @@ class RequestQuota:
         self.limit_bytes = limit_bytes
         self.held_bytes = 0
         self.refused_calls = 0
-        self.logged_at = float("-inf")
-        self.unlogged = 0  # refusals since the last log line
+        self.refusals_log = ThrottledWarning(log)
 
     def take(self, size: int) -> bool:
         """Count `size` more bytes as held, unless that would pass the quota (then False and
@@ -55,17 +52,12 @@ class RequestQuota:
     def refuse(self, peer: str) -> str:
         """A call is refused: counted (and logged now and then); returns its status text."""
         self.refused_calls += 1
-        self.unlogged += 1
-        now = time.monotonic()
-        if now - self.logged_at >= REFUSAL_LOG_INTERVAL_SECONDS:
-            log.warning(
-                "gRPC request buffer full (%d bytes held, quota %d, "
-                "--grpc_max_buffered_request_bytes): %d call(s) refused with "
-                "RESOURCE_EXHAUSTED, the latest from %s",
-                self.held_bytes, self.limit_bytes, self.unlogged, peer,
-            )
-            self.logged_at = now
-            self.unlogged = 0
+        self.refusals_log.note(
+            "gRPC request buffer full: %d call(s) refused with RESOURCE_EXHAUSTED since the "
+            "last report, the latest from %s (%d bytes held, quota %d, "
+            "--grpc_max_buffered_request_bytes)",
+            peer, self.held_bytes, self.limit_bytes,
+        )
         return refusal_text(self.held_bytes, self.limit_bytes)
 
 
