@@ -36,6 +36,7 @@ from app.rest.api import (
     request_id_of,
     routing_key_of,
 )
+from app.rest.edge import send_whole
 from app.serving.auth import InferenceAuth, credential_from
 from app.serving.service import V2_INFER_API, Entrypoint, PredictResult, ServingService
 
@@ -80,9 +81,10 @@ class V2RestApi:
         status, body, headers = await self._handle(scope, receive, path)
         if not any(key == b"content-type" for key, _ in headers):
             headers.append(JSON_CONTENT)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if not send_whole(send, status, headers, body):  # uvicorn's cycle: one write
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         if self.access_log:
             latency_ms = round((time.perf_counter() - started) * 1000, 3)
             access_log.info(

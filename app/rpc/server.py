@@ -117,8 +117,26 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     if settings.grpc_idle_timeout_seconds > 0:
         # No call in flight for this long: GOAWAY, then closed (clients reconnect on demand).
         options["grpc.max_connection_idle_ms"] = _millis(settings.grpc_idle_timeout_seconds)
+    options.update(keepalive_options(settings))
     options.update(parse_channel_arguments(settings.grpc_channel_arguments))
     return list(options.items())
+
+
+def keepalive_options(settings: Settings) -> dict[str, int]:
+    """The keepalive and ping-abuse flags the h2 transport enforces (rpc/h2/keepalive.py), as
+    grpc core's channel arguments, so grpc.aio honours them too. Their defaults are grpc
+    core's own: left alone, they change nothing."""
+    keepalive_seconds = settings.grpc_keepalive_time_seconds
+    return {
+        # 0 = never; grpc core's "never" is INT_MAX
+        "grpc.keepalive_time_ms": _millis(keepalive_seconds) if keepalive_seconds else INT32_MAX,
+        "grpc.keepalive_timeout_ms": _millis(settings.grpc_keepalive_timeout_seconds),
+        "grpc.http2.min_ping_interval_without_data_ms": min(
+            INT32_MAX, round(settings.grpc_min_recv_ping_interval_without_data_seconds * 1000)
+        ),
+        "grpc.http2.max_ping_strikes": min(INT32_MAX, settings.grpc_max_ping_strikes),
+        "grpc.keepalive_permit_without_calls": int(settings.grpc_keepalive_permit_without_calls),
+    }
 
 
 def _millis(seconds: float) -> int:

@@ -183,20 +183,20 @@ FLAGS: tuple[Flag, ...] = (
         "tfgate: a gRPC connection that has not finished its TLS/HTTP/2 handshake by then is "
         "closed.",
     ),
-    # grpc core's server keepalive and ping-abuse policy, its defaults, for the h2 transport
-    # (grpc.aio applies grpc core's own: its channel arguments set them there).
+    # grpc core's server keepalive and ping-abuse policy and its defaults: the h2 transport
+    # enforces them itself, grpc.aio gets them as channel arguments (rpc/server.py).
     Flag(
         "grpc_keepalive_time_seconds",
         float,
         7200.0,
-        "tfgate, h2 transport: with a call open and nothing received from the client for this "
+        "tfgate: with a call open and nothing received from the client for this "
         "long, the server sends a keepalive PING; 0 = never (grpc.keepalive_time_ms).",
     ),
     Flag(
         "grpc_keepalive_timeout_seconds",
         float,
         20.0,
-        "tfgate, h2 transport: nothing received this long after a keepalive PING (or no ACK "
+        "tfgate: nothing received this long after a keepalive PING (or no ACK "
         "within max(this, 60 s)): GOAWAY ENHANCE_YOUR_CALM, connection closed "
         "(grpc.keepalive_timeout_ms).",
     ),
@@ -204,15 +204,15 @@ FLAGS: tuple[Flag, ...] = (
         "grpc_min_recv_ping_interval_without_data_seconds",
         float,
         300.0,
-        "tfgate, h2 transport: a client PING sooner than this after its previous one, with no "
+        "tfgate: a client PING sooner than this after its previous one, with no "
         "HEADERS/DATA/WINDOW_UPDATE sent by the server in between, is a strike; 2 hours while "
-        "no call is open (grpc.http2.min_recv_ping_interval_without_data_ms).",
+        "no call is open (grpc.http2.min_ping_interval_without_data_ms).",
     ),
     Flag(
         "grpc_max_ping_strikes",
         int,
         2,
-        "tfgate, h2 transport: strikes allowed; the next one gets GOAWAY ENHANCE_YOUR_CALM "
+        "tfgate: strikes allowed; the next one gets GOAWAY ENHANCE_YOUR_CALM "
         "\"too_many_pings\" and the connection is closed; 0 = never "
         "(grpc.http2.max_ping_strikes).",
     ),
@@ -220,7 +220,7 @@ FLAGS: tuple[Flag, ...] = (
         "grpc_keepalive_permit_without_calls",
         bool,
         False,
-        "tfgate, h2 transport: keepalive PINGs with no call open are fine: the server sends "
+        "tfgate: keepalive PINGs with no call open are fine: the server sends "
         "its own then too, and a client's are held to "
         "--grpc_min_recv_ping_interval_without_data_seconds instead of 2 hours "
         "(grpc.keepalive_permit_without_calls).",

@@ -160,3 +160,31 @@ def test_a_send_that_is_not_uvicorns_is_left_alone() -> None:
 
     assert send_whole(send, 200, HEADERS, BODY) is False
     assert sent == []
+
+
+def test_v2_answers_take_the_same_single_write(monkeypatch: Any) -> None:
+    """The Open Inference Protocol's REST answers (rest/v2_routes.py) go out through
+    send_whole() too, with the bytes uvicorn's send() would have written."""
+    from app.rest import v2_routes
+
+    returned: list[bool] = []
+
+    def recording(*args: Any) -> bool:
+        returned.append(send_whole(*args))
+        return returned[-1]
+
+    def api() -> v2_routes.V2RestApi:
+        return v2_routes.V2RestApi(
+            None,  # type: ignore[arg-type]  # the health paths never reach the service
+            server_ready=lambda: True, timeout_ms=0, max_body_bytes=1 << 20,
+        )
+
+    request = b"GET /v2/health/ready HTTP/1.1\r\nhost: a\r\n\r\n"
+    monkeypatch.setattr(v2_routes, "send_whole", recording)
+    fast, _ = serve(api(), request)  # type: ignore[arg-type]
+    assert returned == [True]
+    monkeypatch.setattr(v2_routes, "send_whole", lambda *args: False)
+    asgi, _ = serve(api(), request)  # type: ignore[arg-type]
+    assert b"".join(fast.writes) == b"".join(asgi.writes) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 14\r\n\r\n"
+        b'{"ready":true}')
