@@ -30,6 +30,10 @@ from workers import ipc
 
 log = logging.getLogger("tfgate.worker_pool")
 
+# How long the exit log waits for a worker's exit code: its reply pipe closes as it exits, a
+# moment before the process can be reaped, and "code None" told operators nothing.
+EXIT_CODE_WAIT_SECONDS = 2.0
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolOptions:
@@ -81,6 +85,7 @@ class WorkerProcess:
         self._allocator: ipc.RingAllocator | None = None
         self._outbox = bytearray()
         self.exited = asyncio.Event()
+        self._exit_log: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
 
     # --- lifecycle ---
 
@@ -303,16 +308,15 @@ class WorkerProcess:
         if self._outbox:
             loop.remove_writer(self._request_fd)
         exit_code = self.process.poll() if self.process else None
-        log.log(
-            logging.INFO if self.stopping else logging.ERROR,
-            "worker %d exited (code %s) with %d call(s) in flight",
-            self.index,
-            exit_code,
-            len(self.pending),
-        )
+        if exit_code is None and self.process is not None:
+            self._exit_log = loop.create_task(
+                self._log_exit_once_reaped(self.process, self.stopping, len(self.pending))
+            )
+        else:
+            self._log_exit(exit_code, self.stopping, len(self.pending))
+        known = f" (exit code {exit_code})" if exit_code is not None else ""
         error = ServingError(
-            Code.UNAVAILABLE,
-            f"Worker {self.index} exited while handling the request (exit code {exit_code})",
+            Code.UNAVAILABLE, f"Worker {self.index} exited while handling the request{known}"
         )
         for call in self.pending.values():
             self._release(call.written)
@@ -321,6 +325,27 @@ class WorkerProcess:
         self.pending.clear()
         self.in_flight_rows = 0
         self.exited.set()
+
+    def _log_exit(self, exit_code: int | None, stopping: bool, in_flight: int) -> None:
+        log.log(
+            logging.INFO if stopping else logging.ERROR,
+            "worker %d exited (code %s) with %d call(s) in flight",
+            self.index,
+            exit_code,
+            in_flight,
+        )
+
+    async def _log_exit_once_reaped(
+        self, process: subprocess.Popen[bytes], stopping: bool, in_flight: int
+    ) -> None:
+        """The exit log line, with the code once the process can be reaped (bounded wait)."""
+        try:
+            deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
+            while process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self._log_exit(process.poll(), stopping, in_flight)
+        except Exception:
+            log.exception("logging worker %d's exit failed", self.index)
 
     async def _on_exit_async(self) -> None:
         self._on_exit()

@@ -4,8 +4,15 @@ worker's slow restart never delays another's restart or hang watchdog."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import subprocess
+import sys
 import time
 
+import pytest
+
+from app.core.errors import Code, ServingError
 from app.core.types import ServableId
 from app.runtime.pool import LoadSpec, WorkerPool
 from app.runtime.worker import PoolOptions
@@ -173,3 +180,45 @@ def test_describe_workers_shows_the_current_batch_and_restarts() -> None:
     assert 2.0 <= first["oldest_batch_seconds"] < 3.0  # the oldest run, not the load
     assert first["servables"] == 1
     assert [w["index"] for w in described] == [0, 1]
+
+
+def _closes_its_pipe_then_exits(reply_write: int, code: int) -> subprocess.Popen[bytes]:
+    """A stand-in worker whose reply pipe closes 0.2 s before it exits with `code` (a real
+    worker's pipe closes as it exits, a moment before it can be reaped)."""
+    script = f"import os, time; os.close({reply_write}); time.sleep(0.2); raise SystemExit({code})"
+    return subprocess.Popen([sys.executable, "-c", script], pass_fds=(reply_write,))
+
+
+@pytest.mark.parametrize("stopping", [False, True], ids=["died", "stopped"])
+def test_the_exit_log_names_the_exit_code_even_when_the_pipe_closes_first(
+    caplog: pytest.LogCaptureFixture, stopping: bool
+) -> None:
+    from app.runtime.worker import WorkerProcess, _Call
+
+    async def scenario() -> tuple[Exception | None, bool]:
+        worker = WorkerPool(PoolOptions(num_workers=1)).workers[0]
+        assert isinstance(worker, WorkerProcess)
+        reply_read, reply_write = os.pipe()
+        worker.process = _closes_its_pipe_then_exits(reply_write, 3)
+        os.close(reply_write)
+        worker._reply_fd = reply_read
+        os.set_blocking(reply_read, False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(reply_read, worker._on_readable)
+        worker.alive, worker.stopping = True, stopping
+        call = _Call(loop.create_future(), None, rows=1, started=time.monotonic(), is_run=True)
+        worker.pending = {1: call}
+        await worker.exited.wait()
+        failed_fast = worker.process.poll() is None  # callers are not kept waiting for it
+        await asyncio.sleep(1.0)
+        await worker.reap()
+        return call.future.exception(), failed_fast
+
+    with caplog.at_level(logging.INFO, logger="tfgate.worker_pool"):
+        error, failed_fast = asyncio.run(scenario())
+    assert failed_fast
+    assert isinstance(error, ServingError) and error.code is Code.UNAVAILABLE
+    assert str(error.message) == "Worker 0 exited while handling the request"
+    exits = [r for r in caplog.records if "exited (code" in r.getMessage()]
+    assert [r.getMessage() for r in exits] == ["worker 0 exited (code 3) with 1 call(s) in flight"]
+    assert exits[0].levelno == (logging.INFO if stopping else logging.ERROR)
