@@ -63,7 +63,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def thread_cpu_seconds(pid: int) -> float:
+def precise_cpu_seconds(pid: int) -> float:
     """CPU time of one process, all its threads (ended ones too), to the nanosecond: the
     kernel's CPU-time clock of the process, where /proc/<pid>/stat counts clock ticks (10 ms,
     1% of a 1 s phase of one busy core). 0 if the process is gone."""
@@ -75,9 +75,9 @@ def thread_cpu_seconds(pid: int) -> float:
         return cpu_seconds(pid)
 
 
-def tree_thread_cpu_seconds(pid: int) -> float:
-    """thread_cpu_seconds() of a process and its direct children (tfgate's workers)."""
-    return thread_cpu_seconds(pid) + sum(thread_cpu_seconds(c) for c in children(pid))
+def tree_precise_cpu_seconds(pid: int) -> float:
+    """precise_cpu_seconds() of a process and its direct children (tfgate's workers)."""
+    return precise_cpu_seconds(pid) + sum(precise_cpu_seconds(c) for c in children(pid))
 
 
 def children(pid: int) -> list[int]:

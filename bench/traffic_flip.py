@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from app.serving.adaptive_batching import PEAK_WINDOW_SECONDS
 from bench.loadgen import HttpTarget, closed_loop
-from bench.probes import thread_cpu_seconds, tree_thread_cpu_seconds
+from bench.probes import precise_cpu_seconds, tree_precise_cpu_seconds
 from bench.workloads import Workload
 
 CONCURRENCY = 64
@@ -72,15 +72,15 @@ async def _phase(
     recorder_cut()
     loop = asyncio.get_running_loop()
     # CPU to the nanosecond: clock ticks (10 ms) are 1% of a 1 s phase of one busy core
-    started, gateway, server = loop.time(), thread_cpu_seconds(pid), tree_thread_cpu_seconds(pid)
+    started, gateway, server = loop.time(), precise_cpu_seconds(pid), tree_precise_cpu_seconds(pid)
     await asyncio.sleep(seconds)
     done = recorder_cut()
     elapsed = loop.time() - started
     per_request = 1e6 / max(done, 1)
     return Phase(
         throughput=done / elapsed,
-        gateway_cpu_us=(thread_cpu_seconds(pid) - gateway) * per_request,
-        server_cpu_us=(tree_thread_cpu_seconds(pid) - server) * per_request,
+        gateway_cpu_us=(precise_cpu_seconds(pid) - gateway) * per_request,
+        server_cpu_us=(tree_precise_cpu_seconds(pid) - server) * per_request,
     )
 
 

@@ -1,4 +1,4 @@
-"""bench/probes.py's CPU readings: thread_cpu_seconds() reads a process's CPU time, every
+"""bench/probes.py's CPU readings: precise_cpu_seconds() reads a process's CPU time, every
 thread, to the nanosecond (a 1 s phase of one busy core is 100 clock ticks, so
 /proc/<pid>/stat alone reads it to 1%)."""
 
@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from bench.probes import thread_cpu_seconds, tree_thread_cpu_seconds
+from bench.probes import precise_cpu_seconds, tree_precise_cpu_seconds
 
 
 def _spin(seconds: float) -> None:
@@ -17,13 +17,13 @@ def _spin(seconds: float) -> None:
         pass
 
 
-def test_thread_cpu_seconds_counts_every_thread_below_a_clock_tick() -> None:
-    before = thread_cpu_seconds(os.getpid())
+def test_precise_cpu_seconds_counts_every_thread_below_a_clock_tick() -> None:
+    before = precise_cpu_seconds(os.getpid())
     worker = threading.Thread(target=_spin, args=(0.004,))
     worker.start()
     _spin(0.004)
     worker.join()  # an ended thread's time still counts
-    after = thread_cpu_seconds(os.getpid())
+    after = precise_cpu_seconds(os.getpid())
     # 8 ms of CPU over two threads: less than one 10 ms clock tick, still read
     assert 0.008 <= after - before < 0.0098  # clock ticks would read 0 or 10 ms
 
@@ -38,9 +38,9 @@ def test_a_live_thread_counts_and_the_reading_never_goes_back() -> None:
     worker = threading.Thread(target=spin_until_stopped)
     worker.start()
     try:
-        first = thread_cpu_seconds(os.getpid())
+        first = precise_cpu_seconds(os.getpid())
         time.sleep(0.05)  # this thread sleeps; the other one spins
-        second = thread_cpu_seconds(os.getpid())
+        second = precise_cpu_seconds(os.getpid())
     finally:
         stop.set()
         worker.join()
@@ -48,5 +48,5 @@ def test_a_live_thread_counts_and_the_reading_never_goes_back() -> None:
 
 
 def test_a_process_that_is_gone_reads_zero() -> None:
-    assert thread_cpu_seconds(2**22 + 12345) == 0.0
-    assert tree_thread_cpu_seconds(2**22 + 12345) == 0.0
+    assert precise_cpu_seconds(2**22 + 12345) == 0.0
+    assert tree_precise_cpu_seconds(2**22 + 12345) == 0.0
