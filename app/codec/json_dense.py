@@ -54,6 +54,12 @@ DENSE_SCAN_BYTES = 4096  # enough to see DENSE_MIN_WEIGHT even in 19-digit repr 
 _REUSE_MAX_BYTES = 4 * 1024 * 1024
 _TOP_KEYS = frozenset(("instances", "inputs", "signature_name"))
 _NUMBER_AND_SPACE = b"0123456789.eE+- \t\n\r"
+# _regular_tensors(): the tensors' lists are checked by walking them when the body has at least
+# this many bytes per list, else by scanning the text. Measured on this machine: the walk costs
+# ~0.3 us per list (a proxy and a len() each) plus ~0.3 ns per byte to count the "[", the text
+# scan ~0.8 ns per byte, so the walk pays from ~600 bytes per list. A 64x256 float batch
+# (150 KB, 65 lists): 65 against 115 us; a 28x28x1 image (8.7 KB, 814 lists) keeps the scan.
+TREE_CHECK_BYTES_PER_LIST = 600
 
 _local = threading.local()
 
@@ -142,7 +148,7 @@ def _read_document(doc: object, body: bytes) -> DenseBody | None:
         if tensor is None:
             return None
         tensors[name] = tensor
-    if not _regular(body, [shape for _, shape in tensors.values()]):
+    if not _regular_tensors(body, [array for _, array in arrays], [s for _, s in tensors.values()]):
         return None
     return DenseBody(signature_name, fmt, tensors)
 
@@ -180,6 +186,40 @@ def _flat_numbers(array: simdjson.Array) -> tuple[np.ndarray, tuple[int, ...]] |
     if flat.size != math.prod(shape):
         return None
     return flat, tuple(shape)
+
+
+def _regular_tensors(
+    body: bytes, arrays: list[simdjson.Array], shapes: list[tuple[int, ...]]
+) -> bool:
+    """Whether the tensors are exactly their shapes (as_buffer() flattens ragged arrays too):
+    by their lists' lengths when they have few lists for the body's bytes, else by the text."""
+    lists = sum(_list_count(shape) for shape in shapes)
+    if lists * TREE_CHECK_BYTES_PER_LIST > len(body):
+        return _regular(body, shapes)
+    # Every list above the numbers has its shape's length, and the body has no other list:
+    # each "[" opens a list (strings with brackets were declined, escapes too), and the walk
+    # accounts for `lists` distinct ones, so one more "[" is a list where a number should be.
+    return body.count(b"[") == lists and all(
+        _lengths_match(array, shape) for array, shape in zip(arrays, shapes, strict=True)
+    )
+
+
+def _list_count(shape: tuple[int, ...]) -> int:
+    """Lists in a regular tensor of `shape`: 1 + s0 + s0*s1 + ... (all but the numbers)."""
+    count, lists_at_depth = 0, 1
+    for size in shape:
+        count += lists_at_depth
+        lists_at_depth *= size
+    return count
+
+
+def _lengths_match(node: simdjson.Array, shape: tuple[int, ...]) -> bool:
+    if len(node) != shape[0]:
+        return False
+    if len(shape) == 1:
+        return True
+    inner = shape[1:]
+    return all(isinstance(child, simdjson.Array) and _lengths_match(child, inner) for child in node)
 
 
 def _regular(body: bytes, shapes: list[tuple[int, ...]]) -> bool:

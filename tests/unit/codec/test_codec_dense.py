@@ -219,3 +219,68 @@ def test_large_body_gets_a_parser_of_its_own(monkeypatch: pytest.MonkeyPatch) ->
     assert [(k, f.tolist(), s) for k, (f, s) in dense.tensors.items()] == [
         ("x", [1.5, 2.5], (1, 2)), ("y", [3.0], (1,)),
     ]  # fmt: skip
+
+
+# Ragged tensors as_buffer() flattens to a regular size: one list's length off, a list where a
+# number should be (a "[" the walk does not account for), a number where a list should be.
+_RAGGED_OF_A_REGULAR_SIZE = [
+    b'{"instances": [[1, 2], [3, 4, 5], [6]]}',
+    b'{"instances": [[1, 2], [3, [4]]]}',
+    b'{"instances": [[1, [2]], [3, 4]]}',
+    b'{"instances": [[1, 2], [[3], 4]]}',
+    b'{"instances": [[[1, 2], [3, 4]], [5, [6, 7, 8]]]}',
+    b'{"instances": [[[1, 2], [3, 4]], [[5, 6, 7], 8]]}',
+    b'{"instances": [[[1, 2], [3, 4]], [5, [[6, 7], 8]]]}',  # as many "[" as a 2x2x2
+    b'{"inputs": {"a": [[1, 2], [3, 4]], "b": [[1, 2], [3, [4]]]}}',
+    b'{"inputs": {"a": [[1, 2], [3, [4]]], "b": [[1, 2], [3, 4]]}}',
+]
+_REGULAR = [
+    (b'{"instances": [1, 2, 3]}', {None: (3,)}),
+    (b'{"instances": [[1, 2], [3, 4]]}', {None: (2, 2)}),
+    (b'{ "instances" : [ [ [1 , 2] ] , [ [3,4] ] ] }', {None: (2, 1, 2)}),
+    (b'{"inputs": {"a": [[1, 2], [3, 4]], "b": [5, 6, 7]}}', {"a": (2, 2), "b": (3,)}),
+    (b'{"signature_name": "s", "inputs": [[1e3, -2.5]]}', {None: (1, 2)}),
+]
+
+
+@pytest.mark.parametrize("check", ["walk", "text"])
+@pytest.mark.parametrize("body", _RAGGED_OF_A_REGULAR_SIZE)
+def test_both_regularity_checks_refuse_ragged_tensors(
+    body: bytes, check: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walking the lists (few lists for many bytes) and scanning the text (images) must agree."""
+    monkeypatch.setattr(
+        codec_json_dense, "TREE_CHECK_BYTES_PER_LIST", 0 if check == "walk" else 10**9
+    )
+    assert codec_json_dense.read_dense_body(body) is None
+
+
+@pytest.mark.parametrize("check", ["walk", "text"])
+@pytest.mark.parametrize(("body", "shapes"), _REGULAR)
+def test_both_regularity_checks_take_regular_tensors(
+    body: bytes, shapes: dict, check: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        codec_json_dense, "TREE_CHECK_BYTES_PER_LIST", 0 if check == "walk" else 10**9
+    )
+    dense = codec_json_dense.read_dense_body(body)
+    assert dense is not None
+    assert {name: shape for name, (_, shape) in dense.tensors.items()} == shapes
+
+
+def test_a_batch_of_long_rows_is_checked_by_walking_its_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 64x256 batch has 65 lists in ~150 KB: the walk, not the text scan, decides."""
+    rows = np.random.default_rng(1).random((64, 256)).round(6).tolist()
+    body = orjson.dumps({"instances": rows})
+
+    def no_text_scan(body: bytes, shapes: list) -> bool:
+        raise AssertionError("the text scan ran")
+
+    monkeypatch.setattr(codec_json_dense, "_regular", no_text_scan)
+    dense = codec_json_dense.read_dense_body(body)
+    assert dense is not None and dense.tensors[None][1] == (64, 256)
+    rows[10].append(0.5)
+    rows[11].pop()
+    assert codec_json_dense.read_dense_body(orjson.dumps({"instances": rows})) is None
