@@ -124,8 +124,9 @@ def _read_document(doc: object, body: bytes) -> DenseBody | None:
     keys = list(doc.keys())
     if len(keys) != len(set(keys)) or not _TOP_KEYS.issuperset(keys):
         return None
-    # Not doc.get(): pysimdjson finds a missing key by catching a C++ exception, 3.7 us of
-    # unwinding per request that names no signature (perf: _Unwind_Find_FDE in libgcc_s).
+    # Not doc.get(): pysimdjson finds a missing key by catching a C++ exception. For a request
+    # that names no signature that was 2.9 us of the gateway's samples in libgcc_s's unwinder
+    # (perf), 3.7 us per parse in a micro-benchmark (bench/analysis.md).
     signature_name = doc["signature_name"] if "signature_name" in keys else ""
     if type(signature_name) is not str or _has_bracket(signature_name):
         return None
