@@ -30,8 +30,9 @@ from workers import ipc
 
 log = logging.getLogger("tfgate.worker_pool")
 
-# How long the exit log waits for a worker's exit code: its reply pipe closes as it exits, a
-# moment before the process can be reaped, and "code None" told operators nothing.
+# How long a worker is given to exit once it is expected to: reap() kills it after that, and
+# the exit log waits as long for its code (the reply pipe closes as the worker exits, a moment
+# before the process can be reaped, and "code None" told operators nothing).
 EXIT_CODE_WAIT_SECONDS = 2.0
 
 
@@ -340,10 +341,9 @@ class WorkerProcess:
     ) -> None:
         """The exit log line, with the code once the process can be reaped (bounded wait)."""
         try:
-            deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
-            while process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            self._log_exit(process.poll(), stopping, in_flight)
+            self._log_exit(
+                await _exit_code_within(process, EXIT_CODE_WAIT_SECONDS), stopping, in_flight
+            )
         except Exception:
             log.exception("logging worker %d's exit failed", self.index)
 
@@ -354,11 +354,7 @@ class WorkerProcess:
     async def reap(self) -> None:
         """Wait for the process, close fds and unlink the arenas (memory reclaimed)."""
         if self.process is not None:
-            for _ in range(200):
-                if self.process.poll() is not None:
-                    break
-                await asyncio.sleep(0.01)
-            if self.process.poll() is None:
+            if await _exit_code_within(self.process, EXIT_CODE_WAIT_SECONDS) is None:
                 self.process.kill()
                 await asyncio.sleep(0.01)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -381,3 +377,12 @@ class WorkerProcess:
             self._outbox.clear()
         os.close(self._request_fd)
         self._request_fd = -1
+
+
+async def _exit_code_within(process: subprocess.Popen[bytes], seconds: float) -> int | None:
+    """The process's exit code once it has exited, polling for at most `seconds` (None: still
+    running)."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return process.poll()
