@@ -50,6 +50,10 @@ HANDSHAKE_SECONDS = 1.0
 IDLE_SECONDS = 2.0
 # What the gateway may keep after an attack, over its pre-attack RSS.
 RSS_SLACK_BYTES = 64 << 20
+# ...and after abandoned request buffers, which the heap trim (app/rpc/h2/heap_trim.py) gives
+# back: without it, 0-170 MiB of 200 stayed from run to run; with it, RSS ends at or below
+# the baseline.
+TRIMMED_SLACK_BYTES = 16 << 20
 MiB = 1 << 20
 
 
@@ -149,12 +153,13 @@ def figures(row: str, **values: float) -> None:
                                 for k, v in values.items()))
 
 
-def settle_rss(pid: int, baseline: int, timeout_seconds: float = 20.0) -> int:
-    """The gateway's RSS once it is back within RSS_SLACK_BYTES of `baseline` (or the last
+def settle_rss(pid: int, baseline: int, timeout_seconds: float = 20.0,
+               slack_bytes: int = RSS_SLACK_BYTES) -> int:
+    """The gateway's RSS once it is back within `slack_bytes` of `baseline` (or the last
     reading when it never gets there)."""
     deadline = time.monotonic() + timeout_seconds
     rss = vm_rss_bytes(pid)
-    while rss > baseline + RSS_SLACK_BYTES and time.monotonic() < deadline:
+    while rss > baseline + slack_bytes and time.monotonic() < deadline:
         time.sleep(0.5)
         rss = vm_rss_bytes(pid)
     return rss
@@ -413,7 +418,7 @@ def test_partly_sent_unary_messages_cannot_pin_unbounded_memory(gateway: ServerP
     it. The server refills the connection window for them only up to its unary buffer budget
     (two receive limits), so the client is held at budget + one connection window instead of
     pinning 480 MiB; legitimate calls on other connections go on, and the memory comes back
-    when the connection goes."""
+    to the kernel (heap trim) when the connection goes."""
     declared = 60 << 20
     streams = list(range(1, 17, 2))
     pid = gateway.process.pid
@@ -445,7 +450,7 @@ def test_partly_sent_unary_messages_cannot_pin_unbounded_memory(gateway: ServerP
             held_back = time.monotonic() < deadline
             accepted = sum(sent.values())
         legit.assert_served()
-    rss = settle_rss(pid, baseline)
+    rss = settle_rss(pid, baseline, slack_bytes=TRIMMED_SLACK_BYTES)
     figures("unary buffer", accepted_mib=accepted >> 20, baseline_rss=baseline,
             peak_rss=peak.peak, after_rss=rss)
     assert held_back, f"the server kept granting credit: {accepted >> 20} MiB accepted"
@@ -454,7 +459,7 @@ def test_partly_sent_unary_messages_cannot_pin_unbounded_memory(gateway: ServerP
     # Growing eight buffers briefly holds a buffer's old and new copies (and the allocator
     # keeps some): the peak may pass the bytes accepted, never by twice (479 MiB unbounded).
     assert peak.peak - baseline < 2 * budget, (baseline, peak.peak)
-    assert rss <= baseline + RSS_SLACK_BYTES, (baseline, rss)
+    assert rss <= baseline + TRIMMED_SLACK_BYTES, (baseline, rss)
 
 
 def open_fds(pid: int) -> int:

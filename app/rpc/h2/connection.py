@@ -95,6 +95,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.quota = server.request_quota
+        self.heap_trim = server.heap_trim
         self.frame_quota = server.frame_quota
         self.message_limit_bytes = server.limits.max_receive_message_bytes
         self.transport: asyncio.Transport | None = None

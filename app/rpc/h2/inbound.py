@@ -14,6 +14,7 @@ many PINGs with no data sent).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ import hpack
 
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.call import CallFailed, H2Call, declared_length
+from app.rpc.h2.heap_trim import HeapTrim
 from app.rpc.h2.keepalive import TOO_MANY_PINGS, Keepalive
 from app.rpc.h2.limits import (
     MAX_CONTROL_REPLIES_WHILE_PAUSED,
@@ -61,6 +63,8 @@ class InboundFrames:
     if TYPE_CHECKING:  # kept by GrpcH2Connection
         limits: H2Limits
         quota: RequestQuota  # the server's, shared by all its connections
+        heap_trim: HeapTrim  # the server's too
+        loop: asyncio.AbstractEventLoop | None
         peer: str
         calls: dict[int, H2Call]
         last_stream_id: int
@@ -404,10 +408,13 @@ class InboundFrames:
 
     def _drop_requests(self, call: H2Call) -> None:
         """The call ended: the request bytes still held for it are freed and leave the
-        quota. (A unary message already handed to its handler is not held any more: its
-        body, which the handler may still read, stays.)"""
+        quota, and count towards the next heap trim (app/rpc/h2/heap_trim.py). (A unary
+        message already handed to its handler is not held any more: its body, which the
+        handler may still read, stays.)"""
         if not call.quota_bytes:
             return
+        if self.loop is not None:
+            self.heap_trim.dropped(call.quota_bytes, self.loop)
         self._return_quota(call, call.quota_bytes)
         call.body = bytearray()  # rebound, not cleared: safe even with views still open
         requests = call.requests

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.connection import GrpcH2Connection
 from app.rpc.h2.frame_quota import FrameQuota, frame_quota_bytes
+from app.rpc.h2.heap_trim import HeapTrim
 from app.rpc.h2.inbound import MAX_FRAME_BYTES
 from app.rpc.h2.limits import H2Limits
 from app.rpc.h2.quota import RequestQuota
@@ -103,6 +104,8 @@ class GrpcH2Server:
         self.limits = limits or H2Limits()
         # One count of buffered request bytes for every listener and connection.
         self.request_quota = RequestQuota(self.limits.max_buffered_request_bytes)
+        # What calls abandon goes back to the kernel, not only to malloc's free lists.
+        self.heap_trim = HeapTrim()
         # ...and of incomplete frames in the connections' read buffers (up to one each).
         self.frame_quota = FrameQuota(frame_quota_bytes(
             self.limits.max_buffered_request_bytes, MAX_FRAME_BYTES + h2.FRAME_HEADER_BYTES))
@@ -167,6 +170,7 @@ class GrpcH2Server:
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)
+        self.heap_trim.cancel()
         await asyncio.sleep(0)  # let the transports close
 
 
