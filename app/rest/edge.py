@@ -14,7 +14,8 @@ Serving's error body shape `{"error": ...}`:
   timeout_keep_alive.
 - body: a declared Content-Length over the limit gets 413 before any of the body is read;
   a chunked body is counted as it arrives; the whole body must arrive within the body
-  timeout (408).
+  timeout (408). The bytes of a body its connection drops before it is complete count
+  towards the next heap trim (core/heap_trim.py), so abandoned uploads leave no RSS behind.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from app.codec.predict_response import encode_error
+from app.core.heap_trim import HeapTrim
 from app.core.throttled_log import ThrottledWarning
 
 log = logging.getLogger("tfgate.http")
@@ -186,6 +188,7 @@ class EdgeHttpProtocol(CoalescingHttpToolsProtocol):
     """CoalescingHttpToolsProtocol with the limits of `edge_protocol(limits)`."""
 
     limits: HttpLimits  # set on the subclass edge_protocol() makes
+    heap_trim: HeapTrim  # ...and one for all its connections
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -210,6 +213,8 @@ class EdgeHttpProtocol(CoalescingHttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._in_message and self._body_bytes:  # a body that will never be complete
+            self.heap_trim.dropped(min(self._body_bytes, self.limits.max_body_bytes), self.loop)
         super().connection_lost(exc)
 
     def _make_room(self) -> bool:
@@ -326,7 +331,8 @@ class EdgeHttpProtocol(CoalescingHttpToolsProtocol):
 
 def edge_protocol(limits: HttpLimits) -> type[EdgeHttpProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to `limits`."""
-    return type("EdgeHttpProtocol", (EdgeHttpProtocol,), {"limits": limits})
+    return type("EdgeHttpProtocol", (EdgeHttpProtocol,), {"limits": limits,
+                                                          "heap_trim": HeapTrim()})
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

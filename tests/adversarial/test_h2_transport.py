@@ -50,7 +50,7 @@ HANDSHAKE_SECONDS = 1.0
 IDLE_SECONDS = 2.0
 # What the gateway may keep after an attack, over its pre-attack RSS.
 RSS_SLACK_BYTES = 64 << 20
-# ...and after abandoned request buffers, which the heap trim (app/rpc/h2/heap_trim.py) gives
+# ...and after abandoned request buffers, which the heap trim (app/core/heap_trim.py) gives
 # back: without it, 0-170 MiB of 200 stayed from run to run; with it, RSS ends at or below
 # the baseline.
 TRIMMED_SLACK_BYTES = 16 << 20

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import grpc
 import hpack
 
+from app.core.heap_trim import HeapTrim
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.call import CallFailed, H2Call, declared_length
-from app.rpc.h2.heap_trim import HeapTrim
 from app.rpc.h2.keepalive import TOO_MANY_PINGS, Keepalive
 from app.rpc.h2.limits import (
     MAX_CONTROL_REPLIES_WHILE_PAUSED,
@@ -408,7 +408,7 @@ class InboundFrames:
 
     def _drop_requests(self, call: H2Call) -> None:
         """The call ended: the request bytes still held for it are freed and leave the
-        quota, and count towards the next heap trim (app/rpc/h2/heap_trim.py). (A unary
+        quota, and count towards the next heap trim (app/core/heap_trim.py). (A unary
         message already handed to its handler is not held any more: its body, which the
         handler may still read, stays.)"""
         if not call.quota_bytes:

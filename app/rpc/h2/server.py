@@ -39,10 +39,10 @@ import stat
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from app.core.heap_trim import HeapTrim
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.connection import GrpcH2Connection
 from app.rpc.h2.frame_quota import FrameQuota, frame_quota_bytes
-from app.rpc.h2.heap_trim import HeapTrim
 from app.rpc.h2.inbound import MAX_FRAME_BYTES
 from app.rpc.h2.limits import H2Limits
 from app.rpc.h2.quota import RequestQuota

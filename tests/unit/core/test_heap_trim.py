@@ -1,4 +1,4 @@
-"""app/rpc/h2/heap_trim.py: abandoned request bytes add up to one delayed malloc_trim, at most
+"""app/core/heap_trim.py: abandoned request bytes add up to one delayed malloc_trim, at most
 one at a time, none after the server stops; and glibc's malloc_trim is really found here."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from app.rpc.h2.heap_trim import HeapTrim, _glibc_malloc_trim
+from app.core.heap_trim import HeapTrim, _glibc_malloc_trim
 
 
 class FakeTrim:

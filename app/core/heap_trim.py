@@ -1,19 +1,21 @@
-"""Giving the heap back to the kernel after the HTTP/2 transport drops large request buffers.
+"""Giving the heap back to the kernel after a transport drops large request buffers.
 
-Data path position: beside app/rpc/h2/quota.py. GrpcH2Server (app/rpc/h2/server.py) owns one
-HeapTrim; InboundFrames._drop_requests (app/rpc/h2/inbound.py) reports the request bytes a
-call still held when it ended unserved (cancelled, reset, refused, its connection lost). Once
+Data path position: below both transports. tfgate's HTTP/2 gRPC server (app/rpc/h2/server.py)
+and the REST port's edge (app/rest/edge.py) each own one HeapTrim and report the request
+bytes they freed without serving them: a gRPC call's buffered bytes when it ended unserved
+(cancelled, reset, refused, its connection lost; InboundFrames._drop_requests), a REST body
+whose connection closed before it was complete (gone, timed out, over the size limit). Once
 TRIM_AFTER_BYTES of them have been dropped, one malloc_trim(0) runs TRIM_DELAY_SECONDS later,
 in the loop's default executor (ctypes lets go of the GIL for it).
 
 Why: glibc raises its mmap threshold (up to 32 MiB) at the first free of a large block, so
 later request buffers below it are carved from the heap, and freed between live allocations
-they stay resident. A client that sends large requests and abandons them left the gateway at
-up to 170 MiB over its RSS before the attack (tests/adversarial/test_h2_transport.py, 200 MiB
-abandoned); malloc_trim returns every arena's free pages (MADV_DONTNEED). Bytes of completed
-requests are not counted: the next requests reuse them. The delay gathers a connection's calls
-into one trim, and bounds trims to one per TRIM_DELAY_SECONDS however fast a client abandons.
-Without glibc (no malloc_trim in the process) dropped bytes are only counted.
+they stay resident. Clients that send large requests and abandon them left the gateway up to
+170 MiB over its RSS before the attack (gRPC, 200 MiB abandoned; REST kept 177 of 200 MiB);
+malloc_trim returns every arena's free pages (MADV_DONTNEED). Bytes of completed requests are
+not counted: the next requests reuse them. The delay gathers many calls' ends into one trim,
+and bounds trims to one per TRIM_DELAY_SECONDS however fast clients abandon. Without glibc (no
+malloc_trim in the process) dropped bytes are only counted.
 """
 
 from __future__ import annotations
