@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 
-log = logging.getLogger("tfgate.grpc")
+log = logging.getLogger("tfgate.heap")
 
 TRIM_AFTER_BYTES = 32 << 20
 TRIM_DELAY_SECONDS = 1.0
@@ -46,14 +46,17 @@ class HeapTrim:
     """Counts dropped request bytes; past `after_bytes`, schedules one trim. Event-loop only,
     apart from the trim itself."""
 
-    __slots__ = ("after_bytes", "delay_seconds", "dropped_bytes", "pending", "trim", "trims")
+    __slots__ = ("after_bytes", "delay_seconds", "dropped_bytes", "pending", "source", "trim",
+                 "trims")
 
     def __init__(
         self,
+        source: str,
         after_bytes: int = TRIM_AFTER_BYTES,
         delay_seconds: float = TRIM_DELAY_SECONDS,
         trim: Callable[[int], int] | None = None,
     ) -> None:
+        self.source = source  # whose bytes, for the log: "gRPC (h2)", "REST"
         self.after_bytes = after_bytes
         self.delay_seconds = delay_seconds
         self.trim = trim if trim is not None else _glibc_malloc_trim()
@@ -81,8 +84,8 @@ class HeapTrim:
         assert self.trim is not None
         started = time.perf_counter()
         self.trim(0)
-        log.debug("%d MiB of abandoned gRPC request buffers: heap trimmed in %.1f ms",
-                  dropped_bytes >> 20, (time.perf_counter() - started) * 1e3)
+        log.debug("%s: %d MiB of abandoned request bytes; heap trimmed in %.1f ms",
+                  self.source, dropped_bytes >> 20, (time.perf_counter() - started) * 1e3)
 
     def _finished(self, future: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
         self.pending = None

@@ -332,7 +332,7 @@ class EdgeHttpProtocol(CoalescingHttpToolsProtocol):
 def edge_protocol(limits: HttpLimits) -> type[EdgeHttpProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to `limits`."""
     return type("EdgeHttpProtocol", (EdgeHttpProtocol,), {"limits": limits,
-                                                          "heap_trim": HeapTrim()})
+                                                          "heap_trim": HeapTrim("REST")})
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

@@ -105,7 +105,7 @@ class GrpcH2Server:
         # One count of buffered request bytes for every listener and connection.
         self.request_quota = RequestQuota(self.limits.max_buffered_request_bytes)
         # What calls abandon goes back to the kernel, not only to malloc's free lists.
-        self.heap_trim = HeapTrim()
+        self.heap_trim = HeapTrim("gRPC (h2)")
         # ...and of incomplete frames in the connections' read buffers (up to one each).
         self.frame_quota = FrameQuota(frame_quota_bytes(
             self.limits.max_buffered_request_bytes, MAX_FRAME_BYTES + h2.FRAME_HEADER_BYTES))

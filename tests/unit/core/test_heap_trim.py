@@ -39,7 +39,7 @@ async def settle(heap: HeapTrim) -> None:
 
 async def test_below_the_threshold_nothing_is_trimmed() -> None:
     trim = FakeTrim()
-    heap = HeapTrim(after_bytes=100, delay_seconds=0.01, trim=trim)
+    heap = HeapTrim("test", after_bytes=100, delay_seconds=0.01, trim=trim)
     loop = asyncio.get_running_loop()
     heap.dropped(60, loop)
     heap.dropped(39, loop)
@@ -49,7 +49,7 @@ async def test_below_the_threshold_nothing_is_trimmed() -> None:
 
 async def test_dropped_bytes_add_up_to_one_trim_off_the_loop_thread() -> None:
     trim = FakeTrim()
-    heap = HeapTrim(after_bytes=100, delay_seconds=0.05, trim=trim)
+    heap = HeapTrim("test", after_bytes=100, delay_seconds=0.05, trim=trim)
     loop = asyncio.get_running_loop()
     for _ in range(10):  # one connection's calls end together
         heap.dropped(30, loop)
@@ -61,7 +61,7 @@ async def test_dropped_bytes_add_up_to_one_trim_off_the_loop_thread() -> None:
 
 async def test_bytes_dropped_during_a_trim_get_the_next_one() -> None:
     trim = FakeTrim()
-    heap = HeapTrim(after_bytes=100, delay_seconds=0.01, trim=trim)
+    heap = HeapTrim("test", after_bytes=100, delay_seconds=0.01, trim=trim)
     loop = asyncio.get_running_loop()
     trim.release.clear()  # the first trim blocks until released
     heap.dropped(100, loop)
@@ -79,7 +79,7 @@ async def test_a_failed_trim_is_logged_and_the_next_one_still_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     trim = FakeTrim(fail=True)
-    heap = HeapTrim(after_bytes=10, delay_seconds=0.01, trim=trim)
+    heap = HeapTrim("test", after_bytes=10, delay_seconds=0.01, trim=trim)
     loop = asyncio.get_running_loop()
     heap.dropped(10, loop)
     await settle(heap)
@@ -91,7 +91,7 @@ async def test_a_failed_trim_is_logged_and_the_next_one_still_runs(
 
 async def test_a_stopped_server_runs_no_scheduled_trim() -> None:
     trim = FakeTrim()
-    heap = HeapTrim(after_bytes=10, delay_seconds=0.05, trim=trim)
+    heap = HeapTrim("test", after_bytes=10, delay_seconds=0.05, trim=trim)
     heap.dropped(10, asyncio.get_running_loop())
     heap.cancel()
     await asyncio.sleep(0.1)
@@ -99,7 +99,7 @@ async def test_a_stopped_server_runs_no_scheduled_trim() -> None:
 
 
 async def test_without_malloc_trim_bytes_are_only_counted() -> None:
-    heap = HeapTrim(after_bytes=10, delay_seconds=0.01)
+    heap = HeapTrim("test", after_bytes=10, delay_seconds=0.01)
     heap.trim = None  # as on a C library without malloc_trim
     heap.dropped(100, asyncio.get_running_loop())
     assert heap.pending is None and heap.dropped_bytes == 100
