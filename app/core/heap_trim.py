@@ -3,7 +3,8 @@
 Data path position: below both transports. tfgate's HTTP/2 gRPC server (app/rpc/h2/server.py)
 and the REST port's edge (app/rest/edge.py) each own one HeapTrim and report the request
 bytes they freed without serving them: a gRPC call's buffered bytes when it ended unserved
-(cancelled, reset, refused, its connection lost; InboundFrames._drop_requests), a REST body
+(cancelled, reset, refused, its connection lost; InboundFrames._drop_requests) and an h2
+connection's incomplete frame when the connection goes (GrpcH2Connection), a REST body
 whose connection closed before it was complete (gone, timed out, over the size limit). Once
 TRIM_AFTER_BYTES of them have been dropped, one malloc_trim(0) runs TRIM_DELAY_SECONDS later,
 in the loop's default executor (ctypes lets go of the GIL for it).

@@ -115,6 +115,25 @@ def frames_held(served: InProcess, expected: int, timeout_seconds: float = 5.0) 
         time.sleep(0.02)
 
 
+def dropped_bytes(served: InProcess, monkeypatch: pytest.MonkeyPatch) -> int:
+    """What the server's heap trim (app/core/heap_trim.py) has been told was dropped unserved
+    since its last trim; the test keeps it from trimming (which would reset the count)."""
+    monkeypatch.setattr(served.server.heap_trim, "after_bytes", 1 << 62)
+
+    async def read() -> int:
+        return served.server.heap_trim.dropped_bytes
+    return served.run(read())
+
+
+def wait_dropped(served: InProcess, expected: int, timeout_seconds: float = 5.0) -> int:
+    async def read() -> int:
+        return served.server.heap_trim.dropped_bytes
+    deadline = time.monotonic() + timeout_seconds
+    while (dropped := served.run(read())) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return dropped
+
+
 def wait_held(served: InProcess, expected: int, timeout_seconds: float = 5.0) -> int:
     """The quota's count once it reads `expected` (or the last reading); the open calls'
     shares always add up to it."""
@@ -214,7 +233,10 @@ def test_a_client_reset_gives_the_bytes_back(quota_server: InProcess) -> None:
         assert raw.response(5).trailers["grpc-status"] == "0"
 
 
-def test_a_lost_connection_gives_the_bytes_back(quota_server: InProcess) -> None:
+def test_a_lost_connection_gives_the_bytes_back(quota_server: InProcess,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """...to the quota, and they count towards the next heap trim."""
+    dropped_before = dropped_bytes(quota_server, monkeypatch)
     raw = RawClient(quota_server.port)
     try:
         held = start_unary(raw, 1, 900 * KiB, 600 * KiB)
@@ -225,6 +247,7 @@ def test_a_lost_connection_gives_the_bytes_back(quota_server: InProcess) -> None
     finally:
         raw.close()
     assert wait_held(quota_server, 0) == 0
+    assert wait_dropped(quota_server, dropped_before + held) == dropped_before + held
 
 
 def test_a_unary_call_past_the_quota_is_resource_exhausted(quota_server: InProcess) -> None:
@@ -273,8 +296,10 @@ def test_incomplete_frames_count_in_their_own_quota(quota_server: InProcess,
     least four of the largest frames: 4 x (1 MiB + 9) here), not in the request quota. With
     it full and no frame stalled long enough, the connection that needs room is closed with
     ENHANCE_YOUR_CALM; once the others have stalled, the oldest is closed to make room
-    instead. Closing them all gives everything back."""
+    instead. Closing them all gives everything back, and their frames count towards the
+    next heap trim."""
     monkeypatch.setattr(frame_quota, "STALLED_FRAME_SECONDS", 0.5)
+    dropped_before = dropped_bytes(quota_server, monkeypatch)
     assert quota_server.server.frame_quota.limit_bytes == 4 * (MiB + h2.FRAME_HEADER_BYTES)
     closed_before = quota_server.server.frame_quota.closed
     piece = frame_head() + bytes(1000 * KiB)
@@ -296,6 +321,9 @@ def test_incomplete_frames_count_in_their_own_quota(quota_server: InProcess,
         for raw in clients:
             raw.close()
     assert frames_held(quota_server, 0) == 0
+    # five frames were held and dropped (the one refused room never was held)
+    dropped = dropped_before + 5 * len(piece)
+    assert wait_dropped(quota_server, dropped) == dropped
     with RawClient(quota_server.port) as raw:  # a fresh client is served
         raw.call(1, DIGEST, grpc_message(b"ok"))
         assert raw.response(1).trailers["grpc-status"] == "0"

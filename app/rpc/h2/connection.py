@@ -175,7 +175,7 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.frame_quota.release(self)
-        self.partial_frame_bytes = 0
+        self._drop_partial_frame()
         if self.timer is not None:
             self.timer.cancel()
         self.server.connections.discard(self)
@@ -258,9 +258,17 @@ class GrpcH2Connection(InboundFrames, OutboundFrames, asyncio.Protocol):
 
     def evict_stalled_frame(self) -> None:
         """Closed for the frame quota (ENHANCE_YOUR_CALM): its incomplete frame is dropped."""
-        self.partial_frame_bytes = 0
+        self._drop_partial_frame()
         del self.buffer[:]
         self._close_with(h2.ENHANCE_YOUR_CALM)
+
+    def _drop_partial_frame(self) -> None:
+        """The incomplete frame will never complete: its bytes count towards the next heap
+        trim (core/heap_trim.py), as abandoned request bytes do (many connections' frames
+        of up to 1 MiB each are carved from the heap, not mapped apart)."""
+        if self.partial_frame_bytes and self.loop is not None:
+            self.heap_trim.dropped(self.partial_frame_bytes, self.loop)
+        self.partial_frame_bytes = 0
 
     def _first_frame(self, kind: int, flags: int) -> None:
         """RFC 9113 section 3.4: the preface ends with the client's SETTINGS."""
