@@ -27,6 +27,7 @@ from app.core.protos import predict_pb2, prediction_service_pb2_grpc
 from app.rpc.h2 import frame_quota
 from app.rpc.h2 import frames as h2
 from app.rpc.h2.limits import CONNECTION_WINDOW_BYTES, H2Limits
+from tests.adversarial.conftest import settle_rss
 from tests.adversarial.h2_client import (
     RawClient,
     Response,
@@ -41,7 +42,6 @@ from tests.adversarial.test_h2_transport import (
     Legit,
     PeakRss,
     figures,
-    settle_rss,
 )
 from tests.serverproc import ServerProcess
 
@@ -115,21 +115,21 @@ def frames_held(served: InProcess, expected: int, timeout_seconds: float = 5.0) 
         time.sleep(0.02)
 
 
+async def _dropped(served: InProcess) -> int:
+    return served.server.heap_trim.dropped_bytes
+
+
 def dropped_bytes(served: InProcess, monkeypatch: pytest.MonkeyPatch) -> int:
     """What the server's heap trim (app/core/heap_trim.py) has been told was dropped unserved
     since its last trim; the test keeps it from trimming (which would reset the count)."""
     monkeypatch.setattr(served.server.heap_trim, "after_bytes", 1 << 62)
-
-    async def read() -> int:
-        return served.server.heap_trim.dropped_bytes
-    return served.run(read())
+    return served.run(_dropped(served))
 
 
 def wait_dropped(served: InProcess, expected: int, timeout_seconds: float = 5.0) -> int:
-    async def read() -> int:
-        return served.server.heap_trim.dropped_bytes
+    """dropped_bytes() once it reads `expected` (or the last reading)."""
     deadline = time.monotonic() + timeout_seconds
-    while (dropped := served.run(read())) != expected and time.monotonic() < deadline:
+    while (dropped := served.run(_dropped(served))) != expected and time.monotonic() < deadline:
         time.sleep(0.02)
     return dropped
 
@@ -564,7 +564,7 @@ def test_many_connections_half_sending_large_predicts_stay_within_the_quota(
     finally:
         for attacker in attackers:
             attacker.raw.close()
-    released = settle_rss(pid, baseline)  # the attackers' bytes go with their connections
+    released = settle_rss(pid, baseline, RSS_SLACK_BYTES)  # the attackers' bytes go with their connections
     # A fresh client once they are gone (the server may take a moment to see them go).
     after = call_large(gateway.grpc_port, request, tries=5)
     refusals = refusals_counted(gateway.rest_port) - refusals_before

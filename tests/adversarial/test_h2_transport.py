@@ -33,6 +33,7 @@ from app.rpc.h2.inbound import STREAM_WINDOW_BYTES
 from app.rpc.h2.limits import CONNECTION_WINDOW_BYTES, H2Limits
 from app.rpc.h2.server import GrpcH2Server
 from app.rpc.server import MESSAGE_HEADROOM_BYTES
+from tests.adversarial.conftest import settle_rss
 from tests.adversarial.h2_client import RawClient, grpc_message, request_fields, vm_rss_bytes
 from tests.serverproc import ServerProcess
 
@@ -153,18 +154,6 @@ def figures(row: str, **values: float) -> None:
                                 for k, v in values.items()))
 
 
-def settle_rss(pid: int, baseline: int, timeout_seconds: float = 20.0,
-               slack_bytes: int = RSS_SLACK_BYTES) -> int:
-    """The gateway's RSS once it is back within `slack_bytes` of `baseline` (or the last
-    reading when it never gets there)."""
-    deadline = time.monotonic() + timeout_seconds
-    rss = vm_rss_bytes(pid)
-    while rss > baseline + slack_bytes and time.monotonic() < deadline:
-        time.sleep(0.5)
-        rss = vm_rss_bytes(pid)
-    return rss
-
-
 class PeakRss:
     """Samples a process's RSS in a thread; .peak is the highest seen."""
 
@@ -233,7 +222,7 @@ def test_row8_gzip_bomb_is_inflated_off_the_loop_and_freed(gateway: ServerProces
     # Inflation stops at the receive limit (68 MiB by default): refused, never 1 GiB.
     assert response.trailers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
     assert peak.peak - baseline < 4 * DEFAULT_RECEIVE_LIMIT_BYTES, (baseline, peak.peak)
-    rss = settle_rss(pid, baseline)
+    rss = settle_rss(pid, baseline, RSS_SLACK_BYTES)
     figures("row 8", status=response.trailers["grpc-status"], slowest_legit_s=round(
         legit.slowest_seconds, 3), legit_ok=legit.ok, baseline_rss=baseline,
         peak_rss=peak.peak, after_rss=rss)
@@ -260,7 +249,7 @@ def test_row9_unread_reflection_replies_pause_the_stream(gateway: ServerProcess)
     assert legit_during >= 10
     # The server stopped reading once its replies backed up: not the whole flood was taken.
     assert peak.peak - baseline < 200 * MiB, (baseline, peak.peak, sent)
-    rss = settle_rss(pid, baseline)
+    rss = settle_rss(pid, baseline, RSS_SLACK_BYTES)
     figures("row 9", sent_bytes=sent, legit_ok=legit.ok, slowest_legit_s=round(
         legit.slowest_seconds, 3), baseline_rss=baseline, peak_rss=peak.peak, after_rss=rss)
     assert rss <= baseline + RSS_SLACK_BYTES, (baseline, rss)
@@ -302,7 +291,7 @@ def test_row10_rapid_reset_gets_enhance_your_calm(gateway: ServerProcess) -> Non
     legit.assert_served()
     assert calm >= 1, f"no ENHANCE_YOUR_CALM after {opened} reset streams"
     assert peak.peak - baseline < 300 * MiB, (baseline, peak.peak)
-    rss = settle_rss(pid, baseline)
+    rss = settle_rss(pid, baseline, RSS_SLACK_BYTES)
     figures("row 10", streams_opened=opened, calm_goaways=calm, legit_ok=legit.ok,
             slowest_legit_s=round(legit.slowest_seconds, 3), baseline_rss=baseline,
             peak_rss=peak.peak, after_rss=rss)
@@ -352,7 +341,7 @@ def test_row12_huge_length_prefix_is_refused_on_the_prefix(gateway: ServerProces
         health = raw.response(3)
         assert health.trailers["grpc-status"] == "0"
     legit.assert_served(1)
-    rss = settle_rss(pid, baseline)
+    rss = settle_rss(pid, baseline, RSS_SLACK_BYTES)
     figures("row 12", baseline_rss=baseline, after_rss=rss)
     assert rss <= baseline + RSS_SLACK_BYTES, (baseline, rss)
 
@@ -450,7 +439,7 @@ def test_partly_sent_unary_messages_cannot_pin_unbounded_memory(gateway: ServerP
             held_back = time.monotonic() < deadline
             accepted = sum(sent.values())
         legit.assert_served()
-    rss = settle_rss(pid, baseline, slack_bytes=TRIMMED_SLACK_BYTES)
+    rss = settle_rss(pid, baseline, TRIMMED_SLACK_BYTES)
     figures("unary buffer", accepted_mib=accepted >> 20, baseline_rss=baseline,
             peak_rss=peak.peak, after_rss=rss)
     assert held_back, f"the server kept granting credit: {accepted >> 20} MiB accepted"
