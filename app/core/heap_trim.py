@@ -12,7 +12,7 @@ in the loop's default executor (ctypes lets go of the GIL for it).
 Why: glibc raises its mmap threshold (up to 32 MiB) at the first free of a large block, so
 later request buffers below it are carved from the heap, and freed between live allocations
 they stay resident. Clients that send large requests and abandon them left the gateway up to
-170 MiB over its RSS before the attack (gRPC, 200 MiB abandoned; REST kept 177 of 200 MiB);
+170 MiB over its RSS before the attack (gRPC, 200 MiB abandoned; REST once kept 177 of 200);
 malloc_trim returns every arena's free pages (MADV_DONTNEED). Bytes of completed requests are
 not counted: the next requests reuse them. The delay gathers many calls' ends into one trim,
 and bounds trims to one per TRIM_DELAY_SECONDS however fast clients abandon. Without glibc (no

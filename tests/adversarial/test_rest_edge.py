@@ -154,7 +154,7 @@ def test_abandoned_uploads_give_their_memory_back(server: ServerProcess) -> None
     """Eight connections each send 24 MiB of a 60 MiB predict body and go away. The bytes
     were buffered (RSS rose by about their size); once the connections are gone the heap
     trim (app/core/heap_trim.py) gives them back. Without it glibc usually returned them too,
-    but in one of five runs of the same attack 177 of 200 MiB stayed; the edge's report to
+    but in one of seven runs of the same attack 177 of 200 MiB stayed; the edge's report to
     the trim is checked in tests/unit/rest/test_edge_heap_trim.py."""
     pid = gateway_pid(server)
     baseline = rss_bytes(pid)
